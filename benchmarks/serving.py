@@ -1,0 +1,448 @@
+"""Serving benchmark: closed-loop load against real servers vs the in-process limit.
+
+    python benchmarks/serving.py --repository ~/.cache/fusionserve/model-repository
+
+What it does, in one run on one machine:
+
+1. Writes real payloads (JPEG + WAV + text of test-split rows) as multipart bodies.
+2. Starts the server twice on the repository — batching on (the model's config)
+   and batching off (a copy with ``max_batch_size: 1``) — and drives each with
+   ``wrk`` (closed loop: each connection sends its next request when the answer
+   arrives) at several concurrencies. Reads req/s, p50/p95/p99, errors, and the
+   mean batch size from the server's own ``/metrics``.
+3. Measures the raw limit: the same payloads decoded with the server's own
+   preprocessor and run through the same model session in-process, no HTTP, at
+   batch sizes 1..64 with every core busy; reports the best throughput and the
+   single-request latency.
+4. Prints one table with the ratios served / raw.
+
+The load generator shares the machine with the server; that is part of what
+is measured (say so when quoting numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.batching import collate  # noqa: E402
+from service.model_config import MODEL_FILES, load_model_config  # noqa: E402
+from service.preprocess import Preprocessor  # noqa: E402
+from service.registry import instance_devices  # noqa: E402
+from service.runtimes import load_backend  # noqa: E402
+from service.types import RawInputs  # noqa: E402
+
+WRK_SCRIPT = r"""
+local bodies = {}
+local n = 0
+local idx = 0
+init = function(args)
+  local dir = args[1]
+  n = tonumber(args[2])
+  for i = 0, n - 1 do
+    local f = assert(io.open(dir .. "/body_" .. i, "rb"))
+    bodies[i + 1] = f:read("*all")
+    f:close()
+  end
+  idx = math.random(n) - 1
+end
+request = function()
+  idx = idx % n + 1
+  return wrk.format("POST", wrk.path, wrk.headers, bodies[idx])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKJSON {\"requests\":%d,\"duration_us\":%d,\"status_errors\":%d,\"socket_errors\":%d," ..
+    "\"p50_us\":%d,\"p95_us\":%d,\"p99_us\":%d}\n",
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end
+"""
+
+
+@dataclass
+class Payload:
+    image: bytes
+    audio: bytes
+    text: str
+
+
+@dataclass
+class LoadResult:
+    setup: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    errors: int
+    mean_batch: float
+
+
+@dataclass
+class RawResult:
+    best_batch: int
+    best_rps: float
+    single_p50_ms: float
+    by_batch: dict[int, float] = field(default_factory=dict)
+
+
+# -- payloads ----------------------------------------------------------------
+def make_payloads(count: int, seed: int) -> list[Payload]:
+    """Real test-split rows of the project's dataset, encoded as JPEG + WAV + text."""
+    from models.dataset import build_dataset
+    from models.samples import write_sample_files
+
+    dataset = build_dataset(seed=seed)
+    payloads = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(count):
+            files = write_sample_files(dataset.test, i, Path(tmp) / str(i))
+            payloads.append(
+                Payload(
+                    image=files["image.jpg"].read_bytes()
+                    if "image.jpg" in files
+                    else files["image"].read_bytes(),
+                    audio=files["audio.wav"].read_bytes()
+                    if "audio.wav" in files
+                    else files["audio"].read_bytes(),
+                    text=dataset.test.text[i],
+                )
+            )
+    return payloads
+
+
+def multipart_body(payload: Payload, boundary: str) -> bytes:
+    def part(name: str, data: bytes, filename: str | None = None, ctype: str | None = None) -> bytes:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        head = f"--{boundary}\r\nContent-Disposition: {disp}\r\n"
+        if ctype:
+            head += f"Content-Type: {ctype}\r\n"
+        return head.encode() + b"\r\n" + data + b"\r\n"
+
+    return (
+        part("image", payload.image, "digit.jpg", "image/jpeg")
+        + part("audio", payload.audio, "digit.wav", "audio/wav")
+        + part("text", payload.text.encode())
+        + f"--{boundary}--\r\n".encode()
+    )
+
+
+# -- servers ---------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """A real ``fusionserve serve`` in a subprocess, stopped with SIGTERM."""
+
+    def __init__(self, repository: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "FUSIONSERVE_LOG_LEVEL": "warning", **(extra_env or {})}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "serve",
+                "--model-repository",
+                str(repository),
+                "--http-port",
+                str(self.port),
+                "--grpc-port",
+                "-1",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("server did not become ready")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def batch_stats(url: str, model: str) -> tuple[float, float]:
+    """(sum, count) of the batch-size histogram for a model."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    total = count = 0.0
+    for line in text.splitlines():
+        if not line.startswith("fusionserve_batch_size_") or f'model="{model}"' not in line:
+            continue
+        value = float(line.rsplit(" ", 1)[1])
+        if line.startswith("fusionserve_batch_size_sum"):
+            total += value
+        elif line.startswith("fusionserve_batch_size_count"):
+            count += value
+    return total, count
+
+
+def run_wrk(
+    url: str,
+    path: str,
+    bodies_dir: Path,
+    n_bodies: int,
+    boundary: str,
+    concurrency: int,
+    seconds: float,
+    script: Path,
+) -> dict[str, float]:
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        "-H",
+        f"Content-Type: multipart/form-data; boundary={boundary}",
+        f"{url}{path}",
+        "--",
+        str(bodies_dir),
+        str(n_bodies),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"WRKJSON (\{.*\})", out)
+    if not match:
+        raise RuntimeError(f"wrk printed no summary:\n{out}")
+    result: dict[str, float] = json.loads(match.group(1))
+    return result
+
+
+def load_levels(
+    setup: str,
+    url: str,
+    model: str,
+    bodies_dir: Path,
+    n_bodies: int,
+    boundary: str,
+    levels: list[int],
+    seconds: float,
+    script: Path,
+) -> list[LoadResult]:
+    path = f"/v1/models/{model}/predict"
+    # Warm the connection pool and the allocator before measuring.
+    run_wrk(url, path, bodies_dir, n_bodies, boundary, 4, 1.0, script)
+    results = []
+    for c in levels:
+        before = batch_stats(url, model)
+        w = run_wrk(url, path, bodies_dir, n_bodies, boundary, c, seconds, script)
+        after = batch_stats(url, model)
+        batches = after[1] - before[1]
+        results.append(
+            LoadResult(
+                setup=setup,
+                concurrency=c,
+                rps=w["requests"] / (w["duration_us"] / 1e6),
+                p50_ms=w["p50_us"] / 1000,
+                p95_ms=w["p95_us"] / 1000,
+                p99_ms=w["p99_us"] / 1000,
+                errors=int(w["status_errors"] + w["socket_errors"]),
+                mean_batch=(after[0] - before[0]) / batches if batches else 0.0,
+            )
+        )
+        print(
+            f"  {setup:<12} c={c:<4} {results[-1].rps:8.1f} req/s  p50 {results[-1].p50_ms:7.2f} ms  "
+            f"batch {results[-1].mean_batch:5.2f}",
+            flush=True,
+        )
+    return results
+
+
+# -- the raw limit ---------------------------------------------------------
+def raw_limit(
+    repository: Path, model: str, payloads: list[Payload], seconds: float, batch_sizes: list[int]
+) -> RawResult:
+    """Decode + collate + run in-process with the server's own parts, every core busy."""
+    entry = repository / model
+    config = load_model_config(entry / "config.yaml")
+    version_dir = max((p for p in entry.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    model_path = version_dir / MODEL_FILES[config.backend]
+    devices = instance_devices(config)
+    backends = [load_backend(config, model_path, d) for d in devices]
+    pre = Preprocessor(config, entry)
+    raws = [RawInputs(image=p.image, audio=p.audio, text=p.text) for p in payloads]
+    cores = os.cpu_count() or 1
+
+    def one_batch(start: int, size: int, backend_index: int) -> None:
+        rows = [pre.decode(raws[(start + i) % len(raws)]) for i in range(size)]
+        feeds, _ = collate(rows, config)
+        backends[backend_index % len(backends)].run(feeds)
+
+    # Single-request latency: decode + run one row, nothing else running.
+    single = []
+    for i in range(max(50, len(raws))):
+        t0 = time.perf_counter()
+        one_batch(i, 1, 0)
+        single.append(time.perf_counter() - t0)
+
+    result = RawResult(best_batch=1, best_rps=0.0, single_p50_ms=statistics.median(single) * 1000)
+    for size in batch_sizes:
+        rows_done = 0
+        stop_at = time.monotonic() + seconds
+        lock = threading.Lock()
+
+        def worker(wid: int, size: int = size, stop_at: float = stop_at, lock: threading.Lock = lock) -> None:
+            nonlocal rows_done
+            i = wid * 7
+            while time.monotonic() < stop_at:
+                one_batch(i, size, wid)
+                i += size
+                with lock:
+                    rows_done += size
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(cores) as pool:
+            list(pool.map(worker, range(cores)))
+        rps = rows_done / (time.monotonic() - t0)
+        result.by_batch[size] = rps
+        print(f"  raw          b={size:<4} {rps:8.1f} rows/s", flush=True)
+        if rps > result.best_rps:
+            result.best_rps, result.best_batch = rps, size
+    for backend in backends:
+        backend.close()
+    return result
+
+
+def batching_off_copy(repository: Path, model: str, dest: Path) -> Path:
+    shutil.copytree(repository / model, dest / model)
+    cfg_path = dest / model / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg.setdefault("batching", {})["max_batch_size"] = 1
+    cfg["batching"]["preferred_batch_sizes"] = []
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return dest
+
+
+# -- report ----------------------------------------------------------------
+def print_table(loads: list[LoadResult], raw: RawResult) -> None:
+    print()
+    print(
+        f"raw in-process limit: {raw.best_rps:.1f} rows/s at batch {raw.best_batch}; "
+        f"single request {raw.single_p50_ms:.2f} ms (decode + model)"
+    )
+    print()
+    header = "| setup | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch | served/raw |"
+    print(header)
+    print("|---" * 9 + "|")
+    for r in loads:
+        print(
+            f"| {r.setup} | {r.concurrency} | {r.rps:.1f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | "
+            f"{r.p99_ms:.2f} | {r.errors} | {r.mean_batch:.2f} | {r.rps / raw.best_rps:.2f} |"
+        )
+    on = {r.concurrency: r for r in loads if r.setup == "batching-on"}
+    off = {r.concurrency: r for r in loads if r.setup == "batching-off"}
+    print()
+    if on:
+        top = max(on.values(), key=lambda r: r.rps)
+        print(f"saturated served / raw: {top.rps / raw.best_rps:.2f} (target >= 0.80)")
+        if 1 in on:
+            print(
+                f"p50 at c=1 minus raw single latency: {on[1].p50_ms - raw.single_p50_ms:+.2f} ms "
+                "(target <= 3 ms)"
+            )
+    if on and off:
+        worse = [c for c in on if c in off and on[c].rps < off[c].rps]
+        print("batching on vs off: " + ("never slower" if not worse else f"slower at c={worse}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--model", default="digits-fusion")
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per load level")
+    parser.add_argument("--payloads", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    levels = [int(c) for c in args.concurrency.split(",")]
+    print(f"machine: {os.cpu_count()} cores; model {args.model}; {args.seconds:g} s per level", flush=True)
+    payloads = make_payloads(args.payloads, args.seed)
+    boundary = uuid.uuid4().hex
+    loads: list[LoadResult] = []
+    with tempfile.TemporaryDirectory() as tmp_str:
+        tmp = Path(tmp_str)
+        bodies = tmp / "bodies"
+        bodies.mkdir()
+        for i, p in enumerate(payloads):
+            (bodies / f"body_{i}").write_bytes(multipart_body(p, boundary))
+        script = tmp / "bench.lua"
+        script.write_text(WRK_SCRIPT)
+        setups = [("batching-on", args.repository)]
+        if not args.skip_off:
+            setups.append(("batching-off", batching_off_copy(args.repository, args.model, tmp / "off")))
+        for name, repo in setups:
+            server = ServerProcess(repo)
+            try:
+                server.wait_ready()
+                loads += load_levels(
+                    name,
+                    server.url,
+                    args.model,
+                    bodies,
+                    len(payloads),
+                    boundary,
+                    levels,
+                    args.seconds,
+                    script,
+                )
+            finally:
+                server.stop()
+    raw = raw_limit(args.repository, args.model, payloads, args.seconds, [1, 4, 8, 16, 32, 64])
+    print_table(loads, raw)
+    if args.json:
+        args.json.write_text(json.dumps({"loads": [asdict(r) for r in loads], "raw": asdict(raw)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

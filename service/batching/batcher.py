@@ -1,0 +1,293 @@
+"""The dynamic batcher of one model version: a bounded queue that forms batches.
+
+Pull model: each free instance of the worker pool calls :meth:`next_batch`;
+while every instance is busy, rows pile up and the next batch is bigger. A
+batch is handed out when it holds ``max_batch_size`` rows, or when the OLDEST
+queued row has waited ``max_queue_delay_ms`` (or at once, when the batcher is
+closed). Only one instance forms a batch at a time, so two free instances
+never split a trickle of rows into two half-empty batches.
+
+Preferred batch sizes: when a batch is handed out with ``n`` rows available
+and ``n < max_batch_size``, it takes the largest preferred size ``<= n``; when
+no preferred size fits, it takes all ``n``. The rest stay queued with their
+original arrival time, so the next free instance takes them without waiting
+again.
+
+Deadlines: a row whose deadline passes while it is queued is removed and its
+caller gets :class:`DeadlineExceeded`; it is never computed. A caller that is
+cancelled while queued has its row removed too. Once a row is in a batch its
+compute is already paid for; a caller whose deadline passes during compute
+still gets ``DeadlineExceeded`` at its deadline, and the result is discarded.
+
+Every time is ``time.monotonic()`` seconds (injectable as ``clock`` for tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from service.errors import DeadlineExceeded, FusionServeError, NotReady, Overloaded
+from service.metrics import Metrics
+from service.model_config import Batching
+from service.types import DecodedRow, RowOutputs
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass(eq=False)
+class Pending:
+    """One queued row and the future its caller awaits."""
+
+    row: DecodedRow
+    future: asyncio.Future[RowOutputs]
+    enqueued: float
+    deadline: float
+    #: Called once when the row is settled (the batcher's in-flight accounting).
+    on_settle: Callable[[Pending], None] | None = field(default=None, repr=False)
+    #: True once resolved or failed by the batcher's side (the caller may have left earlier).
+    settled: bool = False
+
+    def resolve(self, outputs: RowOutputs) -> None:
+        """Hand the caller its row's outputs (no-op if it already gave up)."""
+        if not self.future.done():
+            self.future.set_result(outputs)
+        self._settled()
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the caller's future (no-op if it already gave up)."""
+        if not self.future.done():
+            self.future.set_exception(exc)
+        self._settled()
+
+    def _settled(self) -> None:
+        self.settled = True
+        callback, self.on_settle = self.on_settle, None
+        if callback is not None:
+            callback(self)
+
+
+def _retrieve(future: asyncio.Future[RowOutputs]) -> None:
+    """Mark an exception as seen: a caller that timed out never reads its future."""
+    if not future.cancelled():
+        future.exception()
+
+
+class DynamicBatcher:
+    """Queue and batch formation for one model version (see the module docstring)."""
+
+    def __init__(
+        self,
+        batching: Batching,
+        *,
+        model: str,
+        version: str,
+        metrics: Metrics | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.batching = batching
+        self.model = model
+        self.version = version
+        self._metrics = metrics
+        self._clock = clock
+        self._queue: deque[Pending] = deque()
+        self._inflight: set[Pending] = set()
+        self._closed = False
+        self._changed = asyncio.Event()  # set on every arrival/close; waited on by the batch former
+        self._idle = asyncio.Event()  # set while nothing is queued or in flight
+        self._idle.set()
+        self._forming = asyncio.Lock()
+        self._preferred = sorted(set(batching.preferred_batch_sizes))
+        #: Total time rows waited before their batch was taken (V2 statistics' ``queue``).
+        self.queue_ns = 0
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def queued(self) -> int:
+        """Rows waiting for an instance."""
+        return len(self._queue)
+
+    @property
+    def inflight(self) -> int:
+        """Rows handed to an instance and not yet settled."""
+        return len(self._inflight)
+
+    def _update(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.labels(self.model, self.version).set(len(self._queue))
+        if self._queue or self._inflight:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    # -- callers -----------------------------------------------------------
+
+    async def submit(self, row: DecodedRow, deadline: float) -> RowOutputs:
+        """Queue one row and wait for its outputs.
+
+        Raises :class:`NotReady` when closed, :class:`Overloaded` when the
+        queue is full, and :class:`DeadlineExceeded` when ``deadline`` passes
+        first.
+        """
+        if self._closed:
+            raise NotReady(f"model {self.model} version {self.version} is not taking new requests (draining)")
+        if len(self._queue) >= self.batching.max_queue_size:
+            raise Overloaded(
+                f"queue of model {self.model} is full (max_queue_size={self.batching.max_queue_size})",
+                model=self.model,
+                max_queue_size=self.batching.max_queue_size,
+            )
+        now = self._clock()
+        if deadline <= now:
+            raise self._expired_error(0.0, "before it was queued")
+        # The future exists before the row is visible to any instance.
+        future: asyncio.Future[RowOutputs] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        pending = Pending(row, future, now, deadline)
+        self._queue.append(pending)
+        self._update()
+        self._changed.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=deadline - now)
+        except TimeoutError:
+            where = "in the queue" if self._withdraw(pending) else "while its batch was computing"
+            raise self._expired_error(self._clock() - now, where) from None
+        except asyncio.CancelledError:
+            self._withdraw(pending)
+            raise
+
+    def _withdraw(self, pending: Pending) -> bool:
+        """Take a given-up row out of the queue so it is never computed; False if already taken."""
+        try:
+            self._queue.remove(pending)
+        except ValueError:  # already in a batch: it finishes there, and the result is dropped
+            return False
+        pending.future.cancel()
+        self._update()
+        return True
+
+    def _expired_error(self, waited: float, where: str = "in the queue") -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"deadline of the request to model {self.model} passed {where} after {waited * 1000:.0f} ms",
+            model=self.model,
+        )
+
+    # -- instances ---------------------------------------------------------
+
+    async def next_batch(self) -> list[Pending]:
+        """Wait for, form and hand out the next batch (never empty).
+
+        Expired and cancelled rows are dropped here and never returned.
+        """
+        async with self._forming:
+            while True:
+                await self._wait_for_first()
+                size = await self._collect()
+                if size:
+                    return self._take(size)
+
+    async def _wait_for_first(self) -> None:
+        while True:
+            self._drop_dead()
+            if self._queue:
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def _collect(self) -> int:
+        """Wait until a batch is due; returns its size (0 if the queue emptied meanwhile)."""
+        delay = self.batching.max_queue_delay_ms / 1000
+        while True:
+            self._drop_dead()
+            available = len(self._queue)
+            if available == 0:
+                return 0
+            if available >= self.batching.max_batch_size:
+                return self.batching.max_batch_size
+            remaining = self._queue[0].enqueued + delay - self._clock()
+            if remaining <= 0 or self._closed:
+                return self._preferred_size(available)
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+
+    def _preferred_size(self, available: int) -> int:
+        fitting = [s for s in self._preferred if s <= available]
+        return fitting[-1] if fitting else available
+
+    def _drop_dead(self) -> None:
+        """Remove cancelled rows and fail expired ones; neither is ever computed."""
+        now = self._clock()
+        alive: deque[Pending] = deque()
+        for pending in self._queue:
+            if pending.future.done():
+                continue
+            if now >= pending.deadline:
+                pending.fail(self._expired_error(now - pending.enqueued))
+                continue
+            alive.append(pending)
+        if len(alive) != len(self._queue):
+            self._queue = alive
+            self._update()
+
+    def _take(self, size: int) -> list[Pending]:
+        now = self._clock()
+        batch = [self._queue.popleft() for _ in range(size)]
+        for pending in batch:
+            pending.on_settle = self._settled
+            self._inflight.add(pending)
+            waited = now - pending.enqueued
+            self.queue_ns += int(waited * 1e9)
+            if self._metrics is not None:
+                self._metrics.queue_seconds.labels(self.model, self.version).observe(waited)
+        self._update()
+        return batch
+
+    def _settled(self, pending: Pending) -> None:
+        self._inflight.discard(pending)
+        self._update()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Refuse new rows (``NotReady``); queued rows are still handed out, at once."""
+        self._closed = True
+        self._changed.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Close, then wait until nothing is queued or in flight.
+
+        Returns True when everything finished; after ``timeout`` seconds the
+        rest fail with :class:`NotReady` and it returns False.
+        """
+        self.close()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout)
+            return True
+        except TimeoutError:
+            left = len(self._queue) + len(self._inflight)
+            log.warning(
+                "model %s version %s: drain timed out, failing %d rows", self.model, self.version, left
+            )
+            self.fail_all(NotReady(f"model {self.model} version {self.version} shut down before answering"))
+            return False
+
+    def fail_all(self, exc: FusionServeError) -> None:
+        """Fail every queued and in-flight row (shutdown)."""
+        queued, self._queue = list(self._queue), deque()
+        for pending in [*queued, *self._inflight]:
+            pending.fail(type(exc)(exc.message, **exc.details))
+        self._inflight.clear()
+        self._update()

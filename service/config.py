@@ -1,0 +1,58 @@
+"""Server settings: the one place the environment is read.
+
+Every setting comes from a ``FUSIONSERVE_*`` environment variable or the
+command line (which wins). Per-model settings live in each model's
+``config.yaml`` (``service.model_config``), not here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FUSIONSERVE_", extra="ignore")
+
+    model_repository: Path | None = Field(
+        default=None, description="model repository; unset = the bundled default (built if missing)"
+    )
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int | None = Field(default=8001, ge=0, le=65535, description="None disables gRPC")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    # Work limits
+    decode_threads: int = Field(default=0, ge=0, description="decoder threads; 0 = one per core")
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="largest request body")
+    max_batch_items: int = Field(default=64, ge=1, description="rows in one request (batch form)")
+    max_top_k: int = Field(default=100, ge=1)
+    grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+
+    # Lifecycle
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="SIGTERM: time to finish accepted work")
+    strict_readiness: bool = Field(
+        default=True, description="ready only when every model that should load has loaded"
+    )
+
+    # Security (optional)
+    api_token: str | None = Field(default=None, description="bearer token for inference calls")
+    admin_token: str | None = Field(default=None, description="bearer token for load/unload calls")
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    # Testing and drills only (service/failpoints.py); unset in production.
+    failpoints: str | None = Field(default=None, description="fault injection, e.g. gate=/tmp/g;fail=m:1")
+
+
+def default_repository_dir() -> Path:
+    """Where the bundled default repository is built: ``$FUSIONSERVE_HOME/model-repository``."""
+    import os
+
+    home = os.environ.get("FUSIONSERVE_HOME")
+    base = Path(home) if home else Path.home() / ".cache" / "fusionserve"
+    return base / "model-repository"

@@ -1,0 +1,87 @@
+"""The error vocabulary of the core.
+
+Every failure a request can meet is one of these types. They carry a stable
+``code`` and a human message, and know nothing about HTTP or gRPC: each door
+maps them once (``service/http/errors.py``, ``service/grpc/errors.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FusionServeError(Exception):
+    """Base of every error the core raises on purpose."""
+
+    code: str = "internal"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class InvalidInput(FusionServeError):
+    """The client sent something malformed or inconsistent (HTTP 400)."""
+
+    code = "invalid_input"
+
+
+class UnsupportedMediaType(InvalidInput):
+    """A payload is not of a type we can decode (HTTP 415)."""
+
+    code = "unsupported_media_type"
+
+
+class LimitExceeded(InvalidInput):
+    """An input is over one of the configured bounds (HTTP 413)."""
+
+    code = "limit_exceeded"
+
+
+class UnprocessableInput(InvalidInput):
+    """Well-formed but semantically unusable (HTTP 422), e.g. no modality."""
+
+    code = "unprocessable"
+
+
+class ModelNotFound(FusionServeError):
+    """Unknown model or version (HTTP 404)."""
+
+    code = "not_found"
+
+
+class NotReady(FusionServeError):
+    """The server or model cannot take work now: loading or draining (HTTP 503)."""
+
+    code = "unavailable"
+
+
+class Overloaded(FusionServeError):
+    """The model's queue is full; the request was shed (HTTP 429)."""
+
+    code = "overloaded"
+
+
+class DeadlineExceeded(FusionServeError):
+    """The request's deadline passed before it could be answered (HTTP 504)."""
+
+    code = "deadline_exceeded"
+
+
+class InternalError(FusionServeError):
+    """A real fault on our side (HTTP 500)."""
+
+    code = "internal"
+
+
+class ConfigError(FusionServeError):
+    """A model-repository entry is malformed; names the file and the field."""
+
+    code = "config_error"

@@ -1,0 +1,1 @@
+"""The HTTP door: FastAPI routes for the native API (and the V2 router)."""

@@ -1,0 +1,70 @@
+"""The FastAPI application: routes, middleware and the one error mapping."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import __version__
+from service.config import Settings
+from service.dataplane import DataPlane
+from service.errors import FusionServeError, InternalError
+from service.http.errors import error_response
+from service.http.middleware import GatewayMiddleware
+from service.http.native import native_router
+from service.logs import request_id_var
+
+log = logging.getLogger("fusionserve.http")
+
+DESCRIPTION = """
+Serve multimodal fusion models. POST any subset of **image** (file), **audio**
+(file) and **text** to `/v1/models/{model}/predict` or `/embed` as
+`multipart/form-data`, or JSON with base64 files. The Open Inference Protocol
+(KServe V2) lives under `/v2`.
+"""
+
+
+def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
+    app = FastAPIOffline(title="fusionserve", version=__version__, description=DESCRIPTION)
+    app.include_router(native_router(dataplane, settings))
+    try:  # the V2 door is optional while it is being built
+        from service.http.v2 import v2_router
+    except ImportError:  # pragma: no cover - present in a complete checkout
+        log.warning("V2 REST routes unavailable (service.http.v2 missing)")
+    else:
+        app.include_router(v2_router(dataplane, settings))
+
+    @app.exception_handler(FusionServeError)
+    async def _core_error(request: Request, exc: FusionServeError) -> JSONResponse:
+        return error_response(exc, request_id_var.get())
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        from service.errors import InvalidInput
+
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return error_response(InvalidInput(f"invalid request: {problems}"), request_id_var.get())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = {"error": {"code": code, "message": str(exc.detail)}, "request_id": request_id_var.get()}
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(InternalError(f"internal error: {type(exc).__name__}"), request_id_var.get())
+
+    app.add_middleware(
+        GatewayMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        api_token=settings.api_token,
+        admin_token=settings.admin_token,
+    )
+    return app

@@ -1,0 +1,159 @@
+"""Pure ASGI middleware: request ids, body size limit, bearer-token auth, access log.
+
+Pure ASGI (not BaseHTTPMiddleware) so the body limit is enforced while the
+body streams in, before any of it is buffered.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import LimitExceeded
+from service.logs import request_id_var
+
+log = logging.getLogger("fusionserve.http")
+
+REQUEST_ID_HEADER = b"x-request-id"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_INFERENCE = re.compile(
+    r"^/(v1/models/[^/]+(/versions/[^/]+)?/(predict|embed)|v2/models/[^/]+(/versions/[^/]+)?/infer)$"
+)
+_ADMIN = re.compile(r"^/v2/repository/")
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
+) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class GatewayMiddleware:
+    """Request id in and out, a hard body limit, optional auth, one access-log line per request."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, api_token: str | None, admin_token: str | None
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.api_token = api_token
+        self.admin_token = admin_token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        incoming = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")
+        request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        id_header = (REQUEST_ID_HEADER, request_id.encode())
+        started = time.perf_counter()
+        status_holder = {"status": 500}
+        try:
+            denied = self._auth_failure(scope["path"], headers)
+            if denied is not None:
+                status_holder["status"] = denied[0]
+                await _send_json(
+                    send,
+                    denied[0],
+                    self._error(denied[1], "unauthenticated", request_id),
+                    [id_header, (b"www-authenticate", b"Bearer")],
+                )
+                return
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                status_holder["status"] = 413
+                await _send_json(send, 413, self._too_large(request_id), [id_header])
+                return
+            await self._forward(scope, receive, send, id_header, status_holder, request_id)
+        finally:
+            log.info(
+                "request",
+                extra={
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "status": status_holder["status"],
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                },
+            )
+            request_id_var.reset(token)
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        id_header: tuple[bytes, bytes],
+        status_holder: dict[str, int],
+        request_id: str,
+    ) -> None:
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise LimitExceeded(f"request body exceeds max_body_bytes={self.max_body_bytes}")
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                status_holder["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except LimitExceeded:
+            if started:
+                raise
+            status_holder["status"] = 413
+            await _send_json(send, 413, self._too_large(request_id), [id_header])
+
+    def _too_large(self, request_id: str) -> dict[str, Any]:
+        return self._error(
+            f"request body exceeds max_body_bytes={self.max_body_bytes}", "limit_exceeded", request_id
+        )
+
+    @staticmethod
+    def _error(message: str, code: str, request_id: str) -> dict[str, Any]:
+        return {"error": {"code": code, "message": message}, "request_id": request_id}
+
+    def _auth_failure(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
+        if self.admin_token and _ADMIN.match(path):
+            expected = self.admin_token
+        elif self.api_token and _INFERENCE.match(path):
+            expected = self.api_token
+        else:
+            return None
+        given = headers.get(b"authorization", b"").decode("latin-1")
+        if not given.startswith("Bearer "):
+            return 401, "missing bearer token"
+        if not hmac.compare_digest(given[7:].encode(), expected.encode()):
+            return 401, "invalid bearer token"
+        return None

@@ -1,0 +1,159 @@
+"""Turn native HTTP request bodies (multipart or JSON) into core ``RawInputs`` rows.
+
+Only parsing and shape checks live here; decoding the files is the core's job.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from service.errors import FusionServeError, InvalidInput, LimitExceeded, UnsupportedMediaType
+from service.types import RawInputs
+
+FILE_FIELDS = ("image", "audio")
+ITEM_FIELDS = ("image", "audio", "text")
+OPTION_FIELDS = ("top_k",)
+
+
+@dataclass
+class ParsedRequest:
+    rows: list[RawInputs]
+    top_k: int | None
+    batch: bool  # the JSON batch form ("items") was used
+
+
+async def parse_request(request: Request, *, max_part_bytes: int, allow_top_k: bool) -> ParsedRequest:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        return await _parse_multipart(request, max_part_bytes, allow_top_k)
+    if content_type == "application/json":
+        return _parse_json(await request.body(), allow_top_k)
+    raise UnsupportedMediaType(
+        f"Content-Type {content_type or '(none)'!r} is not supported; "
+        "send multipart/form-data (fields image, audio, text) or application/json"
+    )
+
+
+async def _parse_multipart(request: Request, max_part_bytes: int, allow_top_k: bool) -> ParsedRequest:
+    try:
+        form = await request.form(max_files=len(FILE_FIELDS) + 1, max_fields=8, max_part_size=max_part_bytes)
+    except FusionServeError:
+        raise
+    except Exception as exc:  # starlette raises MultiPartException / HTTPException for bad bodies
+        detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
+        raise InvalidInput(f"malformed multipart body: {detail}") from exc
+    allowed = ITEM_FIELDS + (OPTION_FIELDS if allow_top_k else ())
+    unknown = sorted(set(form.keys()) - set(allowed))
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {unknown}; expected any of {list(allowed)}", fields=unknown)
+    values: dict[str, Any] = {}
+    for name in ITEM_FIELDS:
+        entries = form.getlist(name)
+        if len(entries) > 1:
+            raise InvalidInput(f"field {name!r} given {len(entries)} times; give it once", field=name)
+        if not entries:
+            continue
+        value = entries[0]
+        if isinstance(value, UploadFile):
+            data = await value.read()
+            if name == "text":
+                try:
+                    values[name] = data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InvalidInput("field 'text': not valid UTF-8", field="text") from exc
+            else:
+                values[name] = data
+        elif name in FILE_FIELDS:
+            raise InvalidInput(f"field {name!r} must be a file upload, not a text field", field=name)
+        else:
+            values[name] = value
+    await form.close()
+    top_k = _parse_top_k(form.get("top_k")) if allow_top_k else None
+    return ParsedRequest(rows=[_row(values, prefix="")], top_k=top_k, batch=False)
+
+
+def _parse_json(body: bytes, allow_top_k: bool) -> ParsedRequest:
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidInput("JSON body must be an object")
+    options = OPTION_FIELDS if allow_top_k else ()
+    top_k = _parse_top_k(doc.get("top_k")) if allow_top_k else None
+    if "items" in doc:
+        unknown = sorted(set(doc) - {"items", *options})
+        if unknown:
+            raise InvalidInput(f"unknown field(s) {unknown} beside 'items'", fields=unknown)
+        items = doc["items"]
+        if not isinstance(items, list):
+            raise InvalidInput("'items' must be a list of objects")
+        rows = [_json_item(item, f"items[{i}].") for i, item in enumerate(items)]
+        return ParsedRequest(rows=rows, top_k=top_k, batch=True)
+    item = {k: v for k, v in doc.items() if k not in options}
+    return ParsedRequest(rows=[_json_item(item, "")], top_k=top_k, batch=False)
+
+
+def _json_item(item: Any, prefix: str) -> RawInputs:
+    if not isinstance(item, dict):
+        raise InvalidInput(f"{prefix or 'body'} must be an object with image, audio, text")
+    unknown = sorted(set(item) - set(ITEM_FIELDS))
+    if unknown:
+        raise InvalidInput(
+            f"{prefix}unknown field(s) {unknown}; expected any of {list(ITEM_FIELDS)}", fields=unknown
+        )
+    values: dict[str, Any] = {}
+    for name in FILE_FIELDS:
+        if item.get(name) is None:
+            continue
+        encoded = item[name]
+        if not isinstance(encoded, str):
+            raise InvalidInput(f"{prefix}{name}: must be a base64 string", field=name)
+        try:
+            values[name] = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput(f"{prefix}{name}: not valid base64 ({exc})", field=name) from exc
+    if item.get("text") is not None:
+        if not isinstance(item["text"], str):
+            raise InvalidInput(f"{prefix}text: must be a string", field="text")
+        values["text"] = item["text"]
+    return _row(values, prefix)
+
+
+def _row(values: dict[str, Any], prefix: str) -> RawInputs:
+    for name, value in values.items():
+        if len(value) == 0:
+            raise InvalidInput(f"{prefix}{name}: field is empty", field=name)
+    return RawInputs(image=values.get("image"), audio=values.get("audio"), text=values.get("text"))
+
+
+def _parse_top_k(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        top_k = int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"top_k must be an integer, got {value!r}", field="top_k") from exc
+    if isinstance(value, bool) or top_k < 1:
+        raise InvalidInput(f"top_k must be a positive integer, got {value!r}", field="top_k")
+    return top_k
+
+
+def parse_timeout_ms(value: str | None, max_ms: float = 3_600_000) -> float | None:
+    """The per-request deadline header, in seconds (None = model default)."""
+    if value is None:
+        return None
+    try:
+        ms = float(value)
+    except ValueError as exc:
+        raise InvalidInput(f"header X-Request-Timeout-Ms must be a number, got {value!r}") from exc
+    if not 0 < ms <= max_ms or ms != ms:
+        raise LimitExceeded(f"header X-Request-Timeout-Ms must lie in (0, {max_ms:g}], got {value!r}")
+    return ms / 1000.0

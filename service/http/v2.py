@@ -1,0 +1,217 @@
+"""The Open Inference Protocol (KServe V2) over REST: ``/v2/...``.
+
+Translation only: the binary tensor extension and JSON tensors are parsed by
+``service.v2.codec``, their meaning lives in ``service.v2.mapping``, and the
+work is the data plane's. V2 clients read errors as ``{"error": "message"}``,
+so this router answers core errors in that shape (statuses from the one
+HTTP table, ``service.http.errors``) instead of the native body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from service.config import Settings
+from service.dataplane import DataPlane, VersionStats
+from service.errors import FusionServeError, InvalidInput, NotReady, Overloaded
+from service.http.errors import http_status
+from service.v2.codec import HEADER_LENGTH, encode_infer_response, parse_header_length, parse_infer_request
+from service.v2.infer import run_infer
+from service.v2.mapping import input_specs, output_specs, require_config
+
+PROTOCOL = "v2-rest"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+
+
+def v2_error(error: FusionServeError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if isinstance(error, Overloaded | NotReady) else None
+    return JSONResponse({"error": error.message}, status_code=http_status(error), headers=headers)
+
+
+class V2Route(APIRoute):
+    """Answers core errors as V2 clients expect them: ``{"error": "..."}``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except FusionServeError as exc:
+                return v2_error(exc)
+
+        return guarded
+
+
+def _tensor_specs(specs: list[Any]) -> list[dict[str, Any]]:
+    return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
+
+
+def _duration(count: int, ns: int) -> dict[str, int]:
+    return {"count": count, "ns": ns}
+
+
+def stats_json(stats: VersionStats) -> dict[str, Any]:
+    """Triton's statistics shape, which its clients parse."""
+    return {
+        "name": stats.model,
+        "version": stats.version,
+        "last_inference": 0,
+        "inference_count": stats.inference_count,
+        "execution_count": stats.execution_count,
+        "inference_stats": {
+            "success": _duration(stats.success_count, stats.success_ns),
+            "fail": _duration(stats.failure_count, 0),
+            "queue": _duration(stats.inference_count, stats.queue_ns),
+            "compute_input": _duration(0, 0),
+            "compute_infer": _duration(stats.execution_count, stats.compute_ns),
+            "compute_output": _duration(0, 0),
+        },
+        "batch_stats": [],
+    }
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return document
+
+
+def _binary_outputs(document_params: dict[str, Any], requested: list[Any], produced: list[str]) -> set[str]:
+    """Which outputs go binary: per output ``binary_data``, else request-level ``binary_data_output``."""
+    default = document_params.get("binary_data_output") is True
+    chosen = {name for name in produced if default}
+    for output in requested:
+        flag = output.parameters.get("binary_data")
+        if flag is True:
+            chosen.add(output.name)
+        elif flag is False:
+            chosen.discard(output.name)
+    return chosen
+
+
+def v2_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
+    router = APIRouter(route_class=V2Route, tags=["v2"])
+
+    @router.get("/v2", summary="Server metadata")
+    async def server_metadata() -> dict[str, Any]:
+        return dataplane.server_metadata()
+
+    @router.get("/v2/health/live")
+    async def live() -> JSONResponse:
+        ok = dataplane.live()
+        return JSONResponse({"live": ok}, status_code=200 if ok else 503)
+
+    @router.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        ok = dataplane.ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    async def _model_ready(model: str, version: str | None) -> JSONResponse:
+        ok = dataplane.model_ready(model, version)
+        return JSONResponse({"name": model, "ready": ok}, status_code=200 if ok else 503)
+
+    async def _metadata(model: str, version: str | None) -> dict[str, Any]:
+        info = dataplane.model_info(model, version)
+        config = require_config(model, info.config, info.error)
+        return {
+            "name": info.name,
+            "versions": info.versions,
+            "platform": info.platform,
+            "inputs": _tensor_specs(input_specs(config)),
+            "outputs": _tensor_specs(output_specs(config, info.labels)),
+        }
+
+    async def _infer(request: Request, model: str, version: str | None) -> Response:
+        body = await request.body()
+        header_length: int | None = None
+        requested: list[Any] = []
+        parameters: dict[str, Any] = {}
+
+        def parse() -> Any:
+            nonlocal header_length, requested, parameters
+            header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
+            parsed = parse_infer_request(body, header_length)
+            requested, parameters = parsed.outputs, parsed.parameters
+            return parsed
+
+        result = await run_infer(dataplane, model, version, parse, timeout_s=None, protocol=PROTOCOL)
+        binary = _binary_outputs(parameters, requested, [t.name for t in result.outputs])
+        head: dict[str, Any] = {"model_name": result.model, "model_version": result.version}
+        if result.id:
+            head["id"] = result.id
+        payload, json_length = encode_infer_response(head, result.outputs, binary)
+        if json_length is None:
+            return Response(payload, media_type="application/json")
+        return Response(payload, media_type=BINARY_CONTENT_TYPE, headers={HEADER_LENGTH: str(json_length)})
+
+    @router.get("/v2/models/stats", summary="Statistics of every model")
+    async def all_stats() -> dict[str, Any]:
+        return {"model_stats": [stats_json(s) for s in dataplane.statistics()]}
+
+    @router.get("/v2/models/{model}/stats")
+    async def model_stats(model: str) -> dict[str, Any]:
+        return {"model_stats": [stats_json(s) for s in dataplane.statistics(model)]}
+
+    @router.get("/v2/models/{model}/versions/{version}/stats")
+    async def version_stats(model: str, version: str) -> dict[str, Any]:
+        return {"model_stats": [stats_json(s) for s in dataplane.statistics(model, version)]}
+
+    @router.get("/v2/models/{model}/ready")
+    async def model_ready(model: str) -> JSONResponse:
+        return await _model_ready(model, None)
+
+    @router.get("/v2/models/{model}/versions/{version}/ready")
+    async def version_ready(model: str, version: str) -> JSONResponse:
+        return await _model_ready(model, version)
+
+    @router.get("/v2/models/{model}", summary="Model metadata: inputs and outputs")
+    async def model_metadata(model: str) -> dict[str, Any]:
+        return await _metadata(model, None)
+
+    @router.get("/v2/models/{model}/versions/{version}")
+    async def version_metadata(model: str, version: str) -> dict[str, Any]:
+        return await _metadata(model, version)
+
+    @router.post("/v2/models/{model}/infer", summary="Inference (JSON or binary tensor data)")
+    async def infer(request: Request, model: str) -> Response:
+        return await _infer(request, model, None)
+
+    @router.post("/v2/models/{model}/versions/{version}/infer")
+    async def infer_version(request: Request, model: str, version: str) -> Response:
+        return await _infer(request, model, version)
+
+    @router.post("/v2/repository/index", summary="Repository index")
+    async def repository_index(request: Request) -> list[dict[str, str]]:
+        document = await _json_body(request)
+        index = dataplane.repository_index()
+        if document.get("ready") is True:
+            index = [entry for entry in index if entry["state"] == "READY"]
+        return index
+
+    @router.post("/v2/repository/models/{model}/load")
+    async def load(request: Request, model: str) -> dict[str, Any]:
+        await _json_body(request)
+        await dataplane.load(model)
+        return {}
+
+    @router.post("/v2/repository/models/{model}/unload")
+    async def unload(request: Request, model: str) -> dict[str, Any]:
+        await _json_body(request)
+        await dataplane.unload(model)
+        return {}
+
+    return router

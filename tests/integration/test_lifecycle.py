@@ -1,0 +1,176 @@
+"""Load shedding, deadlines, failing instances, broken models and draining, on real servers.
+
+Compute is held with the ``gate`` failpoint (a file whose absence blocks every
+model call), so nothing here depends on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import RunningServer, Sample, copy_entry
+
+PREDICT = "/v1/models/digits-fusion/predict"
+
+
+def text_part(sample: Sample) -> dict:
+    return {"text": (None, sample.text)}
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def wait_for_metric(url: str, name: str, value: float, **labels: str) -> None:
+    """Poll /metrics until a gauge reaches a value (state, not time, decides).
+
+    Uses its own client: sharing the requests' connection pool can starve a request
+    that is still waiting for a connection.
+    """
+    async with httpx.AsyncClient(base_url=url, timeout=10) as probe:
+        for _ in range(2000):
+            if metric_value((await probe.get("/metrics")).text, name, **labels) >= value:
+                return
+            await asyncio.sleep(0.005)
+    raise AssertionError(f"{name}{labels} never reached {value}")
+
+
+@pytest.fixture
+def gated(tmp_path: Path, model_repository: Path, server_factory: Callable[..., RunningServer]):
+    """A server whose compute waits for a gate file; config: one instance, batch 1, queue 2."""
+
+    def start(**config: object) -> tuple[RunningServer, Path]:
+        gate = tmp_path / "gate"
+        gate.touch()  # open while warming up
+        repo = copy_entry(model_repository, tmp_path / "repo", "digits-fusion", **config)
+        server = server_factory(repo, grpc=False, env={"FUSIONSERVE_FAILPOINTS": f"gate={gate}"})
+        gate.unlink()  # closed: the next compute call blocks
+        return server, gate
+
+    return start
+
+
+async def test_queue_full_sheds_with_429(gated, samples: list[Sample]) -> None:
+    server, gate = gated(
+        batching={"max_batch_size": 1, "max_queue_size": 2, "max_queue_delay_ms": 0},
+        instance_groups=[{"kind": "cpu", "count": 1}],
+    )
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
+        # One row computing (held at the gate), two queued: the queue is full.
+        held = [asyncio.create_task(client.post(PREDICT, files=text_part(samples[i]))) for i in range(3)]
+        await wait_for_metric(server.http_url, "fusionserve_queue_depth", 2, model="digits-fusion")
+        shed = await client.post(PREDICT, files=text_part(samples[3]))
+        assert shed.status_code == 429, shed.text
+        assert "max_queue_size=2" in shed.json()["error"]["message"]
+        assert shed.headers["retry-after"]
+        gate.touch()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200, 200]
+        assert (await client.post(PREDICT, files=text_part(samples[3]))).status_code == 200
+
+
+async def test_expired_request_gets_504_and_is_never_computed(gated, samples: list[Sample]) -> None:
+    server, gate = gated(
+        batching={"max_batch_size": 1, "max_queue_delay_ms": 0}, instance_groups=[{"kind": "cpu", "count": 1}]
+    )
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
+        blocker = asyncio.create_task(client.post(PREDICT, files=text_part(samples[0])))
+        await wait_for_metric(server.http_url, "fusionserve_inflight_requests", 1, protocol="http")
+        before = metric_value(
+            (await client.get("/metrics")).text, "fusionserve_batch_size_sum", model="digits-fusion"
+        )
+        late = await client.post(
+            PREDICT, files=text_part(samples[1]), headers={"X-Request-Timeout-Ms": "150"}
+        )
+        assert late.status_code == 504, late.text
+        assert "deadline" in late.json()["error"]["message"].lower()
+        gate.touch()
+        assert (await blocker).status_code == 200
+        after = metric_value(
+            (await client.get("/metrics")).text, "fusionserve_batch_size_sum", model="digits-fusion"
+        )
+        assert after - before == 1, "the expired row was computed"
+
+
+async def test_failing_instance_fails_only_its_batch(
+    tmp_path: Path,
+    model_repository: Path,
+    server_factory: Callable[..., RunningServer],
+    samples: list[Sample],
+) -> None:
+    repo = copy_entry(
+        model_repository,
+        tmp_path / "repo",
+        "digits-fusion",
+        batching={"max_batch_size": 1},
+        instance_groups=[{"kind": "cpu", "count": 2}],
+    )
+    # Warm-up runs 2 batches per instance (4 calls); the 5th call, the first request's, raises.
+    server = server_factory(repo, grpc=False, env={"FUSIONSERVE_FAILPOINTS": "fail=digits-fusion:5"})
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
+        # Warm-up consumed 4; the first real request is the one that fails.
+        first = await client.post(PREDICT, files=text_part(samples[0]))
+        assert first.status_code == 500, first.text
+        assert "failpoint" in first.json()["error"]["message"]
+        answers = await asyncio.gather(*(client.post(PREDICT, files=text_part(s)) for s in samples[:8]))
+        assert all(a.status_code == 200 for a in answers)
+        metrics = (await client.get("/metrics")).text
+        assert metric_value(metrics, "fusionserve_instance_failures_total", model="digits-fusion") == 1
+
+
+def test_broken_model_does_not_stop_the_others(
+    tmp_path: Path, model_repository: Path, server_factory: Callable[..., RunningServer]
+) -> None:
+    repo = copy_entry(model_repository, tmp_path / "repo", "digits-fusion")
+    copy_entry(model_repository, repo, "digits-embed")
+    (repo / "digits-embed" / "config.yaml").write_text("name: digits-embed\ntask: embed\nmodalities: {}\n")
+    server = server_factory(repo, grpc=False, wait=False)
+    server.wait_live()
+    with httpx.Client(base_url=server.http_url, timeout=30) as client:
+        for _ in range(600):
+            if client.get("/v1/models/digits-fusion/ready").status_code == 200:
+                break
+            time.sleep(0.1)
+        assert client.get("/v1/models/digits-fusion/ready").status_code == 200
+        assert client.get("/health/ready").status_code == 503  # strict: one model failed
+        broken = client.get("/v1/models/digits-embed").json()
+        assert "config.yaml" in broken["error"] and "modalities" in broken["error"]
+        answer = client.post(PREDICT, files={"text": (None, "seven")})
+        assert answer.status_code == 200
+        unavailable = client.post("/v1/models/digits-embed/embed", files={"text": (None, "seven")})
+        assert unavailable.status_code == 503
+        metrics = client.get("/metrics").text
+        assert metric_value(metrics, "fusionserve_model_load_failures_total", model="digits-embed") >= 1
+
+
+async def test_sigterm_drains_in_flight_requests(gated, samples: list[Sample]) -> None:
+    server, gate = gated(
+        batching={"max_batch_size": 2, "max_queue_delay_ms": 0}, instance_groups=[{"kind": "cpu", "count": 1}]
+    )
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
+        accepted = [asyncio.create_task(client.post(PREDICT, files=text_part(samples[i]))) for i in range(5)]
+        await wait_for_metric(server.http_url, "fusionserve_inflight_requests", 5, protocol="http")
+        server.proc.send_signal(signal.SIGTERM)
+        # Draining: new work is refused with 503, health says not ready.
+        for _ in range(400):
+            if (await client.get("/health/ready")).status_code == 503:
+                break
+            await asyncio.sleep(0.005)
+        refused = await client.post(PREDICT, files=text_part(samples[6]))
+        assert refused.status_code == 503, refused.text
+        gate.touch()
+        answers = await asyncio.gather(*accepted)
+    assert [a.status_code for a in answers] == [200] * 5
+    assert server.proc.wait(timeout=60) == 0
