@@ -5,4 +5,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
 .venv/bin/ruff check .
 .venv/bin/mypy service models
+# The integration tests serve the real default repository: build it first
+# (reused from its cache when already built), outside pytest's per-test timeout.
+.venv/bin/fusionserve build-repo --out "${FUSIONSERVE_HOME:-$HOME/.cache/fusionserve}/model-repository"
 .venv/bin/python -m pytest -q -m "not slow" "$@"

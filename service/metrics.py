@@ -46,7 +46,11 @@ OUTCOMES = ("success", "client_error", "not_found", "overloaded", "unavailable",
 
 
 class Metrics:
-    """All fusionserve metrics, on a registry of their own."""
+    """All fusionserve metrics, on a registry of their own.
+
+    Instance counters are labelled ``model_instance`` (not ``instance``, which
+    Prometheus reserves for the scraped target).
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # ``*_created`` series double the exposition and no dashboard reads them.
@@ -114,6 +118,12 @@ class Metrics:
             ["model", "version"],
             registry=r,
         )
+        self.queue_capacity = Gauge(
+            "fusionserve_queue_capacity",
+            "The queue's bound (batching.max_queue_size); depth / capacity is saturation.",
+            ["model", "version"],
+            registry=r,
+        )
         self.inflight = Gauge(
             "fusionserve_inflight_requests",
             "Requests inside the server now.",
@@ -141,13 +151,13 @@ class Metrics:
         self.instance_busy_seconds = Counter(
             "fusionserve_instance_busy_seconds_total",
             "Seconds each instance spent computing; rate() gives utilisation.",
-            ["model", "version", "instance"],
+            ["model", "version", "model_instance"],
             registry=r,
         )
         self.instance_failures = Counter(
             "fusionserve_instance_failures_total",
             "Batches whose compute raised.",
-            ["model", "version", "instance"],
+            ["model", "version", "model_instance"],
             registry=r,
         )
         self.gpu_memory_used = Gauge(

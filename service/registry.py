@@ -201,6 +201,7 @@ class ModelRegistry:
         )
         state.versions[version] = VersionState(READY)
         self.metrics.model_ready.labels(entry.name, version).set(1)
+        self.metrics.queue_capacity.labels(entry.name, version).set(config.batching.max_queue_size)
         log.info("model %s version %s ready (%d instance(s))", entry.name, version, len(backends))
 
     async def unload(self, name: str, drain_timeout_s: float = 30.0) -> None:

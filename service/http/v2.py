@@ -21,9 +21,16 @@ from service.config import Settings
 from service.dataplane import DataPlane, VersionStats
 from service.errors import FusionServeError, InvalidInput, NotReady, Overloaded
 from service.http.errors import http_status
-from service.v2.codec import HEADER_LENGTH, encode_infer_response, parse_header_length, parse_infer_request
+from service.v2.codec import (
+    HEADER_LENGTH,
+    InferRequest,
+    RequestedOutput,
+    encode_infer_response,
+    parse_header_length,
+    parse_infer_request,
+)
 from service.v2.infer import run_infer
-from service.v2.mapping import input_specs, output_specs, require_config
+from service.v2.mapping import TensorSpec, input_specs, output_specs, require_config
 
 PROTOCOL = "v2-rest"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -49,7 +56,7 @@ class V2Route(APIRoute):
         return guarded
 
 
-def _tensor_specs(specs: list[Any]) -> list[dict[str, Any]]:
+def _tensor_specs(specs: list[TensorSpec]) -> list[dict[str, Any]]:
     return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
 
 
@@ -90,7 +97,9 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return document
 
 
-def _binary_outputs(document_params: dict[str, Any], requested: list[Any], produced: list[str]) -> set[str]:
+def _binary_outputs(
+    document_params: dict[str, Any], requested: list[RequestedOutput], produced: list[str]
+) -> set[str]:
     """Which outputs go binary: per output ``binary_data``, else request-level ``binary_data_output``."""
     default = document_params.get("binary_data_output") is True
     chosen = {name for name in produced if default}
@@ -137,19 +146,14 @@ def v2_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
 
     async def _infer(request: Request, model: str, version: str | None) -> Response:
         body = await request.body()
-        header_length: int | None = None
-        requested: list[Any] = []
-        parameters: dict[str, Any] = {}
 
-        def parse() -> Any:
-            nonlocal header_length, requested, parameters
+        def parse() -> InferRequest:
             header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-            parsed = parse_infer_request(body, header_length)
-            requested, parameters = parsed.outputs, parsed.parameters
-            return parsed
+            return parse_infer_request(body, header_length)
 
         result = await run_infer(dataplane, model, version, parse, timeout_s=None, protocol=PROTOCOL)
-        binary = _binary_outputs(parameters, requested, [t.name for t in result.outputs])
+        asked = result.request
+        binary = _binary_outputs(asked.parameters, asked.outputs, [t.name for t in result.outputs])
         head: dict[str, Any] = {"model_name": result.model, "model_version": result.version}
         if result.id:
             head["id"] = result.id
