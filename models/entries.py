@@ -1,0 +1,109 @@
+"""Repository entries from checkpoints: the entry's config and the call into ``models.export``.
+
+The decode contract written here (28x28 images, 16 kHz audio up to one
+second, 16 tokens) is the one the models were trained on; ``min_samples`` is
+one STFT frame so the server never feeds a graph an audio tensor too short
+to frame.
+"""
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from models.checkpoint import Checkpoint
+from models.contrastive import EMBED_OUTPUTS
+from service.model_config import CONFIG_FILE, ModelConfig, load_model_config
+
+#: Graph inputs need at least one STFT frame (n_fft samples); the server pads batches to this.
+MIN_AUDIO_SAMPLES = 400
+
+
+def entry_config(name: str, kind: str, meta: dict[str, Any], build_key: str) -> ModelConfig:
+    """The repository config of a trained checkpoint (docs/contracts.md, service/model_config.py)."""
+    modalities = {
+        "image": {"height": 28, "width": 28},
+        "audio": {"sample_rate": 16000, "max_samples": 16000, "min_samples": MIN_AUDIO_SAMPLES},
+        "text": {"max_tokens": 16},
+    }
+    metrics = meta.get("metrics", {})
+    facts: dict[str, Any] = {
+        "dataset_hash": meta["dataset_hash"],
+        "seed": meta["seed"],
+        "build_key": build_key,
+        "train_config": meta["train_config"],
+    }
+    if kind == "classifier":
+        outputs = [{"name": "class_logits", "kind": "logits", "dims": len(meta["labels"])}]
+        task = "classify"
+        description = f"Digit classifier fusing image, audio and text ({meta['strategy']} fusion)"
+        facts.update(
+            strategy=meta["strategy"], val_acc=metrics.get("val_acc"), test_acc=metrics.get("test_acc")
+        )
+    else:
+        dims = int(meta["embed_dim"])
+        sources = ("fused", "image", "audio", "text")
+        outputs = [
+            {"name": n, "kind": "embedding", "source": s, "dims": dims}
+            for n, s in zip(EMBED_OUTPUTS, sources, strict=True)
+        ]
+        task = "embed"
+        description = "Joint image/audio/text embeddings of spoken, written and described digits (InfoNCE)"
+        facts.update(strategy="contrastive", test_recall_at_1=metrics.get("test_recall_at_1"))
+    return ModelConfig.model_validate(
+        {
+            "name": name,
+            "description": description,
+            "backend": "onnx",
+            "task": task,
+            "modalities": modalities,
+            "outputs": outputs,
+            "batching": {"max_batch_size": 32, "max_queue_delay_ms": 2},
+            "metadata": facts,
+        }
+    )
+
+
+def entry_is_current(entry: Path, build_key: str) -> bool:
+    """The entry was exported from this build key and still passes ``verify_entry``."""
+    from models.verify import verify_entry
+
+    if not (entry / CONFIG_FILE).is_file():
+        return False
+    try:
+        config = load_model_config(entry / CONFIG_FILE)
+    except Exception:
+        return False
+    return config.metadata.get("build_key") == build_key and not verify_entry(entry)
+
+
+def export_checkpoint(
+    ckpt: Checkpoint, name: str, repo: Path, version: int, formats: Sequence[str], build_key: str = ""
+) -> Path:
+    """Write ``repo/name`` from a classifier or embedder checkpoint via ``models.export``."""
+    from models.export import export_entry
+
+    meta = dict(ckpt.meta)
+    if ckpt.kind == "classifier":
+        meta["strategy"] = ckpt.spec["strategy"]
+    elif ckpt.kind == "embedder":
+        meta["embed_dim"] = ckpt.spec["embed_dim"]
+    else:
+        raise ValueError(
+            f"a {ckpt.kind!r} checkpoint is not a servable model; export a classifier or embedder"
+        )
+    config = entry_config(name, ckpt.kind, meta, build_key)
+    module = ckpt.build()
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = Path(tmp) / "tokenizer.json"
+        tok.write_text(meta["tokenizer"], encoding="utf-8")
+        return export_entry(
+            module,
+            config=config,
+            labels=meta["labels"] if ckpt.kind == "classifier" else None,
+            tokenizer_path=tok,
+            repo_dir=repo,
+            version=version,
+            formats=tuple(formats),
+            check_inputs=[meta["check_inputs"]],
+        )
