@@ -34,7 +34,7 @@ from models.data import audio as _audio
 from models.data import images as _images
 from models.data import texts as _texts
 
-DATASET_VERSION = "4"
+DATASET_VERSION = "5"
 LABELS = [str(d) for d in range(10)]
 SAMPLE_RATE = _audio.SAMPLE_RATE
 MAX_SAMPLES = _audio.MAX_SAMPLES

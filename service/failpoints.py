@@ -3,8 +3,9 @@
 Set ``FUSIONSERVE_FAILPOINTS`` (read by ``service.config``) to a ``;``-separated
 list; nothing here runs unless it is set:
 
-- ``gate=PATH``: every compute call waits until the file PATH exists. Lets a
-  test hold batches in flight (queue full, deadlines, draining) without
+- ``gate=PATH``: every compute call waits until the file PATH exists, and
+  while one waits the file ``PATH.held`` exists. Lets a test hold batches in
+  flight (queue full, deadlines, draining) and know that it does, without
   relying on timing.
 - ``fail=MODEL:N``: the N-th compute call of MODEL (1-based, warm-up calls
   included) raises, as a crashing instance would; the calls after it succeed.
@@ -37,9 +38,12 @@ class Failpoints:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def before_compute(self, model: str) -> None:
-        if self.gate is not None:
+        if self.gate is not None and not self.gate.exists():
+            held = self.gate.with_name(self.gate.name + ".held")
+            held.touch()
             while not self.gate.exists():
                 time.sleep(0.005)
+            held.unlink(missing_ok=True)
         with self._lock:
             self._calls[model] = call = self._calls.get(model, 0) + 1
         if self.fail_call.get(model) == call:

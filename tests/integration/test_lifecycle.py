@@ -63,6 +63,16 @@ def gated(tmp_path: Path, model_repository: Path, server_factory: Callable[..., 
     return start
 
 
+async def wait_held(gate: Path) -> None:
+    """Until a compute call is blocked at the gate (the failpoint shows it with ``<gate>.held``)."""
+    held = gate.with_name(gate.name + ".held")
+    for _ in range(4000):
+        if held.exists():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("no compute call reached the gate")
+
+
 async def test_queue_full_sheds_with_429(gated, samples: list[Sample]) -> None:
     server, gate = gated(
         batching={"max_batch_size": 1, "max_queue_size": 2, "max_queue_delay_ms": 0},
@@ -70,7 +80,9 @@ async def test_queue_full_sheds_with_429(gated, samples: list[Sample]) -> None:
     )
     async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
         # One row computing (held at the gate), two queued: the queue is full.
-        held = [asyncio.create_task(client.post(PREDICT, files=text_part(samples[i]))) for i in range(3)]
+        held = [asyncio.create_task(client.post(PREDICT, files=text_part(samples[0])))]
+        await wait_held(gate)
+        held += [asyncio.create_task(client.post(PREDICT, files=text_part(samples[i]))) for i in (1, 2)]
         await wait_for_metric(server.http_url, "fusionserve_queue_depth", 2, model="digits-fusion")
         shed = await client.post(PREDICT, files=text_part(samples[3]))
         assert shed.status_code == 429, shed.text
@@ -87,7 +99,7 @@ async def test_expired_request_gets_504_and_is_never_computed(gated, samples: li
     )
     async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
         blocker = asyncio.create_task(client.post(PREDICT, files=text_part(samples[0])))
-        await wait_for_metric(server.http_url, "fusionserve_inflight_requests", 1, protocol="http")
+        await wait_held(gate)
         before = metric_value(
             (await client.get("/metrics")).text, "fusionserve_batch_size_sum", model="digits-fusion"
         )
