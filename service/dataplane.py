@@ -351,8 +351,17 @@ class DataPlane:
             if timeout <= 0:
                 raise DeadlineExceeded("the request's deadline had already passed on arrival")
             deadline = started + timeout
-            decoded = await self._decode_all(lv, rows, deadline)
-            outputs = await asyncio.gather(*(lv.batcher.submit(row, deadline) for row in decoded))
+            # Announce the rows so the batcher waits for them rather than
+            # dispatching a smaller batch a moment before they arrive.
+            lv.batcher.expect(len(rows))
+            try:
+                decoded = await self._decode_all(lv, rows, deadline)
+            except BaseException:
+                lv.batcher.retract(len(rows))
+                raise
+            outputs = await asyncio.gather(
+                *(lv.batcher.submit(row, deadline, announced=True) for row in decoded)
+            )
             post_start = time.monotonic()
             answers = await finish(lv, list(outputs), [row.modalities() for row in decoded])
             self.metrics.postprocess_seconds.labels(lv.name, lv.version).observe(

@@ -129,6 +129,10 @@ class OnnxOptions(_Strict):
     intra_op_threads: int = Field(default=0, ge=0, description="0 = ORT default")
     inter_op_threads: int = Field(default=1, ge=0)
     use_tensorrt: bool = False
+    #: ORT's intra-op threads spin while waiting for work. That buys a little
+    #: latency on an idle machine but burns the cores that decoding and HTTP
+    #: need in a server, so it is off unless asked for.
+    allow_spinning: bool = False
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
 
 

@@ -170,7 +170,13 @@ class ModelRegistry:
                 backend = await asyncio.to_thread(load_backend, config, path, device)
                 backends.append(wrap_backend(backend, self.failpoints, entry.name))
             preprocessor = await asyncio.to_thread(Preprocessor, config, entry.path)
-            batcher = DynamicBatcher(config.batching, model=entry.name, version=version, metrics=self.metrics)
+            batcher = DynamicBatcher(
+                config.batching,
+                model=entry.name,
+                version=version,
+                metrics=self.metrics,
+                track_arrivals=True,
+            )
             pool = WorkerPool(
                 batcher, backends, config, model=entry.name, version=version, metrics=self.metrics
             )

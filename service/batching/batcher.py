@@ -19,6 +19,14 @@ cancelled while queued has its row removed too. Once a row is in a batch its
 compute is already paid for; a caller whose deadline passes during compute
 still gets ``DeadlineExceeded`` at its deadline, and the result is discarded.
 
+Arrivals (``track_arrivals=True``): the data plane announces rows with
+:meth:`expect` when their request starts decoding, and :meth:`submit` (or
+:meth:`retract`, when decoding fails) settles the announcement. When no
+announced row is on its way, waiting for ``max_queue_delay_ms`` can only add
+latency, so the batch goes at once. A lone client then pays no batching delay
+(measured: with a 2 ms delay, batching at concurrency 1 was 3x slower than no
+batching), while concurrent rows still meet in one batch.
+
 Every time is ``time.monotonic()`` seconds (injectable as ``clock`` for tests).
 """
 
@@ -91,8 +99,11 @@ class DynamicBatcher:
         version: str,
         metrics: Metrics | None = None,
         clock: Clock = time.monotonic,
+        track_arrivals: bool = False,
     ) -> None:
         self.batching = batching
+        self._track_arrivals = track_arrivals
+        self._expected = 0  # announced rows still decoding
         self.model = model
         self.version = version
         self._metrics = metrics
@@ -134,13 +145,30 @@ class DynamicBatcher:
 
     # -- callers -----------------------------------------------------------
 
-    async def submit(self, row: DecodedRow, deadline: float) -> RowOutputs:
+    def expect(self, rows: int) -> None:
+        """Announce rows that are being decoded and will be submitted soon."""
+        self._expected += rows
+
+    def retract(self, rows: int) -> None:
+        """Withdraw announced rows that will never be submitted (their request failed)."""
+        self._expected = max(0, self._expected - rows)
+        self._changed.set()
+
+    @property
+    def expected(self) -> int:
+        return self._expected
+
+    async def submit(self, row: DecodedRow, deadline: float, *, announced: bool = False) -> RowOutputs:
         """Queue one row and wait for its outputs.
 
-        Raises :class:`NotReady` when closed, :class:`Overloaded` when the
-        queue is full, and :class:`DeadlineExceeded` when ``deadline`` passes
-        first.
+        ``announced``: the row was announced with :meth:`expect`; submitting
+        settles that. Raises :class:`NotReady` when closed, :class:`Overloaded`
+        when the queue is full, and :class:`DeadlineExceeded` when ``deadline``
+        passes first.
         """
+        if announced:
+            self._expected = max(0, self._expected - 1)
+            self._changed.set()
         if self._closed:
             raise NotReady(f"model {self.model} version {self.version} is not taking new requests (draining)")
         if len(self._queue) >= self.batching.max_queue_size:
@@ -217,7 +245,8 @@ class DynamicBatcher:
             if available >= self.batching.max_batch_size:
                 return self.batching.max_batch_size
             remaining = self._queue[0].enqueued + delay - self._clock()
-            if remaining <= 0 or self._closed:
+            nothing_coming = self._track_arrivals and self._expected == 0
+            if remaining <= 0 or self._closed or nothing_coming:
                 return self._preferred_size(available)
             self._changed.clear()
             with contextlib.suppress(TimeoutError):

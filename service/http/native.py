@@ -68,7 +68,7 @@ def native_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
     router = APIRouter()
 
     async def _predict(request: Request, model: str, version: str | None) -> dict[str, Any]:
-        parsed = await parse_request(request, max_part_bytes=settings.max_body_bytes, allow_top_k=True)
+        parsed = await parse_request(request, allow_top_k=True)
         results = await dataplane.predict(
             model,
             version,
@@ -83,7 +83,7 @@ def native_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
         return {**head, **_prediction_json(results[0])}
 
     async def _embed(request: Request, model: str, version: str | None) -> dict[str, Any]:
-        parsed = await parse_request(request, max_part_bytes=settings.max_body_bytes, allow_top_k=False)
+        parsed = await parse_request(request, allow_top_k=False)
         results = await dataplane.embed(
             model,
             version,

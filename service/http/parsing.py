@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from service.errors import FusionServeError, InvalidInput, LimitExceeded, UnsupportedMediaType
+from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
+from service.http.multipart import parse_multipart
 from service.types import RawInputs
 
 FILE_FIELDS = ("image", "audio")
@@ -29,53 +29,47 @@ class ParsedRequest:
     batch: bool  # the JSON batch form ("items") was used
 
 
-async def parse_request(request: Request, *, max_part_bytes: int, allow_top_k: bool) -> ParsedRequest:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        return await _parse_multipart(request, max_part_bytes, allow_top_k)
-    if content_type == "application/json":
+async def parse_request(request: Request, *, allow_top_k: bool) -> ParsedRequest:
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        return _parse_multipart(await request.body(), content_type, allow_top_k)
+    if media_type == "application/json":
         return _parse_json(await request.body(), allow_top_k)
     raise UnsupportedMediaType(
-        f"Content-Type {content_type or '(none)'!r} is not supported; "
+        f"Content-Type {media_type or '(none)'!r} is not supported; "
         "send multipart/form-data (fields image, audio, text) or application/json"
     )
 
 
-async def _parse_multipart(request: Request, max_part_bytes: int, allow_top_k: bool) -> ParsedRequest:
-    try:
-        form = await request.form(max_files=len(FILE_FIELDS) + 1, max_fields=8, max_part_size=max_part_bytes)
-    except FusionServeError:
-        raise
-    except Exception as exc:  # starlette raises MultiPartException / HTTPException for bad bodies
-        detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
-        raise InvalidInput(f"malformed multipart body: {detail}") from exc
+def _parse_multipart(body: bytes, content_type: str, allow_top_k: bool) -> ParsedRequest:
     allowed = ITEM_FIELDS + (OPTION_FIELDS if allow_top_k else ())
-    unknown = sorted(set(form.keys()) - set(allowed))
+    parts = parse_multipart(body, content_type, max_parts=len(allowed) + 2)
+    names = [p.name for p in parts]
+    unknown = sorted(set(names) - set(allowed))
     if unknown:
         raise InvalidInput(f"unknown field(s) {unknown}; expected any of {list(allowed)}", fields=unknown)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InvalidInput(f"field(s) {repeated} given more than once; give each once", fields=repeated)
     values: dict[str, Any] = {}
-    for name in ITEM_FIELDS:
-        entries = form.getlist(name)
-        if len(entries) > 1:
-            raise InvalidInput(f"field {name!r} given {len(entries)} times; give it once", field=name)
-        if not entries:
+    top_k: int | None = None
+    for part in parts:
+        if part.name in FILE_FIELDS:
+            if part.filename is None:
+                raise InvalidInput(
+                    f"field {part.name!r} must be a file upload, not a text field", field=part.name
+                )
+            values[part.name] = part.data
             continue
-        value = entries[0]
-        if isinstance(value, UploadFile):
-            data = await value.read()
-            if name == "text":
-                try:
-                    values[name] = data.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise InvalidInput("field 'text': not valid UTF-8", field="text") from exc
-            else:
-                values[name] = data
-        elif name in FILE_FIELDS:
-            raise InvalidInput(f"field {name!r} must be a file upload, not a text field", field=name)
+        try:
+            text = part.data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"field {part.name!r}: not valid UTF-8", field=part.name) from exc
+        if part.name == "text":
+            values["text"] = text
         else:
-            values[name] = value
-    await form.close()
-    top_k = _parse_top_k(form.get("top_k")) if allow_top_k else None
+            top_k = _parse_top_k(text)
     return ParsedRequest(rows=[_row(values, prefix="")], top_k=top_k, batch=False)
 
 

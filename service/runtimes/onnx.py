@@ -66,6 +66,9 @@ def session_options(config: ModelConfig) -> ort.SessionOptions:
     opts.intra_op_num_threads = config.onnx.intra_op_threads
     opts.inter_op_num_threads = config.onnx.inter_op_threads
     opts.graph_optimization_level = _OPT_LEVELS[config.onnx.graph_optimization]
+    spin = "1" if config.onnx.allow_spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return opts
 
 

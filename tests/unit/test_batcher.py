@@ -288,3 +288,53 @@ async def test_metrics_track_queue_depth_and_wait() -> None:
     assert metrics.registry.get_sample_value(
         "fusionserve_queue_duration_seconds_sum", labels
     ) == pytest.approx(0.006)
+
+
+# -- arrival tracking -------------------------------------------------------------
+
+
+def make_tracking(**batching: object) -> DynamicBatcher:
+    options = {"max_queue_delay_ms": FAR, **batching}
+    return DynamicBatcher(
+        Batching.model_validate(options), model="m", version="1", clock=FakeClock(), track_arrivals=True
+    )
+
+
+async def test_lone_row_goes_at_once_when_nothing_is_announced() -> None:
+    """With no row on its way, the (endless) queue delay is skipped."""
+    b = make_tracking(max_batch_size=8)
+    b.expect(1)
+    caller = asyncio.create_task(b.submit(row(1), FAR, announced=True))
+    batch = await asyncio.wait_for(b.next_batch(), timeout=5)
+    assert ids(batch) == [1] and b.expected == 0
+    answer(batch)
+    assert (await caller)["y"].tolist() == [10]
+
+
+async def test_announced_rows_are_waited_for() -> None:
+    b = make_tracking(max_batch_size=8)
+    b.expect(2)
+    first = asyncio.create_task(b.submit(row(1), FAR, announced=True))
+    former = asyncio.create_task(b.next_batch())
+    await until(lambda: b.queued == 1)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not former.done(), "dispatched while an announced row was still decoding"
+    second = asyncio.create_task(b.submit(row(2), FAR, announced=True))
+    batch = await asyncio.wait_for(former, timeout=5)
+    assert ids(batch) == [1, 2]
+    answer(batch)
+    await asyncio.gather(first, second)
+
+
+async def test_retracted_rows_release_the_batch() -> None:
+    b = make_tracking(max_batch_size=8)
+    b.expect(2)
+    first = asyncio.create_task(b.submit(row(1), FAR, announced=True))
+    former = asyncio.create_task(b.next_batch())
+    await until(lambda: b.queued == 1)
+    b.retract(1)  # the other request failed to decode
+    batch = await asyncio.wait_for(former, timeout=5)
+    assert ids(batch) == [1]
+    answer(batch)
+    await first
