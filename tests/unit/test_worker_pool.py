@@ -114,7 +114,7 @@ async def test_a_raising_instance_fails_only_its_batch_and_keeps_serving() -> No
     assert [r["class_logits"][0] for r in good] == [2, 3]
     assert pool.instances[0].failures == 1
     assert pool.instances[0].restarts == 0  # the loop itself never died
-    failures = {**LABELS, "instance": "0"}
+    failures = {**LABELS, "model_instance": "0"}
     assert metrics.registry.get_sample_value("fusionserve_instance_failures_total", failures) == 1
     assert metrics.registry.get_sample_value("fusionserve_batch_size_count", LABELS) == 1
     await shutdown(batcher, pool)
