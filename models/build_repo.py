@@ -45,7 +45,7 @@ from service.model_config import CONFIG_FILE
 log = logging.getLogger(__name__)
 
 #: Bump when an architecture or the training recipe changes, so stale checkpoints are not reused.
-MODEL_CODE_VERSION = "3"
+MODEL_CODE_VERSION = "4"
 FUSION_MODEL = "digits-fusion"
 EMBED_MODEL = "digits-embed"
 

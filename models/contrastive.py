@@ -1,9 +1,13 @@
-"""The joint-embedding model that ``digits-embed`` exports, and its InfoNCE loss.
+"""The joint-embedding model that ``digits-embed`` exports, and its losses.
 
-Each modality's pooled encoder vector is projected into one L2-normalised
-space. Training pulls the three views of the same row together with a
-symmetric InfoNCE over every modality pair (image-audio, image-text,
-audio-text), with one learnable temperature clamped so the logits can neither
+Each modality's pooled encoder vector is mapped to class logits, and its
+embedding is the softmax-weighted mix of learned class prototypes,
+L2-normalised: an item its modality identifies with confidence lands on its
+class's prototype, an ambiguous one between the prototypes of its candidate
+classes. Training is a label cross-entropy on each modality's logits (the
+retrieval target, cross-modal recall@1 by label, is class structure), with an
+optional symmetric InfoNCE over every modality pair (image-audio, image-text,
+audio-text) and one learnable temperature clamped so the logits can neither
 collapse nor explode. The fused embedding is the normalised mean of the
 present modalities' embeddings: it lives in the same space as the
 per-modality embeddings, so a fused query can retrieve any single modality.
@@ -55,21 +59,31 @@ class JointEmbedder(nn.Module):
         self.spec = spec  # Python-side only; TorchScript cannot hold a dataclass
         self.embed_dim = spec.embed_dim
         self.encoders = EncoderSet(spec.vocab_size, spec.dim, spec.sample_rate)
-        self.proj = nn.ModuleList([mlp(spec.dim, 2 * spec.dim, spec.embed_dim) for _ in range(3)])
+        #: Per modality: pooled vector -> class logits.
+        self.proj = nn.ModuleList([mlp(spec.dim, 2 * spec.dim, spec.num_classes) for _ in range(3)])
+        #: One learned prototype per class in the shared space (normalised when used).
+        self.prototypes = nn.Parameter(torch.randn(spec.num_classes, spec.embed_dim))
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        #: Optional auxiliary head on the shared space (training only; not exported as an output).
-        self.aux = nn.Linear(spec.embed_dim, spec.num_classes)
 
     def scale(self) -> Tensor:
         return self.log_scale.exp().clamp(MIN_SCALE, MAX_SCALE)
 
-    def embed_features(self, pooled: list[Tensor], present: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """Pooled encoder vectors → (fused, per-modality) normalised embeddings."""
+    def class_logits(self, pooled: list[Tensor]) -> list[Tensor]:
+        """Pooled encoder vectors → per-modality class logits (training only; not exported)."""
+        return [proj(pooled[i]) for i, proj in enumerate(self.proj)]
+
+    def embed_logits(self, logits: list[Tensor], present: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """Per-modality class logits → (fused, per-modality) normalised embeddings."""
+        protos = normalize(self.prototypes)
         embeds: list[Tensor] = []
-        for i, proj in enumerate(self.proj):
-            e = normalize(proj(pooled[i]))
+        for i in range(len(logits)):
+            e = normalize(torch.softmax(logits[i], dim=-1) @ protos)
             embeds.append(torch.where(present[i][:, None], e, torch.zeros_like(e)))
         return normalize(torch.stack(embeds).sum(dim=0)), embeds
+
+    def embed_features(self, pooled: list[Tensor], present: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """Pooled encoder vectors → (fused, per-modality) normalised embeddings."""
+        return self.embed_logits(self.class_logits(pooled), present)
 
     def forward(
         self,

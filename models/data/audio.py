@@ -29,9 +29,8 @@ BASE_VOICES = [
     "de",
     "nl",
     "sv",
-    "pl",
 ]
-# Voice variants (speaker characteristics, "+NAME"); these are split between train/val/test.
+# Voice variants (speaker characteristics, "+NAME"), shared by all splits.
 VARIANTS = [
     "adam",
     "Alex",
@@ -242,7 +241,7 @@ def corrupt_audio(word: np.ndarray, babble: np.ndarray | None, rng: np.random.Ge
     """
     severity = rng.random()
     w = word
-    if rng.random() < 0.01 + 0.03 * severity:
+    if rng.random() < 0.005 + 0.015 * severity:
         keep = rng.uniform(0.3, 0.7)
         w = w[: max(int(len(w) * keep), 400)]
     if len(w) > MAX_SAMPLES - 800:
@@ -253,13 +252,13 @@ def corrupt_audio(word: np.ndarray, babble: np.ndarray | None, rng: np.random.Ge
     off = int(rng.integers(0, length - len(w) + 1))
     out[off : off + len(w)] = w
     sig_rms = float(np.sqrt(np.mean(w.astype(np.float64) ** 2))) + 1e-9
-    if babble is not None and rng.random() < 0.04 + 0.08 * severity:
+    if babble is not None and rng.random() < 0.03 + 0.05 * severity:
         b = babble[:length]
         boff = int(rng.integers(0, length - len(b) + 1))
         b_rms = float(np.sqrt(np.mean(b.astype(np.float64) ** 2))) + 1e-9
-        rel_db = rng.uniform(-22.0, -10.0)
+        rel_db = rng.uniform(-24.0, -12.0)
         out[boff : boff + len(b)] += b * (sig_rms / b_rms) * 10 ** (rel_db / 20)
-    snr_db = rng.uniform(14.0, 32.0) - 6.0 * severity
+    snr_db = rng.uniform(18.0, 34.0) - 4.0 * severity
     noise = _colored_noise(length, rng, exponent=float(rng.choice([0.0, 1.0, 2.0])))
     out += noise * sig_rms * 10 ** (-snr_db / 20)
     gain = 10 ** (rng.uniform(-18.0, -1.0) / 20)

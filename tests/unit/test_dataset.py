@@ -87,13 +87,13 @@ def test_rows_not_shared_between_splits(small) -> None:
             assert owner.setdefault(key, name) == name
 
 
-def test_voice_variants_disjoint(small) -> None:
+def test_speakers_disjoint(small) -> None:
     _, cache = small
     meta = json.loads((cache / f"dataset-{D.DATASET_VERSION}-seed0-limit{LIMIT}.json").read_text())
-    variants = {k: {v.split("+")[1] for v in vs} for k, vs in meta["voices"].items()}
-    assert not variants["train"] & variants["val"]
-    assert not variants["train"] & variants["test"]
-    assert not variants["val"] & variants["test"]
+    speakers = {k: {tuple(c) for c in cs} for k, cs in meta["speakers"].items()}
+    assert not speakers["train"] & speakers["val"]
+    assert not speakers["train"] & speakers["test"]
+    assert not speakers["val"] & speakers["test"]
 
 
 def test_cache_reused(small, monkeypatch: pytest.MonkeyPatch) -> None:
