@@ -64,9 +64,9 @@ class BuildOptions:
 
 
 def default_cache_dir() -> Path:
-    from models.dataset import default_cache_dir as dataset_cache
+    from models.dataset import default_cache_root
 
-    return dataset_cache()
+    return default_cache_root()
 
 
 def cache_key(dataset_hash: str, cfg: TrainConfig, seed: int, fields: Sequence[str] | None = None) -> str:

@@ -93,9 +93,15 @@ class TrimodalDataset:
         return h.hexdigest()
 
 
-def default_cache_dir() -> Path:
+def default_cache_root() -> Path:
+    """``$FUSIONSERVE_CACHE``, else ``~/.cache/fusionserve``: datasets, checkpoints, the default repo."""
     env = os.environ.get("FUSIONSERVE_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "fusionserve"
+
+
+def default_cache_dir() -> Path:
+    """Where datasets are cached; ``build-repo`` uses the same folder, so it is built once."""
+    return default_cache_root() / "dataset"
 
 
 def _rng(seed: int, stream: str) -> np.random.Generator:

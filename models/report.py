@@ -202,6 +202,6 @@ def recompute(repo: Path, cache_dir: Path | None, seed: int) -> dict[str, Any]:
 
 
 def _default_cache() -> Path:
-    from models.dataset import default_cache_dir
+    from models.dataset import default_cache_root
 
-    return default_cache_dir()
+    return default_cache_root()

@@ -1,0 +1,333 @@
+"""Protocol benchmark: the same payloads through native HTTP, V2 REST, native gRPC and V2 gRPC.
+
+    python benchmarks/protocols.py --repository ~/.cache/fusionserve/model-repository
+
+One server (the model's own batching config, HTTP and gRPC both on) and one
+load generator for every door, ``h2load`` (Debian ``nghttp2-client``), so the
+doors are compared, not the clients: a closed loop at each concurrency
+(each client sends its next request when the answer arrives), prebuilt
+bodies of real JPEG + WAV + text test rows, top-k 5 everywhere.
+
+- HTTP doors: HTTP/1.1 (``--h1``), one connection per concurrent client, as
+  ``wrk`` does in ``benchmarks/serving.py``; native multipart and V2 with the
+  binary tensor extension.
+- gRPC doors: HTTP/2, one connection carrying that many concurrent streams
+  (what a gRPC channel does); each body is a length-prefixed gRPC message.
+
+The doors take turns in rounds at each level, each round on the next payload,
+so a noisy neighbour's drift is shared; the table shows mean throughput and
+median percentiles over the rounds. It ends with the issue's two checks: gRPC
+p50 at concurrency 1 is not above HTTP's, and saturated gRPC throughput is at
+least HTTP's. The load generator shares the machine with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.serving import LoadResult, Payload, batch_stats, free_port, make_payloads, multipart_body  # noqa: E402
+from service.grpc.protos import NATIVE, V2  # noqa: E402
+from service.v2.codec import serialize_bytes  # noqa: E402
+
+TOP_K = 5
+DOORS = ("native-http", "v2-rest", "native-grpc", "v2-grpc")
+
+
+# -- bodies --------------------------------------------------------------------
+def v2_rest_body(payload: Payload) -> tuple[bytes, int]:
+    """JSON header + binary parts; returns the body and the header's length."""
+    parts = [
+        serialize_bytes([payload.image]),
+        serialize_bytes([payload.audio]),
+        serialize_bytes([payload.text]),
+    ]
+    inputs = [
+        {"name": name, "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(part)}}
+        for name, part in zip(("image", "audio", "text"), parts, strict=True)
+    ]
+    header = json.dumps({"inputs": inputs, "parameters": {"top_k": TOP_K}}).encode()
+    return header + b"".join(parts), len(header)
+
+
+def v2_grpc_message(model: str, payload: Payload) -> bytes:
+    request = V2.ModelInferRequest(model_name=model)
+    for name in ("image", "audio", "text"):
+        request.inputs.add(name=name, datatype="BYTES", shape=[1])
+    request.parameters["top_k"].int64_param = TOP_K
+    request.raw_input_contents.extend(
+        [serialize_bytes([payload.image]), serialize_bytes([payload.audio]), serialize_bytes([payload.text])]
+    )
+    return request.SerializeToString()
+
+
+def native_grpc_message(model: str, payload: Payload) -> bytes:
+    item = NATIVE.Item(image=payload.image, audio=payload.audio, text=payload.text)
+    return NATIVE.PredictRequest(model=model, items=[item], top_k=TOP_K).SerializeToString()
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC message on the wire: uncompressed flag, 4-byte big-endian length, bytes."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+@dataclass
+class Door:
+    """How h2load reaches one door: URL path, headers, protocol, one body file per payload."""
+
+    name: str
+    path: str
+    headers: list[str]
+    http1: bool
+    bodies: list[Path]
+
+
+def write_doors(folder: Path, model: str, payloads: list[Payload]) -> dict[str, Door]:
+    boundary = uuid.uuid4().hex
+    grpc_headers = ["content-type: application/grpc", "te: trailers"]
+    multipart = [f"content-type: multipart/form-data; boundary={boundary}"]
+    binary = ["content-type: application/octet-stream"]
+    doors = {
+        "native-http": Door("native-http", f"/v1/models/{model}/predict", multipart, True, []),
+        "v2-rest": Door("v2-rest", f"/v2/models/{model}/infer", binary, True, []),
+        "native-grpc": Door("native-grpc", "/fusionserve.v1.FusionServe/Predict", grpc_headers, False, []),
+        "v2-grpc": Door("v2-grpc", "/inference.GRPCInferenceService/ModelInfer", grpc_headers, False, []),
+    }
+    for i, payload in enumerate(payloads):
+        v2_body, header_length = v2_rest_body(payload)
+        contents = {
+            "native-http": multipart_body(payload, boundary),
+            "v2-rest": v2_body,
+            "native-grpc": grpc_frame(native_grpc_message(model, payload)),
+            "v2-grpc": grpc_frame(v2_grpc_message(model, payload)),
+        }
+        for name, body in contents.items():
+            path = folder / f"{name}-{i}.bin"
+            path.write_bytes(body)
+            doors[name].bodies.append(path)
+        # Each V2 REST body has its own JSON header length, sent as a header by h2load().
+        (folder / f"v2-rest-{i}.hlen").write_text(str(header_length))
+    return doors
+
+
+# -- the server ----------------------------------------------------------------
+class BothDoors:
+    """``fusionserve serve`` with HTTP and gRPC, stopped with SIGTERM."""
+
+    def __init__(self, repository: Path) -> None:
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.target = f"127.0.0.1:{self.grpc_port}"
+        env = {**os.environ, "FUSIONSERVE_LOG_LEVEL": "warning"}
+        command = [sys.executable, "-m", "service", "serve", "--model-repository", str(repository)]
+        command += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=env)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("server did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def check_grpc_bodies(target: str, doors: dict[str, Door]) -> None:
+    """h2load sees only HTTP status 200; make sure every gRPC body is answered with status OK."""
+    with grpc.insecure_channel(target) as channel:
+        for door in (d for d in doors.values() if not d.http1):
+            call = channel.unary_unary(door.path)
+            for body in door.bodies:
+                call(body.read_bytes()[5:], timeout=30)  # raises on any non-OK status
+
+
+# -- h2load ----------------------------------------------------------------------
+def h2load(
+    base: str, door: Door, payload: int, concurrency: int, seconds: float, log: Path
+) -> dict[str, float]:
+    body = door.bodies[payload % len(door.bodies)]
+    log.unlink(missing_ok=True)  # h2load appends
+    headers = list(door.headers)
+    if door.name == "v2-rest":
+        headers.append(f"inference-header-content-length: {body.with_suffix('.hlen').read_text()}")
+    command = ["h2load", "-D", f"{seconds:g}", "-d", str(body), f"--log-file={log}", "-T", "60", "-N", "60"]
+    if door.http1:
+        command += ["--h1", "-c", str(concurrency), "-m", "1"]
+    else:
+        command += ["-c", "1", "-m", str(concurrency)]
+    for header in headers:
+        command += ["-H", header]
+    out = subprocess.run([*command, f"{base}{door.path}"], capture_output=True, text=True, check=True).stdout
+    finished = re.search(r"finished in ([\d.]+)(m?s)", out)
+    if not finished:
+        raise RuntimeError(f"h2load printed no summary:\n{out}")
+    elapsed = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
+    durations = sorted(int(r[2]) / 1000 for r in rows if r[1] == "200")
+    if not durations:
+        raise RuntimeError(f"no successful request:\n{out}")
+    return {
+        "rps": len(durations) / elapsed,
+        "p50_ms": statistics.median(durations),
+        "p95_ms": durations[min(len(durations) - 1, int(0.95 * len(durations)))],
+        "p99_ms": durations[min(len(durations) - 1, int(0.99 * len(durations)))],
+        "errors": len(rows) - len(durations),
+    }
+
+
+# -- driver ------------------------------------------------------------------------
+def measure(door: str, url: str, model: str, level: int, run: Callable[[], dict[str, float]]) -> LoadResult:
+    before = batch_stats(url, model)
+    numbers = run()
+    after = batch_stats(url, model)
+    batches = after[1] - before[1]
+    return LoadResult(
+        setup=door,
+        concurrency=level,
+        rps=numbers["rps"],
+        p50_ms=numbers["p50_ms"],
+        p95_ms=numbers["p95_ms"],
+        p99_ms=numbers["p99_ms"],
+        errors=int(numbers["errors"]),
+        mean_batch=(after[0] - before[0]) / batches if batches else 0.0,
+    )
+
+
+def combine(rounds: list[LoadResult]) -> LoadResult:
+    """One row from interleaved rounds: mean throughput, median percentiles."""
+    return LoadResult(
+        setup=rounds[0].setup,
+        concurrency=rounds[0].concurrency,
+        rps=statistics.fmean(r.rps for r in rounds),
+        p50_ms=statistics.median(r.p50_ms for r in rounds),
+        p95_ms=statistics.median(r.p95_ms for r in rounds),
+        p99_ms=statistics.median(r.p99_ms for r in rounds),
+        errors=sum(r.errors for r in rounds),
+        mean_batch=statistics.fmean(r.mean_batch for r in rounds),
+    )
+
+
+def print_table(results: list[LoadResult]) -> None:
+    print()
+    print("| door | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch |")
+    print("|---" * 8 + "|")
+    for r in results:
+        print(
+            f"| {r.setup} | {r.concurrency} | {r.rps:.1f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | "
+            f"{r.p99_ms:.2f} | {r.errors} | {r.mean_batch:.2f} |"
+        )
+    by_door: dict[str, list[LoadResult]] = {}
+    for r in results:
+        by_door.setdefault(r.setup, []).append(r)
+    http = by_door.get("native-http", [])
+    http_c1 = next((r for r in http if r.concurrency == 1), None)
+    http_top = max((r.rps for r in http), default=0.0)
+    print()
+    for door in ("native-grpc", "v2-grpc"):
+        rows = by_door.get(door, [])
+        c1 = next((r for r in rows if r.concurrency == 1), None)
+        if c1 and http_c1:
+            verdict = "ok" if c1.p50_ms <= http_c1.p50_ms else "SLOWER"
+            print(f"{door}: p50 at c=1 {c1.p50_ms:.2f} ms vs native HTTP {http_c1.p50_ms:.2f} ms ({verdict})")
+        if rows and http:
+            top = max(r.rps for r in rows)
+            verdict = "ok" if top >= http_top else "LOWER"
+            print(f"{door}: saturated {top:.1f} req/s vs native HTTP {http_top:.1f} req/s ({verdict})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--model", default="digits-fusion")
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per door and level, over all rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="the doors take turns this many times per level"
+    )
+    parser.add_argument("--payloads", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--doors", default=",".join(DOORS))
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if shutil.which("h2load") is None:
+        print("h2load is not installed (apt-get install nghttp2-client)", file=sys.stderr)
+        return 2
+    levels = [int(c) for c in args.concurrency.split(",")]
+    names = args.doors.split(",")
+    share = args.seconds / args.rounds
+    print(
+        f"machine: {os.cpu_count()} cores; model {args.model}; {args.seconds:g} s per door and level",
+        flush=True,
+    )
+    payloads = make_payloads(args.payloads, args.seed)
+    results: list[LoadResult] = []
+    with tempfile.TemporaryDirectory() as tmp_str:
+        tmp = Path(tmp_str)
+        doors = write_doors(tmp, args.model, payloads)
+        server = BothDoors(args.repository)
+        try:
+            server.wait_ready()
+            check_grpc_bodies(server.target, doors)
+            bases = {name: server.url if doors[name].http1 else f"http://{server.target}" for name in names}
+            log = tmp / "requests.tsv"
+            for name in names:  # warm every door (connections, allocator, sessions) before measuring
+                h2load(bases[name], doors[name], 0, 4, 1.0, log)
+            for level in levels:
+                rounds: dict[str, list[LoadResult]] = {name: [] for name in names}
+                for index in range(args.rounds):
+                    for name in names:
+
+                        def run(name: str = name, index: int = index, level: int = level) -> dict[str, float]:
+                            return h2load(bases[name], doors[name], index, level, share, log)
+
+                        rounds[name].append(measure(name, server.url, args.model, level, run))
+                for name in names:
+                    row = combine(rounds[name])
+                    results.append(row)
+                    print(
+                        f"  {name:<12} c={level:<4} {row.rps:8.1f} req/s  p50 {row.p50_ms:7.2f} ms  "
+                        f"p99 {row.p99_ms:7.2f} ms  batch {row.mean_batch:5.2f}  errors {row.errors}",
+                        flush=True,
+                    )
+        finally:
+            server.stop()
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

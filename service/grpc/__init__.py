@@ -1,0 +1,1 @@
+"""The gRPC door: the Open Inference Protocol service, the native service, health and reflection."""

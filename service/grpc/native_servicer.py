@@ -1,0 +1,141 @@
+"""``fusionserve.v1.FusionServe``: the native API over gRPC.
+
+Encoded files and text in, decoded server-side exactly as the multipart
+upload of the native HTTP API, so both doors answer the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from service.grpc.errors import as_core_error, grpc_code, guarded, remaining_seconds
+from service.grpc.protos import NATIVE
+from service.grpc.streaming import pipelined
+from service.types import RawInputs
+
+if TYPE_CHECKING:
+    from service.dataplane import DataPlane, Embedding, ModelInfo, Prediction
+
+PROTOCOL = "grpc"
+DEFAULT_TOP_K = 5  # as the native HTTP API
+
+
+def rows_of(items: Any) -> list[RawInputs]:
+    """Unset fields are absent modalities."""
+    return [
+        RawInputs(
+            image=item.image if item.HasField("image") else None,
+            audio=item.audio if item.HasField("audio") else None,
+            text=item.text if item.HasField("text") else None,
+        )
+        for item in items
+    ]
+
+
+def _prediction(p: Prediction) -> Any:
+    return NATIVE.Prediction(
+        modalities=p.modalities,
+        predictions=[
+            NATIVE.LabelScore(label=lab, score=s) for lab, s in zip(p.labels, p.scores, strict=True)
+        ],
+        probabilities=p.probabilities.tolist(),
+    )
+
+
+def _embedding(e: Embedding) -> Any:
+    return NATIVE.Embedding(
+        modalities=e.modalities,
+        embedding=NATIVE.Vector(values=e.fused.tolist()),
+        embeddings={m: NATIVE.Vector(values=v.tolist()) for m, v in e.per_modality.items()},
+    )
+
+
+def model_message(info: ModelInfo) -> Any:
+    message = NATIVE.Model(
+        name=info.name,
+        platform=info.platform,
+        ready=info.ready,
+        versions=[
+            NATIVE.VersionStatus(version=v, state=s.state, reason=s.reason)
+            for v, s in sorted(info.states.items(), key=lambda kv: int(kv[0]))
+        ],
+        labels=info.labels or [],
+        error=info.error or "",
+    )
+    if info.config is not None:
+        config = info.config
+        message.task = config.task
+        message.description = config.description
+        message.modalities.extend(m.value for m in config.modalities.present())
+        message.outputs.extend(
+            NATIVE.Output(name=o.name, kind=o.kind.value, source=o.source, dims=o.dims)
+            for o in config.outputs
+        )
+    return message
+
+
+class NativeServicer:
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def _predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        results = await self.dataplane.predict(
+            request.model,
+            request.version or None,
+            rows_of(request.items),
+            top_k=request.top_k or DEFAULT_TOP_K,
+            timeout_s=remaining_seconds(context),
+            protocol=PROTOCOL,
+        )
+        return NATIVE.PredictResponse(
+            model=results[0].model,
+            version=results[0].version,
+            results=[_prediction(p) for p in results],
+            request_id=request.request_id,
+        )
+
+    @guarded
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._predict(request, context)
+
+    @guarded
+    async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        results = await self.dataplane.embed(
+            request.model,
+            request.version or None,
+            rows_of(request.items),
+            timeout_s=remaining_seconds(context),
+            protocol=PROTOCOL,
+        )
+        return NATIVE.EmbedResponse(
+            model=results[0].model,
+            version=results[0].version,
+            results=[_embedding(e) for e in results],
+            request_id=request.request_id,
+        )
+
+    @guarded
+    async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return NATIVE.ListModelsResponse(models=[model_message(info) for info in self.dataplane.models()])
+
+    @guarded
+    async def GetModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return model_message(self.dataplane.model_info(request.name))
+
+    async def PredictStream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async def answer(request: Any) -> Any:
+            try:
+                response = await self._predict(request, context)
+                return NATIVE.PredictStreamResponse(request_id=request.request_id, response=response)
+            except Exception as exc:
+                error = as_core_error(exc)
+                status = NATIVE.Status(code=grpc_code(error).value[0], message=error.message)
+                return NATIVE.PredictStreamResponse(request_id=request.request_id, error=status)
+
+        async for response in pipelined(requests, answer):
+            yield response

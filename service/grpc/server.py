@@ -1,0 +1,78 @@
+"""Start the gRPC door: V2 and native services, health, reflection, limits, TLS, auth.
+
+``start_grpc_server`` returns the running ``grpc.aio.Server`` and its health
+service; the composition root flips ``health.set_serving`` when the models
+are ready and again on drain, and stops the server at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.grpc import protos
+from service.grpc.auth import BearerAuthInterceptor
+from service.grpc.handlers import generic_handler
+from service.grpc.health import HealthService
+from service.grpc.native_servicer import NativeServicer
+from service.grpc.v2_servicer import V2Servicer
+
+if TYPE_CHECKING:
+    from service.config import Settings
+    from service.dataplane import DataPlane
+
+log = logging.getLogger("fusionserve.grpc")
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    key = settings.tls_key_file.read_bytes()
+    cert = settings.tls_cert_file.read_bytes()
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
+def build_grpc_server(dataplane: DataPlane, settings: Settings) -> tuple[grpc.aio.Server, HealthService]:
+    """The server with every service registered, not yet bound or started."""
+    limit = settings.grpc_max_message_bytes
+    interceptors = []
+    if settings.api_token or settings.admin_token:
+        interceptors.append(BearerAuthInterceptor(settings.api_token, settings.admin_token))
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        interceptors=interceptors,
+    )
+    server.add_generic_rpc_handlers(
+        (
+            generic_handler(protos.V2_SERVICE, V2Servicer(dataplane)),
+            generic_handler(protos.NATIVE_SERVICE, NativeServicer(dataplane)),
+        )
+    )
+    health_service = HealthService(dataplane)
+    health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
+    names = (protos.V2_SERVICE, protos.NATIVE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server, pool=protos.pool())
+    return server, health_service
+
+
+async def start_grpc_server(
+    dataplane: DataPlane, settings: Settings
+) -> tuple[grpc.aio.Server, HealthService]:
+    """Bind ``settings.host:settings.grpc_port`` (0 picks a free port: see ``health.port``) and start."""
+    server, health_service = build_grpc_server(dataplane, settings)
+    address = f"{settings.host}:{settings.grpc_port or 0}"
+    credentials = _credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise RuntimeError(f"cannot bind gRPC to {address}")
+    health_service.port = port
+    await server.start()
+    log.info("gRPC listening on %s:%s (tls=%s)", settings.host, port, credentials is not None)
+    return server, health_service

@@ -1,0 +1,119 @@
+"""V2 gRPC messages ⇄ the transport-neutral ``service.v2.codec`` types.
+
+Inputs arrive either in ``raw_input_contents`` (one little-endian buffer per
+input; what tritonclient sends) or in the typed ``contents`` fields (what the
+KServe SDK sends). Outputs always go back as ``raw_output_contents``, as
+Triton answers, which both clients read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from service.errors import InvalidInput
+from service.v2.codec import (
+    NUMPY_DTYPES,
+    InferRequest,
+    RequestedOutput,
+    Tensor,
+    check_datatype,
+    check_shape,
+    element_count,
+    from_raw,
+    object_array,
+    to_raw,
+)
+
+#: The typed ``InferTensorContents`` field of each datatype; FP16 travels only raw.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameters_dict(parameters: Any) -> dict[str, Any]:
+    """A map of ``InferParameter`` as plain Python values."""
+    if not parameters:
+        return {}
+    values: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        values[key] = getattr(parameter, choice) if choice else None
+    return values
+
+
+def set_parameter(target: Any, key: str, value: bool | int | str | float) -> None:
+    parameter = target[key]
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    else:
+        parameter.string_param = str(value)
+
+
+def _from_contents(name: str, datatype: str, shape: tuple[int, ...], contents: Any) -> np.ndarray:
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"tensor {name!r}: {datatype} data must travel in raw_input_contents")
+    values = getattr(contents, field)
+    count = element_count(shape)
+    if len(values) != count:
+        raise InvalidInput(
+            f"tensor {name!r}: shape {list(shape)} needs {count} elements, {field} has {len(values)}"
+        )
+    if datatype == "BYTES":
+        return object_array(list(values), shape)
+    dtype = NUMPY_DTYPES[datatype]
+    array = np.asarray(values)
+    if dtype.kind in "iu" and array.size:
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInput(
+                f"tensor {name!r}: a value lies outside {datatype} range {info.min}..{info.max}"
+            )
+    return array.astype(dtype).reshape(shape)
+
+
+def request_from_proto(message: Any) -> InferRequest:
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; give one per input"
+        )
+    inputs = []
+    for index, tensor in enumerate(message.inputs):
+        name = tensor.name
+        datatype = check_datatype(name, tensor.datatype)
+        shape = check_shape(name, tuple(tensor.shape))
+        if raw:
+            data = from_raw(name, datatype, shape, raw[index])
+        else:
+            data = _from_contents(name, datatype, shape, tensor.contents)
+        inputs.append(Tensor(name, datatype, shape, data, parameters_dict(tensor.parameters)))
+    outputs = [RequestedOutput(o.name, parameters_dict(o.parameters)) for o in message.outputs]
+    return InferRequest(inputs, outputs, message.id, parameters_dict(message.parameters))
+
+
+def response_to_proto(
+    response_class: Any, model: str, version: str, request_id: str, outputs: list[Tensor]
+) -> Any:
+    message = response_class(model_name=model, model_version=version, id=request_id)
+    for tensor in outputs:
+        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
+        message.raw_output_contents.append(to_raw(tensor))
+    return message

@@ -1,0 +1,351 @@
+"""V2 tensors on the wire: JSON data, raw little-endian bytes, the binary tensor extension.
+
+Pure functions from bytes/JSON to :class:`Tensor` and back, shared by the
+REST and gRPC doors. Every malformed input raises
+:class:`~service.errors.InvalidInput` naming the tensor and what is wrong.
+
+``BYTES`` tensors are object arrays of ``bytes``; serialised, each element is
+a 4-byte little-endian length followed by its bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.errors import InvalidInput
+
+#: V2 datatype -> numpy dtype (little-endian). BF16 has no numpy type and is refused.
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+BINARY_SIZE = "binary_data_size"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_LENGTH = struct.Struct("<I")
+
+
+@dataclass
+class Tensor:
+    """One named tensor; ``data`` already has ``shape`` (BYTES: object array of bytes)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferRequest:
+    """A V2 inference request, whichever door it came through."""
+
+    inputs: list[Tensor]
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+# -- shapes and datatypes ---------------------------------------------------
+
+
+def check_datatype(name: str, datatype: object) -> str:
+    if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
+        known = ", ".join(NUMPY_DTYPES)
+        raise InvalidInput(f"tensor {name!r}: unsupported datatype {datatype!r}; expected one of {known}")
+    return datatype
+
+
+def check_shape(name: str, shape: object) -> tuple[int, ...]:
+    if isinstance(shape, list | tuple):
+        for dim in shape:
+            if type(dim) is not int or dim < 0:
+                break
+        else:
+            return tuple(shape)
+    raise InvalidInput(f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+
+
+def element_count(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+# -- BYTES elements -----------------------------------------------------------
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytearray | memoryview | np.bytes_):
+        return bytes(value)
+    return str(value).encode("utf-8")
+
+
+def serialize_bytes(elements: Iterable[object]) -> bytes:
+    """Length-prefixed concatenation of the elements (str are UTF-8 encoded)."""
+    parts: list[bytes] = []
+    for element in elements:
+        data = _as_bytes(element)
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def deserialize_bytes(name: str, buffer: bytes | memoryview) -> list[bytes]:
+    """Split a length-prefixed BYTES buffer; a truncated element is an error, not a guess."""
+    view = memoryview(buffer)
+    if len(view) >= 4 and _LENGTH.unpack_from(view)[0] == len(view) - 4:  # the common single element
+        return [bytes(view[4:])]
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise InvalidInput(f"tensor {name!r}: truncated BYTES element length at byte {offset}")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InvalidInput(
+                f"tensor {name!r}: BYTES element {len(elements)} declares {length} bytes "
+                f"but only {len(view) - offset} remain"
+            )
+        elements.append(bytes(view[offset : offset + length]))
+        offset += length
+    return elements
+
+
+def object_array(elements: Sequence[bytes], shape: tuple[int, ...]) -> np.ndarray:
+    array = np.empty(len(elements), dtype=object)
+    array[:] = elements
+    return array.reshape(shape)
+
+
+# -- raw little-endian contents --------------------------------------------
+
+
+def from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:
+    """A tensor from its raw bytes (binary extension part or gRPC raw contents)."""
+    count = element_count(shape)
+    if datatype == "BYTES":
+        elements = deserialize_bytes(name, raw)
+        if len(elements) != count:
+            raise InvalidInput(
+                f"tensor {name!r}: shape {list(shape)} needs {count} BYTES elements, got {len(elements)}"
+            )
+        return object_array(elements, shape)
+    dtype = NUMPY_DTYPES[datatype]
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"tensor {name!r}: {datatype} shape {list(shape)} needs {expected} bytes, got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def to_raw(tensor: Tensor) -> bytes:
+    if tensor.datatype == "BYTES":
+        return serialize_bytes(tensor.data.reshape(-1))
+    return np.ascontiguousarray(tensor.data, dtype=NUMPY_DTYPES[tensor.datatype]).tobytes()
+
+
+# -- JSON data ----------------------------------------------------------------
+
+
+def _flatten(name: str, data: object) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    flat: list[Any] = []
+    stack: list[Any] = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def _numbers(name: str, datatype: str, flat: list[Any]) -> np.ndarray:
+    dtype = NUMPY_DTYPES[datatype]
+    if dtype.kind == "b":
+        if not all(isinstance(v, bool) for v in flat):
+            raise InvalidInput(f"tensor {name!r}: BOOL data must be true/false")
+        return np.asarray(flat, dtype=dtype)
+    if dtype.kind in "iu":
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+            raise InvalidInput(f"tensor {name!r}: {datatype} data must be integers")
+        info = np.iinfo(dtype)
+        if flat and (min(flat) < info.min or max(flat) > info.max):
+            raise InvalidInput(
+                f"tensor {name!r}: a value lies outside {datatype} range {info.min}..{info.max}"
+            )
+        return np.asarray(flat, dtype=dtype)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
+        raise InvalidInput(f"tensor {name!r}: {datatype} data must be numbers")
+    return np.asarray(flat, dtype=dtype)
+
+
+def from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: object) -> np.ndarray:
+    """A tensor from JSON ``data`` (flat or nested, row-major). BYTES elements are UTF-8 strings."""
+    flat = _flatten(name, data)
+    count = element_count(shape)
+    if len(flat) != count:
+        raise InvalidInput(
+            f"tensor {name!r}: shape {list(shape)} needs {count} elements, data has {len(flat)}"
+        )
+    if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in flat):
+            raise InvalidInput(f"tensor {name!r}: BYTES data must be strings")
+        return object_array([v.encode("utf-8") for v in flat], shape)
+    return _numbers(name, datatype, flat).reshape(shape)
+
+
+def to_json_data(tensor: Tensor) -> list[Any]:
+    flat = tensor.data.reshape(-1)
+    if tensor.datatype == "BYTES":
+        return [_as_bytes(v).decode("utf-8", errors="replace") for v in flat]
+    return flat.tolist()
+
+
+# -- REST bodies (JSON, optionally followed by binary parts) ------------------
+
+
+def _mapping(name: str, value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{name} must be a JSON object")
+    return value
+
+
+def parse_header_length(value: str | None, body_length: int) -> int | None:
+    """The ``Inference-Header-Content-Length`` value, checked against the body."""
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
+    length = int(value)
+    if length == 0 or length > body_length:
+        raise InvalidInput(f"{HEADER_LENGTH}={length} does not fit a body of {body_length} bytes")
+    return length
+
+
+def _input_tensor(raw: object, index: int, binary: memoryview, cursor: int) -> tuple[Tensor, int]:
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"inputs[{index}] must be a JSON object")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"inputs[{index}] needs a string 'name'")
+    datatype = check_datatype(name, raw.get("datatype"))
+    shape = check_shape(name, raw.get("shape"))
+    parameters = _mapping(f"inputs[{index}].parameters", raw.get("parameters"))
+    size = parameters.get(BINARY_SIZE)
+    if size is None:
+        if "data" not in raw:
+            raise InvalidInput(f"tensor {name!r} has neither 'data' nor parameters.{BINARY_SIZE}")
+        return Tensor(
+            name, datatype, shape, from_json_data(name, datatype, shape, raw["data"]), parameters
+        ), cursor
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidInput(f"tensor {name!r}: {BINARY_SIZE} must be a non-negative integer")
+    if cursor + size > len(binary):
+        raise InvalidInput(
+            f"tensor {name!r}: {BINARY_SIZE}={size} runs past the end of the binary data "
+            f"({len(binary) - cursor} bytes left)"
+        )
+    data = from_raw(name, datatype, shape, binary[cursor : cursor + size])
+    return Tensor(name, datatype, shape, data, parameters), cursor + size
+
+
+def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+    """A REST infer body: JSON, or JSON header + binary parts when ``header_length`` is given."""
+    header = body if header_length is None else body[:header_length]
+    binary = memoryview(body)[len(header) :]
+    try:
+        document = json.loads(header)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidInput("request body must be a JSON object")
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise InvalidInput("request needs an 'inputs' list")
+    inputs: list[Tensor] = []
+    cursor = 0
+    for index, raw in enumerate(raw_inputs):
+        tensor, cursor = _input_tensor(raw, index, binary, cursor)
+        inputs.append(tensor)
+    if cursor != len(binary):
+        raise InvalidInput(f"{len(binary) - cursor} bytes of binary data are not claimed by any input")
+    outputs = []
+    raw_outputs = document.get("outputs") or []
+    if not isinstance(raw_outputs, list):
+        raise InvalidInput("'outputs' must be a list")
+    for index, raw in enumerate(raw_outputs):
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise InvalidInput(f"outputs[{index}] needs a string 'name'")
+        outputs.append(
+            RequestedOutput(raw["name"], _mapping(f"outputs[{index}].parameters", raw.get("parameters")))
+        )
+    request_id = document.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    return InferRequest(inputs, outputs, request_id, _mapping("parameters", document.get("parameters")))
+
+
+def encode_infer_response(
+    head: dict[str, Any], outputs: Sequence[Tensor], binary: set[str]
+) -> tuple[bytes, int | None]:
+    """The REST answer: JSON, then the raw bytes of the outputs named in ``binary``.
+
+    Returns the body and, when any output is binary, the JSON header's length
+    (for ``Inference-Header-Content-Length``).
+    """
+    parts: list[bytes] = []
+    described = []
+    for tensor in outputs:
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        parameters = dict(tensor.parameters)
+        if tensor.name in binary:
+            raw = to_raw(tensor)
+            parameters[BINARY_SIZE] = len(raw)
+            parts.append(raw)
+        else:
+            entry["data"] = to_json_data(tensor)
+        if parameters:
+            entry["parameters"] = parameters
+        described.append(entry)
+    header = json.dumps({**head, "outputs": described}, separators=(",", ":")).encode()
+    if not parts:
+        return header, None
+    return header + b"".join(parts), len(header)

@@ -1,0 +1,92 @@
+"""One V2 inference against the data plane, shared by the REST and gRPC doors.
+
+The door hands over a ``parse`` callable so that every refusal before the
+core (malformed tensors, unknown inputs, unknown model) is counted once in
+the request metrics, whichever door it came through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from service.errors import FusionServeError, InvalidInput
+from service.v2.codec import InferRequest, Tensor
+from service.v2.mapping import (
+    check_requested,
+    embedding_outputs,
+    prediction_outputs,
+    require_config,
+    rows_from_inputs,
+    top_k_of,
+)
+
+if TYPE_CHECKING:
+    from service.dataplane import DataPlane
+
+#: Triton's request parameter for a server-side timeout, in microseconds (0: none).
+TIMEOUT_PARAMETER = "timeout"
+
+
+@dataclass
+class InferResponse:
+    model: str
+    version: str
+    id: str
+    outputs: list[Tensor]
+    #: What was asked: the REST door reads its binary-output flags from it.
+    request: InferRequest
+
+
+def _timeout(parameters: dict[str, object], transport_s: float | None) -> float | None:
+    """The tighter of the transport's deadline and the request's ``timeout`` parameter."""
+    value = parameters.get(TIMEOUT_PARAMETER)
+    if value is None:
+        return transport_s
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput(f"parameter {TIMEOUT_PARAMETER} must be a non-negative integer (microseconds)")
+    if value == 0:  # as in Triton: no timeout of its own
+        return transport_s
+    own = value / 1e6
+    return own if transport_s is None else min(own, transport_s)
+
+
+async def run_infer(
+    dataplane: DataPlane,
+    model: str,
+    version: str | None,
+    parse: Callable[[], InferRequest],
+    *,
+    timeout_s: float | None,
+    protocol: str,
+) -> InferResponse:
+    try:
+        request = parse()
+        info = dataplane.model_info(model, version)
+        config = require_config(model, info.config, info.error)
+        wanted = check_requested(config, info.labels, request.outputs)
+        rows = rows_from_inputs(model, config, request.inputs)
+        timeout = _timeout(request.parameters, timeout_s)
+        top_k = top_k_of(request.parameters) if config.task == "classify" else 0
+    except FusionServeError as exc:
+        dataplane.record_rejected(model, protocol, exc)
+        raise
+    if config.task == "classify":
+        predictions = await dataplane.predict(
+            model, version, rows, top_k=top_k, timeout_s=timeout, protocol=protocol
+        )
+        outputs = prediction_outputs(
+            [p.labels for p in predictions],
+            [p.scores for p in predictions],
+            [p.probabilities for p in predictions],
+            wanted,
+        )
+        served = predictions[0].version
+    else:
+        embeddings = await dataplane.embed(model, version, rows, timeout_s=timeout, protocol=protocol)
+        outputs = embedding_outputs(
+            config, [e.fused for e in embeddings], [e.per_modality for e in embeddings], wanted
+        )
+        served = embeddings[0].version
+    return InferResponse(model, served, request.id, outputs, request)

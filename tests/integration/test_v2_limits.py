@@ -1,0 +1,63 @@
+"""Oversized messages: refused with the right status by both doors, and the server keeps serving."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import RunningServer, launch_server
+from tests.integration.v2_helpers import CLASSIFIER, object_column
+
+LIMIT = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def small_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    env = {"FUSIONSERVE_MAX_BODY_BYTES": str(LIMIT), "FUSIONSERVE_GRPC_MAX_MESSAGE_BYTES": str(LIMIT)}
+    server = launch_server(model_repository, tmp_path_factory.mktemp("limits"), env=env)
+    yield server
+    server.stop()
+
+
+def _text(size: int) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput("text", [1], "BYTES")
+    tensor.set_data_from_numpy(object_column([b"x" * size]))
+    return tensor
+
+
+def test_oversized_grpc_message_is_resource_exhausted(small_server: RunningServer) -> None:
+    client = grpcclient.InferenceServerClient(small_server.grpc_target)
+    try:
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer(CLASSIFIER, [_text(2 * LIMIT)])
+        assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "larger than max" in caught.value.message()
+        assert client.infer(CLASSIFIER, [_text(5)]).as_numpy("labels").shape == (1, 1)
+    finally:
+        client.close()
+
+
+def test_oversized_rest_body_is_413(small_server: RunningServer) -> None:
+    image = np.zeros((1, 2 * LIMIT), dtype=np.uint8).tobytes()
+    answer = httpx.post(
+        f"{small_server.http_url}/v2/models/{CLASSIFIER}/infer",
+        content=b'{"inputs":[]}' + image,
+        headers={"Inference-Header-Content-Length": "13"},
+        timeout=30,
+    )
+    assert answer.status_code == 413
+    assert "max_body_bytes" in answer.text
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{small_server.http_port}")
+    try:
+        small = httpclient.InferInput("text", [1], "BYTES")
+        small.set_data_from_numpy(object_column([b"seven"]))
+        assert client.infer(CLASSIFIER, [small]).as_numpy("labels").shape == (1, 1)
+    finally:
+        client.close()
