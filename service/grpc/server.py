@@ -43,7 +43,14 @@ def build_grpc_server(dataplane: DataPlane, settings: Settings) -> tuple[grpc.ai
     if settings.api_token or settings.admin_token:
         interceptors.append(BearerAuthInterceptor(settings.api_token, settings.admin_token))
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            # Recycle long-lived connections so clients balancing over a
+            # headless Service discover new replicas (docs/deployment.md).
+            ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.drain_timeout_s * 1000)),
+        ],
         interceptors=interceptors,
     )
     server.add_generic_rpc_handlers(

@@ -86,14 +86,14 @@ class GatewayMiddleware:
                 await _send_json(
                     send,
                     denied[0],
-                    self._error(denied[1], "unauthenticated", request_id),
+                    self._error(denied[1], "unauthenticated", request_id, scope["path"]),
                     [id_header, (b"www-authenticate", b"Bearer")],
                 )
                 return
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 status_holder["status"] = 413
-                await _send_json(send, 413, self._too_large(request_id), [id_header])
+                await _send_json(send, 413, self._too_large(request_id, scope["path"]), [id_header])
                 return
             await self._forward(scope, receive, send, id_header, status_holder, request_id)
         finally:
@@ -143,15 +143,18 @@ class GatewayMiddleware:
             if started:
                 raise
             status_holder["status"] = 413
-            await _send_json(send, 413, self._too_large(request_id), [id_header])
+            await _send_json(send, 413, self._too_large(request_id, scope["path"]), [id_header])
 
-    def _too_large(self, request_id: str) -> dict[str, Any]:
+    def _too_large(self, request_id: str, path: str) -> dict[str, Any]:
         return self._error(
-            f"request body exceeds max_body_bytes={self.max_body_bytes}", "limit_exceeded", request_id
+            f"request body exceeds max_body_bytes={self.max_body_bytes}", "limit_exceeded", request_id, path
         )
 
     @staticmethod
-    def _error(message: str, code: str, request_id: str) -> dict[str, Any]:
+    def _error(message: str, code: str, request_id: str, path: str) -> dict[str, Any]:
+        """The native error shape; V2 paths answer ``{"error": "message"}`` as V2 clients expect."""
+        if path.startswith("/v2"):
+            return {"error": message}
         return {"error": {"code": code, "message": message}, "request_id": request_id}
 
     def _auth_failure(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str] | None:

@@ -338,3 +338,30 @@ async def test_retracted_rows_release_the_batch() -> None:
     assert ids(batch) == [1]
     answer(batch)
     await first
+
+
+async def test_rows_are_shared_between_free_instances() -> None:
+    """Two free instances, four rows that are not a full batch: two rows each, not four on one."""
+    b = make_tracking(max_batch_size=8)
+    b.expect(4)
+    formers = [asyncio.create_task(b.next_batch()) for _ in range(2)]
+    callers = [asyncio.create_task(b.submit(row(i), FAR, announced=True)) for i in range(4)]
+    batches = await asyncio.wait_for(asyncio.gather(*formers), timeout=5)
+    assert sorted(len(batch) for batch in batches) == [2, 2]
+    assert sorted(ids(batches[0]) + ids(batches[1])) == [0, 1, 2, 3]
+    for batch in batches:
+        answer(batch)
+    await asyncio.gather(*callers)
+
+
+async def test_a_full_batch_is_never_split() -> None:
+    b = make_tracking(max_batch_size=4)
+    callers = submit_all(b, 4)
+    formers = [asyncio.create_task(b.next_batch()) for _ in range(2)]
+    first = await asyncio.wait_for(asyncio.wait(formers, return_when=asyncio.FIRST_COMPLETED), timeout=5)
+    (done,) = first[0]
+    assert len(done.result()) == 4
+    answer(done.result())
+    await asyncio.gather(*callers)
+    for former in formers:
+        former.cancel()

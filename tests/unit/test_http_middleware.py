@@ -79,6 +79,7 @@ async def test_inference_and_admin_tokens_are_separate() -> None:
             "/v2/repository/index", headers={"Authorization": "Bearer infer-secret"}
         )
         assert admin_with_infer.status_code == 401
+        assert admin_with_infer.json() == {"error": "invalid bearer token"}  # V2 clients' shape on /v2
         admin = await client.post("/v2/repository/index", headers={"Authorization": "Bearer admin-secret"})
         assert admin.status_code == 200
         assert (await client.get("/health/live")).status_code == 200  # probes stay open
