@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -180,7 +181,8 @@ def h2load(
     headers = list(door.headers)
     if door.name == "v2-rest":
         headers.append(f"inference-header-content-length: {body.with_suffix('.hlen').read_text()}")
-    command = ["h2load", "-D", f"{seconds:g}", "-d", str(body), f"--log-file={log}", "-T", "60", "-N", "60"]
+    # h2load 1.52 takes whole seconds only.
+    command = ["h2load", "-D", str(max(1, math.ceil(seconds))), "-d", str(body), f"--log-file={log}", "-T", "60", "-N", "60"]
     if door.http1:
         command += ["--h1", "-c", str(concurrency), "-m", "1"]
     else:
