@@ -24,6 +24,7 @@ import uvicorn
 from service.config import Settings
 from service.dataplane import DataPlane
 from service.failpoints import parse_failpoints
+from service.gpu_metrics import sample_gpus
 from service.http.app import create_http_app
 from service.metrics import Metrics
 from service.registry import ModelRegistry
@@ -72,6 +73,7 @@ class FusionServer:
                 loop.add_signal_handler(sig, self.request_stop)
         http = _UvicornServer(self._uvicorn_config())
         http_task = asyncio.create_task(http.serve(), name="http")
+        gpu_task = asyncio.create_task(sample_gpus(self.metrics), name="gpu-metrics")
         await self._start_grpc()
         while not http.started:
             if http_task.done():
@@ -93,6 +95,7 @@ class FusionServer:
         await self._drain()
         http.should_exit = True
         await http_task
+        gpu_task.cancel()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         self.dataplane.shutdown()
