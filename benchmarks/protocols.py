@@ -182,7 +182,8 @@ def h2load(
     if door.name == "v2-rest":
         headers.append(f"inference-header-content-length: {body.with_suffix('.hlen').read_text()}")
     # h2load 1.52 takes whole seconds only.
-    command = ["h2load", "-D", str(max(1, math.ceil(seconds))), "-d", str(body), f"--log-file={log}", "-T", "60", "-N", "60"]
+    duration = str(max(1, math.ceil(seconds)))
+    command = ["h2load", "-D", duration, "-d", str(body), f"--log-file={log}", "-T", "60", "-N", "60"]
     if door.http1:
         command += ["--h1", "-c", str(concurrency), "-m", "1"]
     else:
