@@ -265,11 +265,17 @@ async def test_streams_need_the_token_too() -> None:
     async def requests() -> AsyncIterator[pb.PredictRequest]:
         yield pb.PredictRequest(model="digits-fusion", items=[pb.Item(text="x")], request_id="1")
 
+    async def no_requests() -> AsyncIterator[pb.PredictRequest]:
+        return
+        yield  # an async generator that sends nothing
+
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{health.port}") as channel:
             stub = pb_grpc.FusionServeStub(channel)
+            # No message on the refused stream: a client still sending when the
+            # server aborts may see its send fail (INTERNAL) instead of the status.
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                _ = [a async for a in stub.PredictStream(requests())]
+                _ = [a async for a in stub.PredictStream(no_requests())]
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
             metadata = (("authorization", "Bearer data-secret"),)
             answers = [a async for a in stub.PredictStream(requests(), metadata=metadata)]
