@@ -7,15 +7,30 @@ the gRPC servicers), so every log line of a request can be joined to it.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
+import os
+import re
 import sys
 import time
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
+#: A client's own request id is kept when it looks like one (no spaces, bounded).
+SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-_EXTRA_FIELDS = ("method", "path", "status", "duration_ms", "model", "protocol")
+# Request ids: a random per-process prefix and a counter — unique, and far
+# cheaper per request than uuid4 (which showed up at 7% of a profile).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+_EXTRA_FIELDS = ("method", "path", "status", "duration_ms", "model", "protocol", "rpc", "code")
 
 
 class JsonFormatter(logging.Formatter):

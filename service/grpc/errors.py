@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from service.errors import (
     NotReady,
     Overloaded,
 )
+from service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
 
 log = logging.getLogger("fusionserve.grpc")
 
@@ -51,19 +53,44 @@ Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
 def guarded(method: Handler) -> Handler:
-    """Wrap a unary servicer method: a raised error becomes the matching status and message."""
+    """Wrap a unary servicer method: request id, one access-log line, errors as statuses.
+
+    The request id is the client's ``x-request-id`` metadata when it looks
+    like one, else a new one; it is returned as trailing metadata and carried
+    by every log line of the call, as over HTTP.
+    """
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        incoming = str(dict(context.invocation_metadata() or ()).get("x-request-id", ""))
+        request_id = incoming if SAFE_REQUEST_ID.match(incoming) else new_request_id()
+        token = request_id_var.set(request_id)
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
-            return await method(self, request, context)
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AbortError:  # context.abort() inside the method: already answered
-            raise
-        except Exception as exc:
-            error = as_core_error(exc)
-        await context.abort(grpc_code(error), error.message)
+            try:
+                return await method(self, request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:  # context.abort() inside the method: already answered
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:
+                error = as_core_error(exc)
+            code = grpc_code(error)
+            await context.abort(code, error.message)
+        finally:
+            log.info(
+                "rpc",
+                extra={
+                    "rpc": method.__name__,
+                    "code": code.name,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                },
+            )
+            request_id_var.reset(token)
 
     return wrapper  # type: ignore[return-value]
 

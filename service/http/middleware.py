@@ -7,10 +7,8 @@ body streams in, before any of it is buffered.
 from __future__ import annotations
 
 import hmac
-import itertools
 import json
 import logging
-import os
 import re
 import time
 from typing import Any
@@ -18,25 +16,15 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import LimitExceeded
-from service.logs import request_id_var
+from service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
 
 log = logging.getLogger("fusionserve.http")
 
 REQUEST_ID_HEADER = b"x-request-id"
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _INFERENCE = re.compile(
     r"^/(v1/models/[^/]+(/versions/[^/]+)?/(predict|embed)|v2/models/[^/]+(/versions/[^/]+)?/infer)$"
 )
 _ADMIN = re.compile(r"^/v2/repository/")
-
-# Request ids: a random per-process prefix and a counter — unique, and far
-# cheaper per request than uuid4 (which showed up at 7% of a profile).
-_ID_PREFIX = os.urandom(8).hex()
-_ID_COUNTER = itertools.count(1)
-
-
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 async def _send_json(
@@ -74,7 +62,7 @@ class GatewayMiddleware:
             return
         headers = dict(scope["headers"])
         incoming = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")
-        request_id = incoming if _SAFE_ID.match(incoming) else new_request_id()
+        request_id = incoming if SAFE_REQUEST_ID.match(incoming) else new_request_id()
         token = request_id_var.set(request_id)
         id_header = (REQUEST_ID_HEADER, request_id.encode())
         started = time.perf_counter()
