@@ -33,19 +33,24 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
-import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serving import LoadResult, Payload, batch_stats, free_port, make_payloads, multipart_body  # noqa: E402
+from benchmarks.serving import (  # noqa: E402
+    LoadResult,
+    Payload,
+    ServerProcess,
+    batch_stats,
+    make_payloads,
+    multipart_body,
+)
 from service.grpc.protos import NATIVE, V2  # noqa: E402
 from service.v2.codec import serialize_bytes  # noqa: E402
 
@@ -127,40 +132,6 @@ def write_doors(folder: Path, model: str, payloads: list[Payload]) -> dict[str, 
         # Each V2 REST body has its own JSON header length, sent as a header by h2load().
         (folder / f"v2-rest-{i}.hlen").write_text(str(header_length))
     return doors
-
-
-# -- the server ----------------------------------------------------------------
-class BothDoors:
-    """``fusionserve serve`` with HTTP and gRPC, stopped with SIGTERM."""
-
-    def __init__(self, repository: Path) -> None:
-        self.http_port, self.grpc_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.target = f"127.0.0.1:{self.grpc_port}"
-        env = {**os.environ, "FUSIONSERVE_LOG_LEVEL": "warning"}
-        command = [sys.executable, "-m", "service", "serve", "--model-repository", str(repository)]
-        command += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=env)
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("server did not become ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def check_grpc_bodies(target: str, doors: dict[str, Door]) -> None:
@@ -299,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         doors = write_doors(tmp, args.model, payloads)
-        server = BothDoors(args.repository)
+        server = ServerProcess(args.repository, grpc=True)
         try:
             server.wait_ready()
             check_grpc_bodies(server.target, doors)

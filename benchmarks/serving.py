@@ -158,27 +158,20 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A real ``fusionserve serve`` in a subprocess, stopped with SIGTERM."""
+    """A real ``fusionserve serve`` in a subprocess (gRPC too when asked), stopped with SIGTERM."""
 
-    def __init__(self, repository: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, repository: Path, extra_env: dict[str, str] | None = None, *, grpc: bool = False
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port() if grpc else None
+        self.target = f"127.0.0.1:{self.grpc_port}"
         env = {**os.environ, "FUSIONSERVE_LOG_LEVEL": "warning", **(extra_env or {})}
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "serve",
-                "--model-repository",
-                str(repository),
-                "--http-port",
-                str(self.port),
-                "--grpc-port",
-                "-1",
-            ],
-            cwd=ROOT,
-            env=env,
+            [sys.executable, "-m", "service", "serve", "--model-repository", str(repository),
+             "--http-port", str(self.port), "--grpc-port", str(self.grpc_port or -1)],
+            cwd=ROOT, env=env,
         )
 
     def wait_ready(self, timeout: float = 120.0) -> None:

@@ -284,7 +284,7 @@ def train_embedder(
     progress: bool = False,
     num_classes: int = 10,
 ) -> tuple[JointEmbedder, list[Metrics]]:
-    """Train the embedding heads (label cross-entropy, optional InfoNCE) on frozen encoders."""
+    """Train the embedding heads (label cross-entropy + weighted pairwise InfoNCE) on frozen encoders."""
     torch.manual_seed(stage_seed(seed, "embedder"))
     spec = EmbedderSpec(vocab_size=vocab_size, dim=cfg.dim, num_classes=num_classes)
     model = JointEmbedder(spec)
