@@ -23,6 +23,8 @@ import httpx
 import pytest
 import yaml
 
+from service.config import default_repository_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -50,16 +52,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def default_repository_path() -> Path:
-    home = os.environ.get("FUSIONSERVE_HOME")
-    base = Path(home) if home else Path.home() / ".cache" / "fusionserve"
-    return base / "model-repository"
-
-
 @pytest.fixture(scope="session")
 def model_repository() -> Path:
     """The bundled default repository (digits-fusion, digits-embed), built once if missing."""
-    repo = default_repository_path()
+    repo = default_repository_dir()
     if not (repo / "digits-fusion" / "config.yaml").exists() or not (repo / "digits-embed").exists():
         subprocess.run(
             [sys.executable, "-m", "service", "build-repo", "--out", str(repo)], cwd=ROOT, check=True
