@@ -110,6 +110,22 @@ class RawResult:
 
 
 # -- payloads ----------------------------------------------------------------
+def read_payloads(folder: Path, count: int) -> list[Payload]:
+    """Payloads from ``folder/*/{image.jpg,audio.wav,text.txt}`` (as ``fusionserve``'s
+    ``write_sample_files`` writes them): for hosts that cannot build the dataset."""
+    rows = sorted(d for d in folder.iterdir() if (d / "image.jpg").exists())[:count]
+    if not rows:
+        raise SystemExit(f"{folder}: no */image.jpg + audio.wav + text.txt payload folders")
+    return [
+        Payload(
+            image=(d / "image.jpg").read_bytes(),
+            audio=(d / "audio.wav").read_bytes(),
+            text=(d / "text.txt").read_text(encoding="utf-8"),
+        )
+        for d in rows
+    ]
+
+
 def make_payloads(count: int, seed: int) -> list[Payload]:
     """Real test-split rows of the project's dataset, encoded as JPEG + WAV + text."""
     from models.dataset import build_dataset
@@ -169,9 +185,20 @@ class ServerProcess:
         self.target = f"127.0.0.1:{self.grpc_port}"
         env = {**os.environ, "FUSIONSERVE_LOG_LEVEL": "warning", **(extra_env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--model-repository", str(repository),
-             "--http-port", str(self.port), "--grpc-port", str(self.grpc_port or -1)],
-            cwd=ROOT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "serve",
+                "--model-repository",
+                str(repository),
+                "--http-port",
+                str(self.port),
+                "--grpc-port",
+                str(self.grpc_port or -1),
+            ],
+            cwd=ROOT,
+            env=env,
         )
 
     def wait_ready(self, timeout: float = 120.0) -> None:
@@ -391,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="per load level")
     parser.add_argument("--payloads", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--payload-dir", type=Path, help="read payloads from here instead of building the dataset"
+    )
     parser.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -399,7 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     levels = [int(c) for c in args.concurrency.split(",")]
     print(f"machine: {os.cpu_count()} cores; model {args.model}; {args.seconds:g} s per level", flush=True)
-    payloads = make_payloads(args.payloads, args.seed)
+    payloads = (
+        read_payloads(args.payload_dir, args.payloads)
+        if args.payload_dir
+        else make_payloads(args.payloads, args.seed)
+    )
     boundary = uuid.uuid4().hex
     loads: list[LoadResult] = []
     with tempfile.TemporaryDirectory() as tmp_str:

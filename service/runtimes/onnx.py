@@ -11,6 +11,7 @@ This module never imports torch: serving an ONNX model must not need it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,24 @@ def requested_providers(config: ModelConfig, device: DeviceSpec) -> ProviderList
     return providers
 
 
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load CUDA/cuDNN from the ``nvidia-*`` pip packages (or torch's) once.
+
+    ``onnxruntime-gpu`` installed from PyPI does not find the CUDA libraries
+    that pip put in site-packages on its own: without this, a pip-only GPU
+    host silently gets a CPU session. Hosts with CUDA on the loader path (the
+    CUDA base images) need nothing, so a failure here is only logged.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:  # onnxruntime-gpu < 1.21
+        return
+    try:
+        preload()
+    except Exception as exc:  # best effort: the session still tries the loader path
+        log.warning("onnxruntime.preload_dlls() failed (%s); relying on the library path", exc)
+
+
 def _provider_name(p: str | tuple[str, dict[str, Any]]) -> str:
     return p if isinstance(p, str) else p[0]
 
@@ -86,6 +105,8 @@ class OnnxBackend:
 
     def _open(self, config: ModelConfig, model_path: Path, device: DeviceSpec) -> ort.InferenceSession:
         available = set(ort.get_available_providers())
+        if device.kind == "gpu" and "CUDAExecutionProvider" in available:
+            preload_cuda_libraries()
         wanted = requested_providers(config, device)
         usable = [p for p in wanted if _provider_name(p) in available]
         missing = [_provider_name(p) for p in wanted if _provider_name(p) not in available]

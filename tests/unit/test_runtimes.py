@@ -168,6 +168,27 @@ def test_gpu_request_on_cpu_build_falls_back_visibly(
     check_backend(backend)
 
 
+def test_cuda_libraries_are_preloaded_once_and_failures_only_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from service.runtimes import onnx as onnx_runtime
+
+    calls: list[str] = []
+
+    def preload() -> None:
+        calls.append("preload")
+        raise OSError("libcudnn.so.9: cannot open shared object file")
+
+    monkeypatch.setattr(ort, "preload_dlls", preload, raising=False)
+    onnx_runtime.preload_cuda_libraries.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        onnx_runtime.preload_cuda_libraries()
+        onnx_runtime.preload_cuda_libraries()
+    onnx_runtime.preload_cuda_libraries.cache_clear()
+    assert calls == ["preload"]
+    assert "libcudnn.so.9" in caplog.text
+
+
 def test_gpu_providers_are_requested_in_order() -> None:
     from service.runtimes.onnx import requested_providers
 
