@@ -328,7 +328,7 @@ class DataPlane:
 
     def record_rejected(self, model: str, protocol: str, error: FusionServeError) -> None:
         """Count a request a door refused before it reached the core."""
-        self.metrics.requests.labels(model, "", protocol, outcome_of(error)).inc()
+        self.metrics.child(self.metrics.requests, model, "", protocol, outcome_of(error)).inc()
 
     # -- the shared path ---------------------------------------------------
     async def _serve(
@@ -366,7 +366,7 @@ class DataPlane:
             )
             post_start = time.monotonic()
             answers = await finish(lv, list(outputs), [row.modalities() for row in decoded])
-            self.metrics.postprocess_seconds.labels(lv.name, lv.version).observe(
+            self.metrics.child(self.metrics.postprocess_seconds, lv.name, lv.version).observe(
                 time.monotonic() - post_start
             )
             return answers
@@ -406,7 +406,7 @@ class DataPlane:
             if isinstance(result, BaseException):
                 raise result
             for modality, seconds in result.decode_seconds.items():
-                self.metrics.decode_seconds.labels(modality).observe(seconds)
+                self.metrics.child(self.metrics.decode_seconds, modality).observe(seconds)
             decoded.append(result)
         if time.monotonic() >= deadline:
             raise DeadlineExceeded("deadline passed while decoding the inputs")
@@ -415,7 +415,7 @@ class DataPlane:
     def _enter(self, protocol: str) -> None:
         self._inflight += 1
         self._idle.clear()
-        self.metrics.inflight.labels(protocol).inc()
+        self.metrics.child(self.metrics.inflight, protocol).inc()
 
     def _leave(
         self,
@@ -429,10 +429,10 @@ class DataPlane:
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
-        self.metrics.inflight.labels(protocol).dec()
+        self.metrics.child(self.metrics.inflight, protocol).dec()
         version = lv.version if lv else ""
-        self.metrics.requests.labels(model, version, protocol, outcome_of(error)).inc()
-        self.metrics.request_seconds.labels(model, protocol).observe(seconds)
+        self.metrics.child(self.metrics.requests, model, version, protocol, outcome_of(error)).inc()
+        self.metrics.child(self.metrics.request_seconds, model, protocol).observe(seconds)
         if lv is not None:
             if error is None:
                 lv.counters.success_count += 1

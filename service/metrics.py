@@ -7,6 +7,8 @@ are checked with ``promtool check metrics`` in the tests.
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -16,6 +18,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+MetricT = TypeVar("MetricT", Counter, Gauge, Histogram)
 
 #: Latency buckets from 0.5 ms to 30 s: CPU models answer in milliseconds.
 LATENCY_BUCKETS = (
@@ -64,6 +68,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # ``*_created`` series double the exposition and no dashboard reads them.
         disable_created_metrics()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -181,6 +186,17 @@ class Metrics:
             ["device"],
             registry=r,
         )
+
+    def child(self, metric: MetricT, *labels: str) -> MetricT:
+        """``metric.labels(*labels)``, memoised: the hot path asks for the same
+        children on every request, and ``labels()`` validates and locks each
+        time (measured: 17 calls, about a tenth of the event loop's time per
+        request). Label sets are never removed here, so a cached child stays valid."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def exposition(self) -> tuple[bytes, str]:
         """The registry in Prometheus text format, with its content type."""

@@ -140,7 +140,7 @@ class DynamicBatcher:
 
     def _update(self) -> None:
         if self._metrics is not None:
-            self._metrics.queue_depth.labels(self.model, self.version).set(len(self._queue))
+            self._metrics.child(self._metrics.queue_depth, self.model, self.version).set(len(self._queue))
         if self._queue or self._inflight:
             self._idle.clear()
         else:
@@ -297,7 +297,7 @@ class DynamicBatcher:
             waited = now - pending.enqueued
             self.queue_ns += int(waited * 1e9)
             if self._metrics is not None:
-                self._metrics.queue_seconds.labels(self.model, self.version).observe(waited)
+                self._metrics.child(self._metrics.queue_seconds, self.model, self.version).observe(waited)
         self._update()
         return batch
 

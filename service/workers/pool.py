@@ -219,11 +219,11 @@ class WorkerPool:
         m = self._metrics
         if m is None:
             return
-        m.batch_size.labels(self.model, self.version).observe(size)
-        m.compute_seconds.labels(self.model, self.version).observe(timing.seconds)
-        m.instance_busy_seconds.labels(self.model, self.version, str(inst.index)).inc(timing.seconds)
+        m.child(m.batch_size, self.model, self.version).observe(size)
+        m.child(m.compute_seconds, self.model, self.version).observe(timing.seconds)
+        m.child(m.instance_busy_seconds, self.model, self.version, str(inst.index)).inc(timing.seconds)
         for modality, ratio in timing.padding.items():
-            m.padding_ratio.labels(self.model, self.version, modality).observe(ratio)
+            m.child(m.padding_ratio, self.model, self.version, modality).observe(ratio)
 
     # -- warm-up -----------------------------------------------------------
 
