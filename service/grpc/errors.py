@@ -50,6 +50,7 @@ def as_core_error(exc: Exception) -> FusionServeError:
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+Answer = TypeVar("Answer")
 
 
 def guarded(method: Handler) -> Handler:
@@ -62,8 +63,8 @@ def guarded(method: Handler) -> Handler:
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        incoming = str(dict(context.invocation_metadata() or ()).get("x-request-id", ""))
-        request_id = incoming if SAFE_REQUEST_ID.match(incoming) else new_request_id()
+        incoming = next((v for k, v in context.invocation_metadata() or () if k == "x-request-id"), "")
+        request_id = message_request_id(str(incoming))
         token = request_id_var.set(request_id)
         context.set_trailing_metadata((("x-request-id", request_id),))
         started = time.perf_counter()
@@ -82,17 +83,49 @@ def guarded(method: Handler) -> Handler:
             code = grpc_code(error)
             await context.abort(code, error.message)
         finally:
-            log.info(
-                "rpc",
-                extra={
-                    "rpc": method.__name__,
-                    "code": code.name,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                },
-            )
+            log_call(method.__name__, code, started)
             request_id_var.reset(token)
 
     return wrapper  # type: ignore[return-value]
+
+
+def log_call(rpc: str, code: grpc.StatusCode, started: float) -> None:
+    """The access-log line of one unary call or one stream message."""
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    log.info("rpc", extra={"rpc": rpc, "code": code.name, "duration_ms": duration_ms})
+
+
+def message_request_id(given: str) -> str:
+    """A stream message's request id: the client's when it looks like one, else a new one."""
+    return given if SAFE_REQUEST_ID.match(given) else new_request_id()
+
+
+async def answer_message(
+    rpc: str,
+    request_id: str,
+    handle: Callable[[], Awaitable[Answer]],
+    on_error: Callable[[FusionServeError], Answer],
+) -> Answer:
+    """Answer one message of a stream, as ``guarded`` answers a unary call.
+
+    Runs in the message's own task, so the request id set here tags only this
+    message's log lines; a failure becomes ``on_error``'s answer message (the
+    stream goes on) and the access-log line carries its status code.
+    """
+    request_id_var.set(request_id)
+    started = time.perf_counter()
+    code = grpc.StatusCode.OK
+    try:
+        return await handle()
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception as exc:
+        error = as_core_error(exc)
+        code = grpc_code(error)
+        return on_error(error)
+    finally:
+        log_call(rpc, code, started)
 
 
 def remaining_seconds(context: grpc.aio.ServicerContext) -> float | None:

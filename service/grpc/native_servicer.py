@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service.grpc.errors import as_core_error, grpc_code, guarded, remaining_seconds
+from service.errors import FusionServeError
+from service.grpc.errors import (
+    answer_message,
+    grpc_code,
+    guarded,
+    message_request_id,
+    remaining_seconds,
+)
 from service.grpc.protos import NATIVE
 from service.grpc.streaming import pipelined
 from service.types import RawInputs
@@ -129,13 +136,19 @@ class NativeServicer:
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         async def answer(request: Any) -> Any:
-            try:
+            # The answer carries the message's id; one the client left out is made here.
+            request_id = message_request_id(request.request_id)
+
+            async def predict() -> Any:
                 response = await self._predict(request, context)
-                return NATIVE.PredictStreamResponse(request_id=request.request_id, response=response)
-            except Exception as exc:
-                error = as_core_error(exc)
+                response.request_id = request_id
+                return NATIVE.PredictStreamResponse(request_id=request_id, response=response)
+
+            def failed(error: FusionServeError) -> Any:
                 status = NATIVE.Status(code=grpc_code(error).value[0], message=error.message)
-                return NATIVE.PredictStreamResponse(request_id=request.request_id, error=status)
+                return NATIVE.PredictStreamResponse(request_id=request_id, error=status)
+
+            return await answer_message("PredictStream", request_id, predict, failed)
 
         async for response in pipelined(requests, answer):
             yield response

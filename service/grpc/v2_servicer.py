@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service.errors import InvalidInput
-from service.grpc.errors import as_core_error, guarded, remaining_seconds
+from service.errors import FusionServeError, InvalidInput
+from service.grpc.errors import answer_message, guarded, message_request_id, remaining_seconds
 from service.grpc.protos import V2
 from service.grpc.streaming import pipelined
 from service.grpc.v2_tensors import request_from_proto, response_to_proto
@@ -112,12 +112,16 @@ class V2Servicer:
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         async def answer(request: Any) -> Any:
-            try:
+            async def infer() -> Any:
                 return V2.ModelStreamInferResponse(infer_response=await self._infer(request, context))
-            except Exception as exc:
-                error = as_core_error(exc)
-                failed = V2.ModelInferResponse(model_name=request.model_name, id=request.id)
-                return V2.ModelStreamInferResponse(error_message=error.message, infer_response=failed)
+
+            def failed(error: FusionServeError) -> Any:
+                response = V2.ModelInferResponse(model_name=request.model_name, id=request.id)
+                return V2.ModelStreamInferResponse(error_message=error.message, infer_response=response)
+
+            # The V2 id is the client's to echo; the log line gets a request id either way.
+            request_id = message_request_id(request.id)
+            return await answer_message("ModelStreamInfer", request_id, infer, failed)
 
         async for response in pipelined(requests, answer):
             yield response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 from collections.abc import Iterator
 from functools import partial
@@ -72,7 +73,9 @@ def test_requested_outputs_only(client: grpcclient.InferenceServerClient, sample
     assert [o.name for o in result.get_response().outputs] == ["labels"]
 
 
-def test_streaming_infer(client: grpcclient.InferenceServerClient, samples: list[Sample]) -> None:
+def test_streaming_infer(
+    client: grpcclient.InferenceServerClient, samples: list[Sample], running_server: RunningServer
+) -> None:
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
 
     def collect(sink: queue.Queue[tuple[Any, Any]], result: Any, error: Any) -> None:
@@ -93,6 +96,10 @@ def test_streaming_infer(client: grpcclient.InferenceServerClient, samples: list
     assert set(ok) == {str(i) for i in range(6)}
     assert all(r.as_numpy("labels").shape == (1, 2) for r in ok.values())
     assert len(errors) == 1 and "no-such-model" in str(errors[0])
+    # One access-log line per stream message, with the message's id as request id.
+    logged = [json.loads(line) for line in running_server.log().splitlines() if '"ModelStreamInfer"' in line]
+    codes = {line["request_id"]: line["code"] for line in logged}
+    assert codes.get("bad") == "NOT_FOUND" and all(codes.get(str(i)) == "OK" for i in range(6))
 
 
 def test_repository_and_statistics(client: grpcclient.InferenceServerClient, samples: list[Sample]) -> None:
