@@ -326,8 +326,8 @@ class DataPlane:
 
         return (await self._serve(model, version, rows, timeout_s, protocol, run))[0]
 
-    def record_rejected(self, model: str, protocol: str, error: FusionServeError) -> None:
-        """Count a request a door refused before it reached the core."""
+    def record_rejected(self, model: str, protocol: str, error: BaseException) -> None:
+        """Count a request a door refused (or its client abandoned) before it reached the core."""
         self.metrics.child(self.metrics.requests, model, "", protocol, outcome_of(error)).inc()
 
     # -- the shared path ---------------------------------------------------

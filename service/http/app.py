@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service import __version__
 from service.config import Settings
@@ -20,6 +22,9 @@ from service.http.native import native_router
 from service.logs import request_id_var
 
 log = logging.getLogger("fusionserve.http")
+
+#: nginx's status for "the client closed the connection before the answer"; logged, never received.
+CLIENT_CLOSED_REQUEST = 499
 
 DESCRIPTION = """
 Serve multimodal fusion models. POST any subset of **image** (file), **audio**
@@ -55,6 +60,16 @@ def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail)}, "request_id": request_id_var.get()}
         return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client hung up before its body arrived whole: nobody is left to answer,
+        # and it is no fault of the server (no traceback at error level).
+        log.info("client disconnected before sending the whole request to %s", request.url.path)
+        model = str(request.path_params.get("model", ""))
+        if model:
+            dataplane.record_rejected(model, "http", asyncio.CancelledError())
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningServer, Sample
 from tests.fixtures_media import decompression_bomb_png, digit_like_image, png_bytes, sine, wav_bytes
@@ -142,3 +145,33 @@ def test_oversized_body(server_factory: Callable[..., RunningServer], model_repo
         assert_error(c.post(PREDICT, files=image_part(big, "big.png")), 413, "max_body_bytes")
         small = png_bytes(digit_like_image(3))
         assert c.post(PREDICT, files=image_part(small, "small.png")).status_code == 200
+
+
+def test_client_hanging_up_mid_upload_is_no_server_error(
+    client: httpx.Client, running_server: RunningServer
+) -> None:
+    """A client that closes its connection halfway through the body is counted, not a 500."""
+
+    def cancelled() -> float:
+        text = client.get("/metrics").text
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            if f.name == "fusionserve_requests"
+            for s in f.samples
+            if s.name.endswith("_total") and s.labels.get("outcome") == "cancelled"
+        )
+
+    before = cancelled()
+    head = (
+        f"POST {PREDICT} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 100000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", running_server.http_port), timeout=10) as sock:
+        sock.sendall(head.encode() + b"--xyz\r\nContent-Disposition: form-data; name=")
+    deadline = time.monotonic() + 10
+    while cancelled() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled() == before + 1
+    log = running_server.log()
+    assert "Exception in ASGI application" not in log and "ClientDisconnect" not in log
