@@ -31,6 +31,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.model_config import ModelConfig, OutputKind
+from service.offload import offload
 from service.registry import LoadedVersion, ModelRegistry, VersionState
 from service.types import DecodedRow, RawInputs, RowOutputs
 
@@ -361,9 +362,12 @@ class DataPlane:
             except BaseException:
                 lv.batcher.retract(len(rows))
                 raise
-            outputs = await asyncio.gather(
-                *(lv.batcher.submit(row, deadline, announced=True) for row in decoded)
-            )
+            if len(decoded) == 1:  # the common case, without gather's task and callbacks
+                outputs = [await lv.batcher.submit(decoded[0], deadline, announced=True)]
+            else:
+                outputs = await asyncio.gather(
+                    *(lv.batcher.submit(row, deadline, announced=True) for row in decoded)
+                )
             post_start = time.monotonic()
             answers = await finish(lv, list(outputs), [row.modalities() for row in decoded])
             self.metrics.child(self.metrics.postprocess_seconds, lv.name, lv.version).observe(
@@ -393,9 +397,15 @@ class DataPlane:
     async def _decode_all(
         self, lv: LoadedVersion, rows: Sequence[RawInputs], deadline: float
     ) -> list[DecodedRow]:
-        loop = asyncio.get_running_loop()
-        futures = [loop.run_in_executor(self._decoder, lv.preprocessor.decode, raw) for raw in rows]
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        futures = [offload(self._decoder, lv.preprocessor.decode, raw) for raw in rows]
+        results: list[DecodedRow | BaseException]
+        if len(futures) == 1:
+            try:
+                results = [await futures[0]]
+            except FusionServeError as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(*futures, return_exceptions=True)
         decoded: list[DecodedRow] = []
         for index, result in enumerate(results):
             if isinstance(result, FusionServeError):

@@ -28,6 +28,7 @@ from service.batching import DynamicBatcher, Pending, collate, split_outputs
 from service.errors import InternalError, NotReady
 from service.metrics import Metrics
 from service.model_config import ModelConfig
+from service.offload import offload
 from service.runtimes.base import Backend
 from service.types import DecodedRow, RowOutputs
 
@@ -210,7 +211,7 @@ class WorkerPool:
         """Collate, run on the instance's thread, split (raises on any fault)."""
         feeds, padding = collate(rows, self.config)
         start = time.perf_counter()
-        outputs = await asyncio.get_running_loop().run_in_executor(inst.executor, inst.backend.run, feeds)
+        outputs = await offload(inst.executor, inst.backend.run, feeds)
         seconds = time.perf_counter() - start
         return split_outputs(outputs, len(rows)), Timing(seconds, padding)
 

@@ -1,0 +1,47 @@
+"""offload(): a blocking call on a worker thread, awaited from the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from service.offload import offload
+
+
+async def test_result_and_thread() -> None:
+    with ThreadPoolExecutor(1, thread_name_prefix="worker") as pool:
+        name = await offload(pool, lambda: threading.current_thread().name)
+        assert name.startswith("worker")
+        assert await offload(pool, pow, 2, 10) == 1024
+
+
+async def test_exception_reaches_the_caller() -> None:
+    def boom() -> None:
+        raise ValueError("bad row")
+
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="bad row"):
+        await offload(pool, boom)
+
+
+async def test_work_dropped_at_shutdown_cancels_the_caller() -> None:
+    release = threading.Event()
+    pool = ThreadPoolExecutor(1)
+    busy = offload(pool, release.wait)
+    queued = offload(pool, lambda: "never")
+    pool.shutdown(wait=False, cancel_futures=True)
+    release.set()
+    assert await busy is True
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(queued, timeout=5)
+
+
+async def test_a_caller_that_left_drops_the_result() -> None:
+    release = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        future = offload(pool, release.wait)
+        future.cancel()
+        release.set()
+        assert await offload(pool, lambda: "still serving") == "still serving"
