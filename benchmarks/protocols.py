@@ -52,6 +52,7 @@ from benchmarks.serving import (  # noqa: E402
     batch_stats,
     make_payloads,
     multipart_body,
+    read_payloads,
 )
 from service.grpc.protos import NATIVE, V2  # noqa: E402
 from service.v2.codec import serialize_bytes  # noqa: E402
@@ -146,6 +147,10 @@ def check_grpc_bodies(target: str, doors: dict[str, Door]) -> None:
 
 
 # -- h2load ----------------------------------------------------------------------
+#: ``taskset -c CPUS`` for the load generator (``--client-cpus``), empty when not pinned.
+CLIENT_PREFIX: list[str] = []
+
+
 def h2load(
     base: str, door: Door, payload: int, concurrency: int, seconds: float, log: Path
 ) -> dict[str, float]:
@@ -163,7 +168,9 @@ def h2load(
         command += ["-c", "1", "-m", str(concurrency)]
     for header in headers:
         command += ["-H", header]
-    out = subprocess.run([*command, f"{base}{door.path}"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [*CLIENT_PREFIX, *command, f"{base}{door.path}"], capture_output=True, text=True, check=True
+    ).stdout
     finished = re.search(r"finished in ([\d.]+)(m?s)", out)
     if not finished:
         raise RuntimeError(f"h2load printed no summary:\n{out}")
@@ -213,7 +220,10 @@ def combine(rounds: list[LoadResult]) -> LoadResult:
     )
 
 
-def print_table(results: list[LoadResult]) -> None:
+Rounds = dict[tuple[str, int], list[LoadResult]]
+
+
+def print_table(results: list[LoadResult], rounds: Rounds) -> None:
     print()
     print("| door | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch |")
     print("|---" * 8 + "|")
@@ -222,9 +232,6 @@ def print_table(results: list[LoadResult]) -> None:
             f"| {r.setup} | {r.concurrency} | {r.rps:.1f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | "
             f"{r.p99_ms:.2f} | {r.errors} | {r.mean_batch:.2f} |"
         )
-    by_door: dict[str, list[LoadResult]] = {}
-    for r in results:
-        by_door.setdefault(r.setup, []).append(r)
     print()
     # Each gRPC door against the HTTP door of the same API, and against the native HTTP door.
     for grpc_door, http_door in (
@@ -232,25 +239,40 @@ def print_table(results: list[LoadResult]) -> None:
         ("v2-grpc", "v2-rest"),
         ("v2-grpc", "native-http"),
     ):
-        line = compare(by_door.get(grpc_door, []), by_door.get(http_door, []))
+        line = compare(rounds, grpc_door, http_door)
         if line:
             print(f"{grpc_door} vs {http_door}: {line}")
 
 
-def compare(grpc_rows: list[LoadResult], http_rows: list[LoadResult]) -> str:
-    """The issue's two checks: p50 at concurrency 1 not above, saturated throughput not below."""
-    if not grpc_rows or not http_rows:
+def compare(rounds: Rounds, grpc_door: str, http_door: str) -> str:
+    """The issue's two checks, on rounds paired in time (the doors of one round ran
+    back to back), so drift of the machine cancels: the median of the per-round
+    differences, and in how many rounds gRPC was not worse."""
+    levels = sorted(
+        {level for door, level in rounds if door == grpc_door}
+        & {level for door, level in rounds if door == http_door}
+    )
+    if not levels:
         return ""
     parts = []
-    grpc_c1 = next((r for r in grpc_rows if r.concurrency == 1), None)
-    http_c1 = next((r for r in http_rows if r.concurrency == 1), None)
-    if grpc_c1 and http_c1:
-        verdict = "ok" if grpc_c1.p50_ms <= http_c1.p50_ms else "SLOWER"
-        parts.append(f"p50 at c=1 {grpc_c1.p50_ms:.2f} vs {http_c1.p50_ms:.2f} ms ({verdict})")
-    grpc_top = max(r.rps for r in grpc_rows)
-    http_top = max(r.rps for r in http_rows)
-    verdict = "ok" if grpc_top >= http_top else "LOWER"
-    parts.append(f"saturated {grpc_top:.1f} vs {http_top:.1f} req/s ({verdict})")
+    if levels[0] == 1:
+        pairs = list(zip(rounds[(grpc_door, 1)], rounds[(http_door, 1)], strict=True))
+        diffs = [g.p50_ms - h.p50_ms for g, h in pairs]
+        wins = sum(d <= 0 for d in diffs)
+        median = statistics.median(diffs)
+        verdict = "ok" if median <= 0 else "SLOWER"
+        parts.append(
+            f"p50 at c=1 {median:+.3f} ms (median of rounds; not slower in {wins}/{len(diffs)}) {verdict}"
+        )
+    top = levels[-1]
+    pairs = list(zip(rounds[(grpc_door, top)], rounds[(http_door, top)], strict=True))
+    ratios = [g.rps / h.rps for g, h in pairs if h.rps]
+    wins = sum(r >= 1 for r in ratios)
+    median = statistics.median(ratios)
+    verdict = "ok" if median >= 1 else "LOWER"
+    parts.append(
+        f"throughput at c={top} x{median:.3f} (median of rounds; not lower in {wins}/{len(ratios)}) {verdict}"
+    )
     return "; ".join(parts)
 
 
@@ -269,7 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--doors", default=",".join(DOORS))
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--payload-dir", type=Path, help="read payloads from here instead of building the dataset"
+    )
+    parser.add_argument("--server-cpus", help="pin the server to these CPUs (taskset list, e.g. 0-7)")
+    parser.add_argument("--client-cpus", help="pin h2load to these CPUs (taskset list, e.g. 8-11)")
     args = parser.parse_args(argv)
+    if args.client_cpus:
+        CLIENT_PREFIX[:] = ["taskset", "-c", args.client_cpus]
     if shutil.which("h2load") is None:
         print("h2load is not installed (apt-get install nghttp2-client)", file=sys.stderr)
         return 2
@@ -280,12 +309,17 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {os.cpu_count()} cores; model {args.model}; {args.seconds:g} s per door and level",
         flush=True,
     )
-    payloads = make_payloads(args.payloads, args.seed)
+    payloads = (
+        read_payloads(args.payload_dir, args.payloads)
+        if args.payload_dir
+        else make_payloads(args.payloads, args.seed)
+    )
     results: list[LoadResult] = []
+    all_rounds: Rounds = {}
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         doors = write_doors(tmp, args.model, payloads)
-        server = ServerProcess(args.repository, grpc=True)
+        server = ServerProcess(args.repository, grpc=True, cpus=args.server_cpus)
         try:
             server.wait_ready()
             check_grpc_bodies(server.target, doors)
@@ -303,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
 
                         rounds[name].append(measure(name, server.url, args.model, level, run))
                 for name in names:
+                    all_rounds[(name, level)] = rounds[name]
                     row = combine(rounds[name])
                     results.append(row)
                     print(
@@ -312,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
         finally:
             server.stop()
-    print_table(results)
+    print_table(results, all_rounds)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0

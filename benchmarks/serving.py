@@ -177,15 +177,22 @@ class ServerProcess:
     """A real ``fusionserve serve`` in a subprocess (gRPC too when asked), stopped with SIGTERM."""
 
     def __init__(
-        self, repository: Path, extra_env: dict[str, str] | None = None, *, grpc: bool = False
+        self,
+        repository: Path,
+        extra_env: dict[str, str] | None = None,
+        *,
+        grpc: bool = False,
+        cpus: str | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc_port = free_port() if grpc else None
         self.target = f"127.0.0.1:{self.grpc_port}"
         env = {**os.environ, "FUSIONSERVE_LOG_LEVEL": "warning", **(extra_env or {})}
+        pin = ["taskset", "-c", cpus] if cpus else []  # keep the load generator off these cores
         self.proc = subprocess.Popen(
             [
+                *pin,
                 sys.executable,
                 "-m",
                 "service",
