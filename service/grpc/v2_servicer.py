@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import json_format
 
 from service.errors import FusionServeError, InvalidInput
 from service.grpc.errors import answer_message, guarded, message_request_id, remaining_seconds
@@ -19,7 +20,7 @@ from service.grpc.protos import V2
 from service.grpc.streaming import pipelined
 from service.grpc.v2_tensors import request_from_proto, response_to_proto
 from service.v2.infer import run_infer
-from service.v2.mapping import input_specs, output_specs, require_config
+from service.v2.mapping import input_specs, output_specs, require_config, triton_model_config
 
 if TYPE_CHECKING:
     from service.dataplane import DataPlane, VersionStats
@@ -88,6 +89,15 @@ class V2Servicer:
                 for s in output_specs(config, info.labels)
             ],
         )
+
+    @guarded
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        info = self.dataplane.model_info(request.name, request.version or None)
+        config = require_config(request.name, info.config, info.error)
+        values = triton_model_config(
+            info.name, info.platform, config, info.labels, self.dataplane.max_batch_items
+        )
+        return V2.ModelConfigResponse(config=json_format.ParseDict(values, V2.ModelConfig()))
 
     async def _infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if not request.model_name:

@@ -30,7 +30,13 @@ from service.v2.codec import (
     parse_infer_request,
 )
 from service.v2.infer import run_infer
-from service.v2.mapping import TensorSpec, input_specs, output_specs, require_config
+from service.v2.mapping import (
+    TensorSpec,
+    input_specs,
+    output_specs,
+    require_config,
+    triton_model_config,
+)
 
 PROTOCOL = "v2-rest"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -181,6 +187,19 @@ def v2_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
     @router.get("/v2/models/{model}/versions/{version}/ready")
     async def version_ready(model: str, version: str) -> JSONResponse:
         return await _model_ready(model, version)
+
+    def _config(model: str, version: str | None) -> dict[str, Any]:
+        info = dataplane.model_info(model, version)
+        config = require_config(model, info.config, info.error)
+        return triton_model_config(info.name, info.platform, config, info.labels, dataplane.max_batch_items)
+
+    @router.get("/v2/models/{model}/config", summary="Model configuration (Triton's extension)")
+    async def model_config(model: str) -> dict[str, Any]:
+        return _config(model, None)
+
+    @router.get("/v2/models/{model}/versions/{version}/config")
+    async def version_config(model: str, version: str) -> dict[str, Any]:
+        return _config(model, version)
 
     @router.get("/v2/models/{model}", summary="Model metadata: inputs and outputs")
     async def model_metadata(model: str) -> dict[str, Any]:

@@ -63,6 +63,42 @@ def output_specs(config: ModelConfig, labels: list[str] | None) -> list[TensorSp
     ]
 
 
+#: V2 datatypes as Triton's model configuration names them.
+TRITON_DATA_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "UINT8": "TYPE_UINT8"}
+TRITON_BACKENDS = {"onnx": "onnxruntime", "torchscript": "pytorch"}
+
+
+def triton_model_config(
+    name: str, platform: str, config: ModelConfig, labels: list[str] | None, max_batch_items: int
+) -> dict[str, object]:
+    """Triton's model configuration of a model, as JSON (REST) and for the gRPC message.
+
+    ``max_batch_size`` is the most rows one request may carry, so dims leave
+    the batch dimension out (Triton's convention): each modality is one
+    ``TYPE_STRING`` element per row (the encoded file or text), optional
+    because a modality left out is masked.
+    """
+    batching = config.batching
+    return {
+        "name": name,
+        "platform": platform,
+        "backend": TRITON_BACKENDS[config.backend],
+        "max_batch_size": max_batch_items,
+        "input": [
+            {"name": s.name, "data_type": TRITON_DATA_TYPES[s.datatype], "dims": [1], "optional": True}
+            for s in input_specs(config)
+        ],
+        "output": [
+            {"name": s.name, "data_type": TRITON_DATA_TYPES[s.datatype], "dims": list(s.shape[1:])}
+            for s in output_specs(config, labels)
+        ],
+        "dynamic_batching": {
+            "preferred_batch_size": list(batching.preferred_batch_sizes),
+            "max_queue_delay_microseconds": int(batching.max_queue_delay_ms * 1000),
+        },
+    }
+
+
 # -- inputs -> rows -----------------------------------------------------------
 
 

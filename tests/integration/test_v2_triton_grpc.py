@@ -55,6 +55,40 @@ def test_health_and_metadata(client: grpcclient.InferenceServerClient) -> None:
     assert "fused_embedding" in [o["name"] for o in embed["outputs"]]
 
 
+def test_model_config_describes_what_infer_accepts(
+    client: grpcclient.InferenceServerClient, samples: list[Sample]
+) -> None:
+    """Triton's ModelConfig: a client that shapes its request from it (as perf_analyzer
+    does: batch dimension + dims) gets an answer."""
+    config = client.get_model_config(CLASSIFIER, as_json=True)["config"]
+    assert config["name"] == CLASSIFIER and config["backend"] in ("onnxruntime", "pytorch")
+    assert int(config["max_batch_size"]) >= 4
+    assert [(i["name"], i["data_type"], i["dims"], i["optional"]) for i in config["input"]] == [
+        ("image", "TYPE_STRING", ["1"], True),
+        ("audio", "TYPE_STRING", ["1"], True),
+        ("text", "TYPE_STRING", ["1"], True),
+    ]
+    assert [(o["name"], o["data_type"], o["dims"]) for o in config["output"]] == [
+        ("probabilities", "TYPE_FP32", ["10"]),
+        ("labels", "TYPE_STRING", ["-1"]),
+        ("scores", "TYPE_FP32", ["-1"]),
+    ]
+    rows = samples[:2]
+    inputs = []
+    columns = ([s.jpeg for s in rows], [s.wav for s in rows], [s.text.encode() for s in rows])
+    for spec, values in zip(config["input"], columns, strict=True):
+        shape = [len(rows), *(int(d) for d in spec["dims"])]
+        tensor = grpcclient.InferInput(spec["name"], shape, "BYTES")
+        tensor.set_data_from_numpy(np.array(values, dtype=object).reshape(shape))
+        inputs.append(tensor)
+    probabilities = client.infer(CLASSIFIER, inputs).as_numpy("probabilities")
+    assert probabilities.shape == (2, int(config["output"][0]["dims"][0]))
+    embed = client.get_model_config(EMBEDDER, as_json=True)["config"]
+    assert "fused_embedding" in [o["name"] for o in embed["output"]]
+    status, message = _status(lambda: client.get_model_config("no-such-model"))
+    assert status == "StatusCode.NOT_FOUND" and "no-such-model" in message
+
+
 def test_infer_with_real_files(client: grpcclient.InferenceServerClient, samples: list[Sample]) -> None:
     rows = samples[:4]
     result = client.infer(CLASSIFIER, _file_inputs(rows), parameters={"top_k": 3}, request_id="g1")

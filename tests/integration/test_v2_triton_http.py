@@ -239,6 +239,22 @@ def test_unknown_model_and_version_are_404(
         client.get_model_metadata("no-such-model")
 
 
+def test_model_config(client: httpclient.InferenceServerClient) -> None:
+    """Triton's model configuration extension over REST, with the numbers as numbers."""
+    config = client.get_model_config(CLASSIFIER)
+    assert config["name"] == CLASSIFIER and config["max_batch_size"] >= 4
+    assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [
+        ("image", "TYPE_STRING", [1]),
+        ("audio", "TYPE_STRING", [1]),
+        ("text", "TYPE_STRING", [1]),
+    ]
+    assert config["output"][0] == {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] > 0
+    assert client.get_model_config(CLASSIFIER, "1") == config
+    with pytest.raises(InferenceServerException, match="no-such-model"):
+        client.get_model_config("no-such-model")
+
+
 def test_server_keeps_serving_after_errors(client: httpclient.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException):
         client.infer(CLASSIFIER, [_bytes_input("image", [b"\x00garbage"])])

@@ -57,7 +57,7 @@ def test_every_v2_method_matches_tritonclient() -> None:
         )
     expected = {
         "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
-        "ModelStreamInfer", "ModelStatistics",
+        "ModelStreamInfer", "ModelConfig", "ModelStatistics",
         "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
     }  # fmt: skip
     assert {m.name for m in ours.methods} == expected
