@@ -50,6 +50,7 @@ from benchmarks.serving import (  # noqa: E402
     Payload,
     ServerProcess,
     batch_stats,
+    combine,
     make_payloads,
     multipart_body,
     read_payloads,
@@ -203,20 +204,6 @@ def measure(door: str, url: str, model: str, level: int, run: Callable[[], dict[
         p99_ms=numbers["p99_ms"],
         errors=int(numbers["errors"]),
         mean_batch=(after[0] - before[0]) / batches if batches else 0.0,
-    )
-
-
-def combine(rounds: list[LoadResult]) -> LoadResult:
-    """One row from interleaved rounds: mean throughput, median percentiles."""
-    return LoadResult(
-        setup=rounds[0].setup,
-        concurrency=rounds[0].concurrency,
-        rps=statistics.fmean(r.rps for r in rounds),
-        p50_ms=statistics.median(r.p50_ms for r in rounds),
-        p95_ms=statistics.median(r.p95_ms for r in rounds),
-        p99_ms=statistics.median(r.p99_ms for r in rounds),
-        errors=sum(r.errors for r in rounds),
-        mean_batch=statistics.fmean(r.mean_batch for r in rounds),
     )
 
 
