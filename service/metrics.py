@@ -190,8 +190,9 @@ class Metrics:
     def child(self, metric: MetricT, *labels: str) -> MetricT:
         """``metric.labels(*labels)``, memoised: the hot path asks for the same
         children on every request, and ``labels()`` validates and locks each
-        time (measured: 17 calls, about a tenth of the event loop's time per
-        request). Label sets are never removed here, so a cached child stays valid."""
+        time (a profile of the serving process: 17 calls per request, about 4 %
+        of the event loop's Python time). Label sets are never removed here, so
+        a cached child stays the exported one."""
         key = (id(metric), labels)
         found = self._children.get(key)
         if found is None:
