@@ -53,6 +53,7 @@ from benchmarks.serving import (  # noqa: E402
     combine,
     make_payloads,
     multipart_body,
+    progress,
     read_payloads,
 )
 from service.grpc.protos import NATIVE, V2  # noqa: E402
@@ -325,13 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                         rounds[name].append(measure(name, server.url, args.model, level, run))
                 for name in names:
                     all_rounds[(name, level)] = rounds[name]
-                    row = combine(rounds[name])
-                    results.append(row)
-                    print(
-                        f"  {name:<12} c={level:<4} {row.rps:8.1f} req/s  p50 {row.p50_ms:7.2f} ms  "
-                        f"p99 {row.p99_ms:7.2f} ms  batch {row.mean_batch:5.2f}  errors {row.errors}",
-                        flush=True,
-                    )
+                    results.append(combine(rounds[name]))
+                    print(progress(results[-1]), flush=True)
         finally:
             server.stop()
     print_table(results, all_rounds)

@@ -310,6 +310,14 @@ def measure_level(
     )
 
 
+def progress(row: LoadResult) -> str:
+    """One line per setup and level while a benchmark runs."""
+    return (
+        f"  {row.setup:<12} c={row.concurrency:<4} {row.rps:8.1f} req/s  p50 {row.p50_ms:7.2f} ms  "
+        f"p99 {row.p99_ms:7.2f} ms  batch {row.mean_batch:5.2f}  errors {row.errors}"
+    )
+
+
 def combine(rounds: list[LoadResult]) -> LoadResult:
     """One row from interleaved rounds: mean throughput, median percentiles."""
     return LoadResult(
@@ -507,13 +515,8 @@ def main(argv: list[str] | None = None) -> int:
                             )
                         )
                 for name in servers:
-                    row = combine(rounds[name])
-                    loads.append(row)
-                    print(
-                        f"  {name:<12} c={level:<4} {row.rps:8.1f} req/s  p50 {row.p50_ms:7.2f} ms  "
-                        f"batch {row.mean_batch:5.2f}",
-                        flush=True,
-                    )
+                    loads.append(combine(rounds[name]))
+                    print(progress(loads[-1]), flush=True)
         finally:
             for server in servers.values():
                 server.stop()
