@@ -35,6 +35,18 @@ class Settings(BaseSettings):
     grpc_max_connection_age_s: float = Field(
         default=300.0, gt=0, description="gRPC connections are recycled after this (load balancing)"
     )
+    grpc_keepalive_time_s: float = Field(
+        default=60.0, gt=0, description="the server pings an idle gRPC connection this often"
+    )
+    grpc_keepalive_timeout_s: float = Field(
+        default=20.0, gt=0, description="an unanswered server ping closes the connection after this"
+    )
+    grpc_min_client_ping_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="clients may send keepalive pings this often, calls in flight or not "
+        "(more often: GOAWAY too_many_pings)",
+    )
 
     # Lifecycle
     drain_timeout_s: float = Field(default=30.0, ge=0, description="SIGTERM: time to finish accepted work")

@@ -36,23 +36,38 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)])
 
 
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments of the gRPC server: limits, connection age, keepalive."""
+    limit = settings.grpc_max_message_bytes
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        # Recycle long-lived connections so clients balancing over a
+        # headless Service discover new replicas (docs/deployment.md).
+        ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.drain_timeout_s * 1000)),
+        # Ping idle connections so peers that vanished (a NAT or load balancer
+        # dropping the flow) are noticed and closed.
+        ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.grpc_keepalive_timeout_s * 1000)),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Accept clients' own keepalive pings, also between calls, as often as
+        # configured: gRPC's default (one per 5 minutes, none without calls)
+        # answers a client pinging every 10-30 s with GOAWAY too_many_pings.
+        ("grpc.keepalive_permit_without_calls", 1),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            int(settings.grpc_min_client_ping_interval_s * 1000),
+        ),
+    ]
+
+
 def build_grpc_server(dataplane: DataPlane, settings: Settings) -> tuple[grpc.aio.Server, HealthService]:
     """The server with every service registered, not yet bound or started."""
-    limit = settings.grpc_max_message_bytes
     interceptors = []
     if settings.api_token or settings.admin_token:
         interceptors.append(BearerAuthInterceptor(settings.api_token, settings.admin_token))
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            # Recycle long-lived connections so clients balancing over a
-            # headless Service discover new replicas (docs/deployment.md).
-            ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
-            ("grpc.max_connection_age_grace_ms", int(settings.drain_timeout_s * 1000)),
-        ],
-        interceptors=interceptors,
-    )
+    server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
     server.add_generic_rpc_handlers(
         (
             generic_handler(protos.V2_SERVICE, V2Servicer(dataplane)),
