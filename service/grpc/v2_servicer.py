@@ -18,7 +18,7 @@ from service.errors import FusionServeError, InvalidInput
 from service.grpc.errors import answer_message, guarded, message_request_id, remaining_seconds
 from service.grpc.protos import V2
 from service.grpc.streaming import pipelined
-from service.grpc.v2_tensors import request_from_proto, response_to_proto
+from service.grpc.v2_tensors import fast_request, request_from_proto, response_to_proto
 from service.v2.infer import run_infer
 from service.v2.mapping import input_specs, output_specs, require_config, triton_model_config
 
@@ -109,6 +109,7 @@ class V2Servicer:
             lambda: request_from_proto(request),
             timeout_s=remaining_seconds(context),
             protocol=PROTOCOL,
+            fast=lambda accepted: fast_request(request, accepted),
         )
         return response_to_proto(
             V2.ModelInferResponse, result.model, result.version, result.id, result.outputs

@@ -8,11 +8,13 @@ Triton answers, which both clients read.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 
 from service.errors import InvalidInput
+from service.types import RawInputs
 from service.v2.codec import (
     NUMPY_DTYPES,
     InferRequest,
@@ -20,6 +22,7 @@ from service.v2.codec import (
     Tensor,
     check_datatype,
     check_shape,
+    deserialize_bytes,
     element_count,
     from_raw,
     object_array,
@@ -107,6 +110,53 @@ def request_from_proto(message: Any) -> InferRequest:
         inputs.append(Tensor(name, datatype, shape, data, parameters_dict(tensor.parameters)))
     outputs = [RequestedOutput(o.name, parameters_dict(o.parameters)) for o in message.outputs]
     return InferRequest(inputs, outputs, message.id, parameters_dict(message.parameters))
+
+
+def fast_request(message: Any, accepted: Collection[str]) -> tuple[list[RawInputs], InferRequest] | None:
+    """The common ``ModelInfer`` straight to rows, without building tensors.
+
+    Taken only when every input is ``BYTES`` in ``raw_input_contents`` with
+    shape ``[B]`` or ``[B,1]``, names a modality the model takes (once), has
+    no parameters, and no output is asked for by name; ``None`` for anything
+    else, and for anything malformed, so the general path's checks and error
+    messages stay the only ones. Saves about a third of V2's extra cost over
+    the native door (object arrays and tensor records for three inputs).
+    """
+    raw = message.raw_input_contents
+    inputs = message.inputs
+    if not raw or len(raw) != len(inputs) or message.outputs:
+        return None
+    columns: dict[str, list[Any]] = {}
+    batch = 0
+    for tensor, buffer in zip(inputs, raw, strict=True):
+        name = tensor.name
+        if tensor.datatype != "BYTES" or name not in accepted or name in columns or tensor.parameters:
+            return None
+        shape = tensor.shape
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
+            return None
+        if batch and shape[0] != batch:
+            return None
+        batch = shape[0]
+        try:
+            elements = deserialize_bytes(name, buffer)
+        except InvalidInput:
+            return None
+        if len(elements) != batch:
+            return None
+        if name == "text":
+            try:
+                columns[name] = [e.decode("utf-8") or None for e in elements]
+            except UnicodeDecodeError:
+                return None
+        else:
+            columns[name] = [e or None for e in elements]
+    if not columns:
+        return None
+    absent: list[None] = [None] * batch
+    image, audio, text = (columns.get(m, absent) for m in ("image", "audio", "text"))
+    rows = [RawInputs(image=i, audio=a, text=t) for i, a, t in zip(image, audio, text, strict=True)]
+    return rows, InferRequest([], [], message.id, parameters_dict(message.parameters))
 
 
 def response_to_proto(
