@@ -186,6 +186,7 @@ class ServerProcess:
         *,
         grpc: bool = False,
         cpus: str | None = None,
+        tree: Path = ROOT,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -207,7 +208,7 @@ class ServerProcess:
                 "--grpc-port",
                 str(self.grpc_port or -1),
             ],
-            cwd=ROOT,
+            cwd=tree,  # `python -m service` imports the service package of this source tree
             env=env,
         )
 

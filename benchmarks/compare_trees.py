@@ -1,0 +1,101 @@
+"""Did a change make serving faster? Two source trees served side by side, in turns.
+
+    git worktree add /tmp/before HEAD~3
+    python benchmarks/compare_trees.py --before /tmp/before --after . \\
+        --repository ~/.cache/fusionserve/model-repository
+
+On a shared machine the same server measured minutes apart can differ by more
+than a change does. Here both trees serve at once (an idle server costs
+nothing) and take turns with the same ``wrk`` load, alternating the order
+every round; the table shows mean req/s and median percentiles per tree and
+level, and the per-round ratio after/before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.serving import (  # noqa: E402
+    WRK_SCRIPT,
+    LoadResult,
+    ServerProcess,
+    combine,
+    make_payloads,
+    measure_level,
+    multipart_body,
+    read_payloads,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--before", type=Path, required=True, help="source tree of the baseline")
+    parser.add_argument("--after", type=Path, required=True, help="source tree with the change")
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--model", default="digits-fusion")
+    parser.add_argument("--concurrency", default="1,64")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per round")
+    parser.add_argument("--payloads", type=int, default=16)
+    parser.add_argument("--payload-dir", type=Path)
+    args = parser.parse_args(argv)
+    payloads = (
+        read_payloads(args.payload_dir, args.payloads)
+        if args.payload_dir
+        else make_payloads(args.payloads, 0)
+    )
+    trees = {"before": args.before.resolve(), "after": args.after.resolve()}
+    with tempfile.TemporaryDirectory() as tmp_str:
+        tmp = Path(tmp_str)
+        bodies = tmp / "bodies"
+        bodies.mkdir()
+        boundary = uuid.uuid4().hex
+        for i, payload in enumerate(payloads):
+            (bodies / f"body_{i}").write_bytes(multipart_body(payload, boundary))
+        script = tmp / "bench.lua"
+        script.write_text(WRK_SCRIPT)
+        servers = {name: ServerProcess(args.repository, tree=tree) for name, tree in trees.items()}
+        try:
+            for server in servers.values():
+                server.wait_ready()
+
+            def run(name: str, level: int, seconds: float) -> LoadResult:
+                url, n = servers[name].url, len(payloads)
+                return measure_level(name, url, args.model, bodies, n, boundary, level, seconds, script)
+
+            for name in servers:  # warm connections and allocator
+                run(name, 4, 1.0)
+            print("| tree | concurrency | req/s | p50 ms | p99 ms | mean batch | after/before (median) |")
+            print("|---" * 7 + "|")
+            for level in (int(c) for c in args.concurrency.split(",")):
+                rounds: dict[str, list[LoadResult]] = {name: [] for name in servers}
+                for index in range(args.rounds):
+                    for name in ("before", "after") if index % 2 == 0 else ("after", "before"):
+                        rounds[name].append(run(name, level, args.seconds))
+                ratios = [a.rps / b.rps for a, b in zip(rounds["after"], rounds["before"], strict=True)]
+                for name in servers:
+                    row = combine(rounds[name])
+                    ratio = f"{statistics.median(ratios):.3f}" if name == "after" else ""
+                    print(
+                        f"| {name} | {level} | {row.rps:.1f} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | "
+                        f"{row.mean_batch:.2f} | {ratio} |",
+                        flush=True,
+                    )
+        finally:
+            for server in servers.values():
+                server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
