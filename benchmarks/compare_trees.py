@@ -14,6 +14,7 @@ level, and the per-round ratio after/before.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
@@ -28,10 +29,10 @@ from benchmarks.serving import (  # noqa: E402
     LoadResult,
     ServerProcess,
     combine,
-    make_payloads,
+    load_payloads,
     measure_level,
     multipart_body,
-    read_payloads,
+    take_turns,
 )
 
 
@@ -49,11 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payloads", type=int, default=16)
     parser.add_argument("--payload-dir", type=Path)
     args = parser.parse_args(argv)
-    payloads = (
-        read_payloads(args.payload_dir, args.payloads)
-        if args.payload_dir
-        else make_payloads(args.payloads, 0)
-    )
+    payloads = load_payloads(args.payload_dir, args.payloads)
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
@@ -69,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             for server in servers.values():
                 server.wait_ready()
 
-            def run(name: str, level: int, seconds: float) -> LoadResult:
+            def run(name: str, level: int, seconds: float = args.seconds) -> LoadResult:
                 url, n = servers[name].url, len(payloads)
                 return measure_level(name, url, args.model, bodies, n, boundary, level, seconds, script)
 
@@ -78,10 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             print("| tree | concurrency | req/s | p50 ms | p99 ms | mean batch | after/before (median) |")
             print("|---" * 7 + "|")
             for level in (int(c) for c in args.concurrency.split(",")):
-                rounds: dict[str, list[LoadResult]] = {name: [] for name in servers}
-                for index in range(args.rounds):
-                    for name in ("before", "after") if index % 2 == 0 else ("after", "before"):
-                        rounds[name].append(run(name, level, args.seconds))
+                rounds = take_turns(["before", "after"], args.rounds, functools.partial(run, level=level))
                 ratios = [a.rps / b.rps for a, b in zip(rounds["after"], rounds["before"], strict=True)]
                 for name in servers:
                     row = combine(rounds[name])

@@ -51,10 +51,9 @@ from benchmarks.serving import (  # noqa: E402
     ServerProcess,
     batch_stats,
     combine,
-    make_payloads,
+    load_payloads,
     multipart_body,
     progress,
-    read_payloads,
 )
 from service.grpc.protos import NATIVE, V2  # noqa: E402
 from service.v2.codec import serialize_bytes  # noqa: E402
@@ -149,13 +148,16 @@ def check_grpc_bodies(target: str, doors: dict[str, Door]) -> None:
 
 
 # -- h2load ----------------------------------------------------------------------
-#: ``taskset -c CPUS`` for the load generator (``--client-cpus``), empty when not pinned.
-CLIENT_PREFIX: list[str] = []
-
-
 def h2load(
-    base: str, door: Door, payload: int, concurrency: int, seconds: float, log: Path
+    base: str,
+    door: Door,
+    payload: int,
+    concurrency: int,
+    seconds: float,
+    log: Path,
+    cpus: str | None = None,
 ) -> dict[str, float]:
+    """One closed-loop h2load run (pinned to ``cpus`` when given); its rate and percentiles."""
     body = door.bodies[payload % len(door.bodies)]
     log.unlink(missing_ok=True)  # h2load appends
     headers = list(door.headers)
@@ -163,6 +165,7 @@ def h2load(
         headers.append(f"inference-header-content-length: {body.with_suffix('.hlen').read_text()}")
     # h2load 1.52 takes whole seconds only.
     duration = str(max(1, math.ceil(seconds)))
+    pin = ["taskset", "-c", cpus] if cpus else []  # keep the server's cores free
     command = ["h2load", "-D", duration, "-d", str(body), f"--log-file={log}", "-T", "60", "-N", "60"]
     if door.http1:
         command += ["--h1", "-c", str(concurrency), "-m", "1"]
@@ -171,7 +174,7 @@ def h2load(
     for header in headers:
         command += ["-H", header]
     out = subprocess.run(
-        [*CLIENT_PREFIX, *command, f"{base}{door.path}"], capture_output=True, text=True, check=True
+        [*pin, *command, f"{base}{door.path}"], capture_output=True, text=True, check=True
     ).stdout
     finished = re.search(r"finished in ([\d.]+)(m?s)", out)
     if not finished:
@@ -295,8 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpus", help="pin the server to these CPUs (taskset list, e.g. 0-7)")
     parser.add_argument("--client-cpus", help="pin h2load to these CPUs (taskset list, e.g. 8-11)")
     args = parser.parse_args(argv)
-    if args.client_cpus:
-        CLIENT_PREFIX[:] = ["taskset", "-c", args.client_cpus]
     if shutil.which("h2load") is None:
         print("h2load is not installed (apt-get install nghttp2-client)", file=sys.stderr)
         return 2
@@ -307,11 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {os.cpu_count()} cores; model {args.model}; {args.seconds:g} s per door and level",
         flush=True,
     )
-    payloads = (
-        read_payloads(args.payload_dir, args.payloads)
-        if args.payload_dir
-        else make_payloads(args.payloads, args.seed)
-    )
+    payloads = load_payloads(args.payload_dir, args.payloads, args.seed)
     results: list[LoadResult] = []
     all_rounds: Rounds = {}
     with tempfile.TemporaryDirectory() as tmp_str:
@@ -324,14 +321,16 @@ def main(argv: list[str] | None = None) -> int:
             bases = {name: server.url if doors[name].http1 else f"http://{server.target}" for name in names}
             log = tmp / "requests.tsv"
             for name in names:  # warm every door (connections, allocator, sessions) before measuring
-                h2load(bases[name], doors[name], 0, 4, 1.0, log)
+                h2load(bases[name], doors[name], 0, 4, 1.0, log, args.client_cpus)
             for level in levels:
                 rounds: dict[str, list[LoadResult]] = {name: [] for name in names}
                 for index in range(args.rounds):
                     for name in names:
 
                         def run(name: str = name, index: int = index, level: int = level) -> dict[str, float]:
-                            return h2load(bases[name], doors[name], index, level, share, log)
+                            return h2load(
+                                bases[name], doors[name], index, level, share, log, args.client_cpus
+                            )
 
                         rounds[name].append(measure(name, server.url, args.model, level, run))
                 for name in names:

@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -127,6 +128,11 @@ def read_payloads(folder: Path, count: int) -> list[Payload]:
         )
         for d in rows
     ]
+
+
+def load_payloads(folder: Path | None, count: int, seed: int = 0) -> list[Payload]:
+    """From ``--payload-dir`` when given, else built from the dataset."""
+    return read_payloads(folder, count) if folder else make_payloads(count, seed)
 
 
 def make_payloads(count: int, seed: int) -> list[Payload]:
@@ -311,6 +317,18 @@ def measure_level(
     )
 
 
+def take_turns(
+    names: list[str], rounds: int, run: Callable[[str], LoadResult]
+) -> dict[str, list[LoadResult]]:
+    """``rounds`` rounds in which every setup runs once, the order reversed every other
+    round, so drift of a shared machine hits all setups alike."""
+    results: dict[str, list[LoadResult]] = {name: [] for name in names}
+    for index in range(rounds):
+        for name in names if index % 2 == 0 else list(reversed(names)):
+            results[name].append(run(name))
+    return results
+
+
 def progress(row: LoadResult) -> str:
     """One line per setup and level while a benchmark runs."""
     return (
@@ -467,11 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     levels = [int(c) for c in args.concurrency.split(",")]
     print(f"machine: {os.cpu_count()} cores; model {args.model}; {args.seconds:g} s per level", flush=True)
-    payloads = (
-        read_payloads(args.payload_dir, args.payloads)
-        if args.payload_dir
-        else make_payloads(args.payloads, args.seed)
-    )
+    payloads = load_payloads(args.payload_dir, args.payloads, args.seed)
     boundary = uuid.uuid4().hex
     loads: list[LoadResult] = []
     with tempfile.TemporaryDirectory() as tmp_str:
@@ -498,23 +512,13 @@ def main(argv: list[str] | None = None) -> int:
             for name, server in servers.items():  # warm connections and allocator
                 measure_level(name, server.url, args.model, bodies, len(payloads), boundary, 4, 1.0, script)
             for level in levels:
-                rounds: dict[str, list[LoadResult]] = {name: [] for name in servers}
-                for index in range(args.rounds):
-                    order = list(servers) if index % 2 == 0 else list(reversed(servers))
-                    for name in order:
-                        rounds[name].append(
-                            measure_level(
-                                name,
-                                servers[name].url,
-                                args.model,
-                                bodies,
-                                len(payloads),
-                                boundary,
-                                level,
-                                max(1.0, round(args.seconds / args.rounds)),  # wrk takes whole seconds
-                                script,
-                            )
-                        )
+                seconds = max(1.0, round(args.seconds / args.rounds))  # wrk takes whole seconds
+
+                def run(name: str, level: int = level, seconds: float = seconds) -> LoadResult:
+                    url, n = servers[name].url, len(payloads)
+                    return measure_level(name, url, args.model, bodies, n, boundary, level, seconds, script)
+
+                rounds = take_turns(list(servers), args.rounds, run)
                 for name in servers:
                     loads.append(combine(rounds[name]))
                     print(progress(loads[-1]), flush=True)

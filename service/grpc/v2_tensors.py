@@ -21,6 +21,7 @@ from service.v2.codec import (
     RequestedOutput,
     Tensor,
     check_datatype,
+    check_int_range,
     check_shape,
     deserialize_bytes,
     element_count,
@@ -28,6 +29,7 @@ from service.v2.codec import (
     object_array,
     to_raw,
 )
+from service.v2.mapping import bytes_column, is_bytes_column_shape, rows_of_columns
 
 #: The typed ``InferTensorContents`` field of each datatype; FP16 travels only raw.
 CONTENTS_FIELD = {
@@ -84,11 +86,7 @@ def _from_contents(name: str, datatype: str, shape: tuple[int, ...], contents: A
     dtype = NUMPY_DTYPES[datatype]
     array = np.asarray(values)
     if dtype.kind in "iu" and array.size:
-        info = np.iinfo(dtype)
-        if array.min() < info.min or array.max() > info.max:
-            raise InvalidInput(
-                f"tensor {name!r}: a value lies outside {datatype} range {info.min}..{info.max}"
-            )
+        check_int_range(name, datatype, int(array.min()), int(array.max()))
     return array.astype(dtype).reshape(shape)
 
 
@@ -133,29 +131,19 @@ def fast_request(message: Any, accepted: Collection[str]) -> tuple[list[RawInput
         if tensor.datatype != "BYTES" or name not in accepted or name in columns or tensor.parameters:
             return None
         shape = tensor.shape
-        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
-            return None
-        if batch and shape[0] != batch:
+        if not is_bytes_column_shape(shape) or shape[0] < 1 or (batch and shape[0] != batch):
             return None
         batch = shape[0]
         try:
             elements = deserialize_bytes(name, buffer)
+            if len(elements) != batch:
+                return None
+            columns[name] = bytes_column(name, elements)
         except InvalidInput:
             return None
-        if len(elements) != batch:
-            return None
-        if name == "text":
-            try:
-                columns[name] = [e.decode("utf-8") or None for e in elements]
-            except UnicodeDecodeError:
-                return None
-        else:
-            columns[name] = [e or None for e in elements]
     if not columns:
         return None
-    absent: list[None] = [None] * batch
-    image, audio, text = (columns.get(m, absent) for m in ("image", "audio", "text"))
-    rows = [RawInputs(image=i, audio=a, text=t) for i, a, t in zip(image, audio, text, strict=True)]
+    rows = rows_of_columns(columns, batch)
     return rows, InferRequest([], [], message.id, parameters_dict(message.parameters))
 
 

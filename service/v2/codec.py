@@ -89,6 +89,13 @@ def check_shape(name: str, shape: object) -> tuple[int, ...]:
     raise InvalidInput(f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}")
 
 
+def check_int_range(name: str, datatype: str, low: int, high: int) -> None:
+    """Integer values (their least and greatest) must fit the datatype, not wrap around."""
+    info = np.iinfo(NUMPY_DTYPES[datatype])
+    if low < info.min or high > info.max:
+        raise InvalidInput(f"tensor {name!r}: a value lies outside {datatype} range {info.min}..{info.max}")
+
+
 def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
@@ -200,11 +207,8 @@ def _numbers(name: str, datatype: str, flat: list[Any]) -> np.ndarray:
     if dtype.kind in "iu":
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
             raise InvalidInput(f"tensor {name!r}: {datatype} data must be integers")
-        info = np.iinfo(dtype)
-        if flat and (min(flat) < info.min or max(flat) > info.max):
-            raise InvalidInput(
-                f"tensor {name!r}: a value lies outside {datatype} range {info.min}..{info.max}"
-            )
+        if flat:
+            check_int_range(name, datatype, min(flat), max(flat))
         return np.asarray(flat, dtype=dtype)
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
         raise InvalidInput(f"tensor {name!r}: {datatype} data must be numbers")

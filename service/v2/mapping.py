@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,9 +103,32 @@ def triton_model_config(
 # -- inputs -> rows -----------------------------------------------------------
 
 
+def is_bytes_column_shape(shape: Sequence[int]) -> bool:
+    """``BYTES`` inputs are one element per row: shape ``[B]`` or ``[B,1]``."""
+    return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
+
+
+def bytes_column(name: str, elements: list[bytes]) -> list[bytes | str | None]:
+    """One modality's values from its ``BYTES`` elements: text decoded from UTF-8; an
+    empty element leaves the modality out of that row (None)."""
+    if name != "text":
+        return [e or None for e in elements]
+    try:
+        return [e.decode("utf-8") or None for e in elements]
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("input 'text': BYTES elements must be UTF-8 text") from exc
+
+
+def rows_of_columns(columns: Mapping[str, Sequence[object]], count: int) -> list[RawInputs]:
+    """Rows from per-modality columns of ``count`` values; a missing column is masked."""
+    absent: list[None] = [None] * count
+    image, audio, text = (columns.get(m, absent) for m in ("image", "audio", "text"))
+    return [RawInputs(image=i, audio=a, text=t) for i, a, t in zip(image, audio, text, strict=True)]  # type: ignore[arg-type]
+
+
 def _bytes_elements(tensor: Tensor) -> list[bytes]:
     shape = tensor.shape
-    if (len(shape) == 2 and shape[1] != 1) or len(shape) not in (1, 2):
+    if not is_bytes_column_shape(shape):
         raise InvalidInput(f"input {tensor.name!r}: BYTES shape must be [B] or [B,1], got {list(shape)}")
     elements: list[bytes] = tensor.data.reshape(-1).tolist()  # already bytes: no copy
     if str(tensor.parameters.get("content_type", "")).lower() == "base64":
@@ -133,13 +157,7 @@ def _column(tensor: Tensor) -> list[bytes | np.ndarray | str | None]:
         raise InvalidInput(
             f"input {tensor.name!r}: datatype {tensor.datatype} is not accepted; expected {accepted}"
         )
-    elements = _bytes_elements(tensor)
-    if tensor.name != "text":
-        return [e or None for e in elements]
-    try:
-        return [e.decode("utf-8") or None for e in elements]
-    except UnicodeDecodeError as exc:
-        raise InvalidInput("input 'text': BYTES elements must be UTF-8 text") from exc
+    return list(bytes_column(tensor.name, _bytes_elements(tensor)))
 
 
 def rows_from_inputs(model: str, config: ModelConfig, inputs: list[Tensor]) -> list[RawInputs]:
@@ -158,9 +176,7 @@ def rows_from_inputs(model: str, config: ModelConfig, inputs: list[Tensor]) -> l
     count = len(columns[names[0]])
     if any(size != count for size in sizes.values()):
         raise InvalidInput(f"inputs disagree on the batch size (first dimension): {sizes}")
-    absent: list[None] = [None] * count
-    image, audio, text = (columns.get(m, absent) for m in ("image", "audio", "text"))
-    return [RawInputs(image=i, audio=a, text=t) for i, a, t in zip(image, audio, text, strict=True)]  # type: ignore[arg-type]
+    return rows_of_columns(columns, count)
 
 
 def top_k_of(parameters: dict[str, object]) -> int:
