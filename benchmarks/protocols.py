@@ -14,13 +14,15 @@ bodies of real JPEG + WAV + text test rows, top-k 5 everywhere.
 - gRPC doors: HTTP/2, one connection carrying that many concurrent streams
   (what a gRPC channel does); each body is a length-prefixed gRPC message.
 
-The doors take turns in rounds at each level, each round on the next payload,
-so a noisy neighbour's drift is shared; the table shows mean throughput and
-median percentiles over the rounds. It ends with the issue's two checks (gRPC
-p50 at concurrency 1 is not above HTTP's, and saturated gRPC throughput is at
-least HTTP's) for each gRPC door against the HTTP door of the same API and
-against the native HTTP door. The load generator shares the machine with the
-server.
+The doors take turns in rounds at each level (the order reversed every other
+round), each round on the next payload, so a noisy neighbour's drift is
+shared; the table shows mean throughput and median percentiles over the
+rounds. It ends with the issue's two checks (gRPC p50 at concurrency 1 is not
+above HTTP's, and saturated gRPC throughput is at least HTTP's) for each gRPC
+door against the HTTP door of the same API and against the native HTTP door,
+each on rounds paired in time with a 95 % interval: a door is called ahead or
+behind only when the interval leaves zero out, else tied. The load generator
+shares the machine with the server.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ from benchmarks.serving import (  # noqa: E402
     load_payloads,
     multipart_body,
     progress,
+    take_turns,
 )
+from benchmarks.stats import median_interval  # noqa: E402
 from service.grpc.protos import NATIVE, V2  # noqa: E402
 from service.v2.codec import serialize_bytes  # noqa: E402
 
@@ -236,13 +240,14 @@ def print_table(results: list[LoadResult], rounds: Rounds) -> None:
 
 
 def compare(rounds: Rounds, grpc_door: str, http_door: str) -> str:
-    """The issue's two checks for one pair of doors.
+    """The issue's two checks for one pair of doors, on rounds paired in time.
 
-    p50 at concurrency 1 on rounds paired in time (the doors of one round ran
-    back to back, so drift of the machine cancels): the median of the
-    per-round differences, and in how many rounds gRPC was not slower.
-    Saturated throughput: each door's peak over the levels (mean of its
-    rounds), and the paired per-round ratio at the level where HTTP peaked.
+    The doors of one round ran back to back, so drift of the machine mostly
+    cancels in their difference. p50 at concurrency 1: the median per-round
+    difference in ms. Saturated throughput: each door's peak over the levels
+    (mean of its rounds), and the median per-round ratio at the level where
+    HTTP peaked. Each with its 95 % bootstrap interval (``benchmarks.stats``):
+    ``ahead``/``behind`` only when the interval leaves zero out, else ``tied``.
     """
     levels = sorted(
         {level for door, level in rounds if door == grpc_door}
@@ -254,11 +259,10 @@ def compare(rounds: Rounds, grpc_door: str, http_door: str) -> str:
     if levels[0] == 1:
         pairs = list(zip(rounds[(grpc_door, 1)], rounds[(http_door, 1)], strict=True))
         diffs = [g.p50_ms - h.p50_ms for g, h in pairs]
-        wins = sum(d <= 0 for d in diffs)
-        median = statistics.median(diffs)
-        verdict = "ok" if median <= 0 else "SLOWER"
+        p50 = median_interval(diffs)
         parts.append(
-            f"p50 at c=1 {median:+.3f} ms (median of rounds; not slower in {wins}/{len(diffs)}) {verdict}"
+            f"p50 at c=1 {p50.median:+.3f} ms [{p50.low:+.3f}, {p50.high:+.3f}] "
+            f"{p50.verdict(lower_is_better=True)} (not slower in {sum(d <= 0 for d in diffs)}/{len(diffs)})"
         )
 
     def peak(door: str) -> tuple[float, int]:
@@ -266,13 +270,12 @@ def compare(rounds: Rounds, grpc_door: str, http_door: str) -> str:
 
     (grpc_peak, grpc_level), (http_peak, http_level) = peak(grpc_door), peak(http_door)
     pairs = list(zip(rounds[(grpc_door, http_level)], rounds[(http_door, http_level)], strict=True))
-    ratios = [g.rps / h.rps for g, h in pairs if h.rps]
-    wins = sum(r >= 1 for r in ratios)
-    verdict = "ok" if grpc_peak >= http_peak else "LOWER"
+    gains = [g.rps / h.rps - 1 for g, h in pairs if h.rps]
+    rate = median_interval(gains)
     parts.append(
-        f"peak throughput {grpc_peak:.1f} (c={grpc_level}) vs {http_peak:.1f} (c={http_level}) req/s "
-        f"{verdict}; at c={http_level} x{statistics.median(ratios):.3f} "
-        f"(median of rounds; not lower in {wins}/{len(ratios)})"
+        f"peak throughput {grpc_peak:.1f} (c={grpc_level}) vs {http_peak:.1f} (c={http_level}) req/s; "
+        f"at c={http_level} {rate.median:+.1%} [{rate.low:+.1%}, {rate.high:+.1%}] "
+        f"{rate.verdict(lower_is_better=False)} (not lower in {sum(g >= 0 for g in gains)}/{len(gains)})"
     )
     return "; ".join(parts)
 
@@ -323,16 +326,18 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:  # warm every door (connections, allocator, sessions) before measuring
                 h2load(bases[name], doors[name], 0, 4, 1.0, log, args.client_cpus)
             for level in levels:
-                rounds: dict[str, list[LoadResult]] = {name: [] for name in names}
-                for index in range(args.rounds):
-                    for name in names:
+                turns = dict.fromkeys(names, 0)
 
-                        def run(name: str = name, index: int = index, level: int = level) -> dict[str, float]:
-                            return h2load(
-                                bases[name], doors[name], index, level, share, log, args.client_cpus
-                            )
+                def run(name: str, level: int = level, turns: dict[str, int] = turns) -> LoadResult:
+                    index = turns[name]  # each round on the next payload
+                    turns[name] += 1
 
-                        rounds[name].append(measure(name, server.url, args.model, level, run))
+                    def load() -> dict[str, float]:
+                        return h2load(bases[name], doors[name], index, level, share, log, args.client_cpus)
+
+                    return measure(name, server.url, args.model, level, load)
+
+                rounds = take_turns(names, args.rounds, run)
                 for name in names:
                     all_rounds[(name, level)] = rounds[name]
                     results.append(combine(rounds[name]))

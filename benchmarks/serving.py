@@ -17,7 +17,9 @@ What it does, in one run on one machine:
    level so drift of a shared machine hits both alike. Reads req/s (mean over
    rounds), p50/p95/p99 (median over rounds), errors, and the mean batch size
    from the server's own ``/metrics``.
-4. Prints one table with the ratios served / raw.
+4. Prints one table with the ratios served / raw, and batching on vs off per
+   level on rounds paired in time with a 95 % interval (``benchmarks.stats``):
+   "slower" only where the interval leaves zero out.
 
 The load generator shares the machine with the server; that is part of what
 is measured (say so when quoting numbers).
@@ -50,6 +52,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.stats import median_interval  # noqa: E402
 from service.batching import collate  # noqa: E402
 from service.model_config import MODEL_FILES, load_model_config  # noqa: E402
 from service.preprocess import Preprocessor  # noqa: E402
@@ -430,7 +433,31 @@ def batching_off_copy(repository: Path, model: str, dest: Path) -> Path:
 
 
 # -- report ----------------------------------------------------------------
-def print_table(loads: list[LoadResult], raw: RawResult) -> None:
+def batching_verdict(paired: dict[int, tuple[list[LoadResult], list[LoadResult]]]) -> str:
+    """Batching on vs off at each level, on rounds paired in time (``benchmarks.stats``).
+
+    At concurrency 1 both run the same path (a lone row is dispatched at
+    once), so only an interval that leaves zero out counts as slower.
+    """
+    parts, slower = [], []
+    for level, (on, off) in sorted(paired.items()):
+        gains = [a.rps / b.rps - 1 for a, b in zip(on, off, strict=True) if b.rps]
+        if not gains:
+            continue
+        gain = median_interval(gains)
+        verdict = gain.verdict(lower_is_better=False)
+        parts.append(f"c={level} {gain.median:+.1%} [{gain.low:+.1%}, {gain.high:+.1%}] {verdict}")
+        if verdict == "behind":
+            slower.append(level)
+    summary = "never slower" if not slower else f"slower at c={slower}"
+    return f"batching on vs off (req/s, median of paired rounds): {summary}; " + "; ".join(parts)
+
+
+def print_table(
+    loads: list[LoadResult],
+    raw: RawResult,
+    paired: dict[int, tuple[list[LoadResult], list[LoadResult]]] | None = None,
+) -> None:
     print()
     print(
         f"raw in-process limit: {raw.best_rps:.1f} rows/s at batch {raw.best_batch}; "
@@ -446,7 +473,6 @@ def print_table(loads: list[LoadResult], raw: RawResult) -> None:
             f"{r.p99_ms:.2f} | {r.errors} | {r.mean_batch:.2f} | {r.rps / raw.best_rps:.2f} |"
         )
     on = {r.concurrency: r for r in loads if r.setup == "batching-on"}
-    off = {r.concurrency: r for r in loads if r.setup == "batching-off"}
     print()
     if on:
         top = max(on.values(), key=lambda r: r.rps)
@@ -456,9 +482,8 @@ def print_table(loads: list[LoadResult], raw: RawResult) -> None:
                 f"p50 at c=1 minus raw single latency: {on[1].p50_ms - raw.single_p50_ms:+.2f} ms "
                 "(target <= 3 ms)"
             )
-    if on and off:
-        worse = [c for c in on if c in off and on[c].rps < off[c].rps]
-        print("batching on vs off: " + ("never slower" if not worse else f"slower at c={worse}"))
+    if paired:
+        print(batching_verdict(paired))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -488,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     payloads = load_payloads(args.payload_dir, args.payloads, args.seed)
     boundary = uuid.uuid4().hex
     loads: list[LoadResult] = []
+    paired: dict[int, tuple[list[LoadResult], list[LoadResult]]] = {}
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         bodies = tmp / "bodies"
@@ -519,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
                     return measure_level(name, url, args.model, bodies, n, boundary, level, seconds, script)
 
                 rounds = take_turns(list(servers), args.rounds, run)
+                if "batching-off" in rounds:
+                    paired[level] = (rounds["batching-on"], rounds["batching-off"])
                 for name in servers:
                     loads.append(combine(rounds[name]))
                     print(progress(loads[-1]), flush=True)
@@ -528,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         print("raw limit, after the load:", flush=True)
         raw_after = raw_limit(args.repository, args.model, payloads, raw_seconds, batch_sizes)
     raw = best_of(raw_before, raw_after)
-    print_table(loads, raw)
+    print_table(loads, raw, paired)
     if args.json:
         args.json.write_text(json.dumps({"loads": [asdict(r) for r in loads], "raw": asdict(raw)}, indent=2))
     return 0
