@@ -69,6 +69,7 @@ def guarded(method: Handler) -> Handler:
         context.set_trailing_metadata((("x-request-id", request_id),))
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        logged = False
         try:
             try:
                 return await method(self, request, context)
@@ -81,9 +82,14 @@ def guarded(method: Handler) -> Handler:
             except Exception as exc:
                 error = as_core_error(exc)
             code = grpc_code(error)
+            # Logged before the status leaves, as a success is before its
+            # answer: whoever holds the answer finds the call in the log.
+            log_call(method.__name__, code, started)
+            logged = True
             await context.abort(code, error.message)
         finally:
-            log_call(method.__name__, code, started)
+            if not logged:
+                log_call(method.__name__, code, started)
             request_id_var.reset(token)
 
     return wrapper  # type: ignore[return-value]
