@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
 .venv/bin/ruff check .
+.venv/bin/ruff format --check service models tests benchmarks
 .venv/bin/mypy service models
+.venv/bin/mypy --explicit-package-bases benchmarks
 # The integration tests serve the real default repository: build it first
 # (reused from its cache when already built), outside pytest's per-test timeout.
 .venv/bin/fusionserve build-repo --out "${FUSIONSERVE_HOME:-$HOME/.cache/fusionserve}/model-repository"

@@ -37,8 +37,12 @@ def gradient_image(height: int = 48, width: int = 64) -> np.ndarray:
 
 # Seven-segment strokes (x0, y0, x1, y1) on a 0..1 square, per digit.
 _SEGMENTS = {
-    "a": (0.25, 0.15, 0.75, 0.15), "b": (0.75, 0.15, 0.75, 0.5), "c": (0.75, 0.5, 0.75, 0.85),
-    "d": (0.25, 0.85, 0.75, 0.85), "e": (0.25, 0.5, 0.25, 0.85), "f": (0.25, 0.15, 0.25, 0.5),
+    "a": (0.25, 0.15, 0.75, 0.15),
+    "b": (0.75, 0.15, 0.75, 0.5),
+    "c": (0.75, 0.5, 0.75, 0.85),
+    "d": (0.25, 0.85, 0.75, 0.85),
+    "e": (0.25, 0.5, 0.25, 0.85),
+    "f": (0.25, 0.15, 0.25, 0.5),
     "g": (0.25, 0.5, 0.75, 0.5),
 }
 _DIGIT_SEGMENTS = ["abcdef", "bc", "abged", "abgcd", "fgbc", "afgcd", "afgedc", "abc", "abcdefg", "abcdfg"]
@@ -65,8 +69,9 @@ def image_bytes(array: np.ndarray, fmt: str, mode: str | None = None, **save: An
     return buf.getvalue()
 
 
-def jpeg_bytes(array: np.ndarray, quality: int = 95, exif_orientation: int | None = None,
-               mode: str | None = None) -> bytes:
+def jpeg_bytes(
+    array: np.ndarray, quality: int = 95, exif_orientation: int | None = None, mode: str | None = None
+) -> bytes:
     """A JPEG; ``exif_orientation`` (1..8) writes that EXIF tag, ``mode="CMYK"`` a CMYK JPEG."""
     save: dict[str, Any] = {"quality": quality}
     if exif_orientation is not None:
@@ -106,8 +111,12 @@ def decompression_bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
     """
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * (1 + 3 * min(width, 4096)))
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 # ----------------------------------------------------------------------------- audio
@@ -154,6 +163,7 @@ def write_wordlevel_tokenizer(path: Path, words: Iterable[str]) -> Path:
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="removed")])
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="removed")]
+    )
     tokenizer.save(str(path))
     return path

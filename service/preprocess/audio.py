@@ -56,12 +56,17 @@ def decode_audio(data: bytes | np.ndarray, spec: AudioSpec, field: str = "audio"
     if len(data) > spec.max_bytes:
         raise LimitExceeded(
             f"field {field!r}: {len(data)} bytes exceeds max_bytes {spec.max_bytes}",
-            field=field, limit="max_bytes", max=spec.max_bytes, actual=len(data))
+            field=field,
+            limit="max_bytes",
+            max=spec.max_bytes,
+            actual=len(data),
+        )
     kind = sniff(data)
     if kind not in _DECODABLE:
         detected = DISPLAY_NAMES.get(kind, kind) if kind else "unrecognised data"
         raise UnsupportedMediaType(
-            f"field {field!r}: not a WAV/FLAC/OGG file (detected {detected})", field=field, detected=kind)
+            f"field {field!r}: not a WAV/FLAC/OGG file (detected {detected})", field=field, detected=kind
+        )
     frames, rate = _decode_frames(data, spec, field)
     mono = _mix_down(frames)
     return _finish(mono, rate, spec, field)
@@ -90,7 +95,9 @@ def _decode_with_soundfile(data: bytes, spec: AudioSpec, field: str) -> tuple[np
             if f.frames >= _UNKNOWN_LENGTH:  # libsndfile cannot even seek in these
                 raise InvalidInput(
                     f"field {field!r}: the audio stream does not state its length "
-                    "(written to a pipe?); send a complete file", field=field)
+                    "(written to a pipe?); send a complete file",
+                    field=field,
+                )
             frames = _read_frames(f, spec, field)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as exc:
         detail = exc.error_string if isinstance(exc, sf.LibsndfileError) else str(exc)
@@ -109,17 +116,25 @@ def _read_frames(f: sf.SoundFile, spec: AudioSpec, field: str) -> np.ndarray:
     if len(frames) < wanted:
         raise InvalidInput(
             f"field {field!r}: corrupted or truncated audio (header declares {wanted} frames, "
-            f"{len(frames)} decoded)", field=field)
+            f"{len(frames)} decoded)",
+            field=field,
+        )
     return frames
 
 
 def _check_header(frames: int, rate: int, channels: int, spec: AudioSpec, field: str) -> None:
     if rate <= 0 or channels <= 0:
-        raise InvalidInput(f"field {field!r}: corrupted audio header ({rate} Hz, {channels} channels)",
-                           field=field)
+        raise InvalidInput(
+            f"field {field!r}: corrupted audio header ({rate} Hz, {channels} channels)", field=field
+        )
     if channels > MAX_CHANNELS:
-        raise LimitExceeded(f"field {field!r}: {channels} channels exceeds the limit of {MAX_CHANNELS}",
-                            field=field, limit="channels", max=MAX_CHANNELS, actual=channels)
+        raise LimitExceeded(
+            f"field {field!r}: {channels} channels exceeds the limit of {MAX_CHANNELS}",
+            field=field,
+            limit="channels",
+            max=MAX_CHANNELS,
+            actual=channels,
+        )
     if frames <= 0:
         raise InvalidInput(f"field {field!r}: audio has no samples", field=field)
     seconds = frames / rate
@@ -127,7 +142,11 @@ def _check_header(frames: int, rate: int, channels: int, spec: AudioSpec, field:
         raise LimitExceeded(
             f"field {field!r}: audio lasts {seconds:.2f} s, "
             f"over max_input_seconds {spec.max_input_seconds:g}",
-            field=field, limit="max_input_seconds", max=spec.max_input_seconds, actual=round(seconds, 3))
+            field=field,
+            limit="max_input_seconds",
+            max=spec.max_input_seconds,
+            actual=round(seconds, 3),
+        )
 
 
 def _frames_needed(rate: int, spec: AudioSpec) -> int:
@@ -155,7 +174,8 @@ def _finish(mono: np.ndarray, rate: int, spec: AudioSpec, field: str) -> np.ndar
     mono = mono[: spec.max_samples]
     if mono.size == 0:
         raise InvalidInput(
-            f"field {field!r}: audio too short: no samples left at {spec.sample_rate} Hz", field=field)
+            f"field {field!r}: audio too short: no samples left at {spec.sample_rate} Hz", field=field
+        )
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
@@ -172,7 +192,8 @@ def _from_array(values: np.ndarray, spec: AudioSpec, field: str) -> np.ndarray:
         raise InvalidInput(f"field {field!r}: decoded audio must be float32, got {values.dtype}", field=field)
     if values.ndim != 1:
         raise InvalidInput(
-            f"field {field!r}: decoded audio must be mono [T], got shape {list(values.shape)}", field=field)
+            f"field {field!r}: decoded audio must be mono [T], got shape {list(values.shape)}", field=field
+        )
     _check_header(values.shape[0], spec.sample_rate, 1, spec, field)
     kept = values[: spec.max_samples]
     _check_finite(kept, field)

@@ -68,7 +68,11 @@ def decode_image(data: bytes | np.ndarray, spec: ImageSpec, field: str = "image"
     if len(data) > spec.max_bytes:
         raise LimitExceeded(
             f"field {field!r}: {len(data)} bytes exceeds max_bytes {spec.max_bytes}",
-            field=field, limit="max_bytes", max=spec.max_bytes, actual=len(data))
+            field=field,
+            limit="max_bytes",
+            max=spec.max_bytes,
+            actual=len(data),
+        )
     kind = sniff(data)
     if kind not in _DECODABLE:
         raise _unsupported(kind, field)
@@ -81,7 +85,8 @@ def _unsupported(kind: str | None, field: str) -> UnsupportedMediaType:
     else:
         what = f"{describe(kind)} is not an image"
     return UnsupportedMediaType(
-        f"field {field!r}: {what} (send JPEG, PNG or WebP)", field=field, detected=kind)
+        f"field {field!r}: {what} (send JPEG, PNG or WebP)", field=field, detected=kind
+    )
 
 
 def _decode_bytes(data: bytes, spec: ImageSpec, field: str) -> np.ndarray:
@@ -111,15 +116,18 @@ def _load(data: bytes, spec: ImageSpec, field: str) -> tuple[Image.Image, int]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise LimitExceeded(
             f"field {field!r}: image has too many pixels (max_pixels {spec.max_pixels}; {exc})",
-            field=field, limit="max_pixels", max=spec.max_pixels) from exc
+            field=field,
+            limit="max_pixels",
+            max=spec.max_pixels,
+        ) from exc
     except UnidentifiedImageError as exc:
         raise InvalidInput(
-            f"field {field!r}: corrupted or truncated image (unreadable header)", field=field) from exc
+            f"field {field!r}: corrupted or truncated image (unreadable header)", field=field
+        ) from exc
     except (InvalidInput, MemoryError):
         raise
     except Exception as exc:  # Pillow raises many types on hostile input; all mean "bad file"
-        raise InvalidInput(
-            f"field {field!r}: corrupted or truncated image ({exc})", field=field) from exc
+        raise InvalidInput(f"field {field!r}: corrupted or truncated image ({exc})", field=field) from exc
 
 
 def _check_pixels(width: int, height: int, spec: ImageSpec, field: str) -> None:
@@ -129,7 +137,11 @@ def _check_pixels(width: int, height: int, spec: ImageSpec, field: str) -> None:
         raise LimitExceeded(
             f"field {field!r}: {width}x{height} = {width * height} pixels "
             f"exceeds max_pixels {spec.max_pixels}",
-            field=field, limit="max_pixels", max=spec.max_pixels, actual=width * height)
+            field=field,
+            limit="max_pixels",
+            max=spec.max_pixels,
+            actual=width * height,
+        )
 
 
 def _orientation(im: Image.Image) -> int:
@@ -219,7 +231,7 @@ def _letterbox(im: Image.Image, spec: ImageSpec) -> np.ndarray:
     fitted = _as_rgb_array(im.resize((w, h), RESAMPLE) if (w, h) != im.size else im)
     canvas = np.zeros((spec.height, spec.width, 3), dtype=np.uint8)
     top, left = (spec.height - h) // 2, (spec.width - w) // 2
-    canvas[top:top + h, left:left + w] = fitted
+    canvas[top : top + h, left : left + w] = fitted
     return canvas
 
 
@@ -237,7 +249,8 @@ def _from_array(values: np.ndarray, spec: ImageSpec, field: str) -> np.ndarray:
     if not (values.ndim == 2 or (values.ndim == 3 and values.shape[2] == 3)):
         raise InvalidInput(
             f"field {field!r}: decoded image must be [H, W, 3] or [H, W], got shape {list(values.shape)}",
-            field=field)
+            field=field,
+        )
     _check_pixels(values.shape[1], values.shape[0], spec, field)
     if values.ndim == 3 and values.shape[:2] == (spec.height, spec.width):
         return np.ascontiguousarray(values)

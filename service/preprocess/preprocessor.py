@@ -39,7 +39,8 @@ class Preprocessor:
             if getattr(spec, name) is None:
                 taken = ", ".join(m.value for m in spec.present())
                 raise InvalidInput(
-                    f"model {self.config.name!r} does not take {name} (it takes {taken})", field=name)
+                    f"model {self.config.name!r} does not take {name} (it takes {taken})", field=name
+                )
         row = DecodedRow()
         if raw.image is not None and spec.image is not None:
             start = time.perf_counter()

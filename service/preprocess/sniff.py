@@ -37,7 +37,8 @@ DISPLAY_NAMES: dict[str, str] = {
 }
 
 IMAGE_KINDS = frozenset(
-    {"jpeg", "png", "webp", "gif", "bmp", "tiff", "ico", "jpeg2000", "heif", "avif", "psd"})
+    {"jpeg", "png", "webp", "gif", "bmp", "tiff", "ico", "jpeg2000", "heif", "avif", "psd"}
+)
 AUDIO_KINDS = frozenset({"wav", "flac", "ogg", "mp3", "aiff"})
 
 _PREFIXES: tuple[tuple[bytes, str], ...] = (
@@ -65,7 +66,13 @@ _PREFIXES: tuple[tuple[bytes, str], ...] = (
 
 _RIFF_FORMS = {b"WAVE": "wav", b"WEBP": "webp", b"AVI ": "avi"}
 _FTYP_BRANDS = {
-    b"heic": "heif", b"heix": "heif", b"mif1": "heif", b"msf1": "heif", b"avif": "avif", b"avis": "avif"}
+    b"heic": "heif",
+    b"heix": "heif",
+    b"mif1": "heif",
+    b"msf1": "heif",
+    b"avif": "avif",
+    b"avis": "avif",
+}
 
 
 def sniff(data: bytes) -> str | None:
@@ -106,8 +113,11 @@ def describe(kind: str | None) -> str:
 
 def _looks_like_bmp(head: bytes) -> bool:
     # "BM" alone is too weak; also require a known DIB header size.
-    return head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in (
-        12, 40, 52, 56, 64, 108, 124)
+    return (
+        head[:2] == b"BM"
+        and len(head) >= 18
+        and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124)
+    )
 
 
 def _looks_like_text(head: bytes) -> bool:

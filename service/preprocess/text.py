@@ -48,7 +48,11 @@ class TextEncoder:
         if len(text) > self._spec.max_chars:
             raise LimitExceeded(
                 f"field {field!r}: {len(text)} characters exceeds max_chars {self._spec.max_chars}",
-                field=field, limit="max_chars", max=self._spec.max_chars, actual=len(text))
+                field=field,
+                limit="max_chars",
+                max=self._spec.max_chars,
+                actual=len(text),
+            )
         if not text.strip():
             raise InvalidInput(f"field {field!r}: empty text", field=field)
         ids = self._tokenizer.encode(text, add_special_tokens=False).ids

@@ -47,7 +47,7 @@ def read_layout(data: bytes) -> WavLayout | None:
     fmt: tuple[int, int, int, int, int] | None = None
     offset = 12
     while offset + 8 <= len(data):
-        chunk_id = data[offset:offset + 4]
+        chunk_id = data[offset : offset + 4]
         (size,) = struct.unpack_from("<I", data, offset + 4)
         body = offset + 8
         if chunk_id == b"fmt ":
