@@ -38,7 +38,14 @@ from service.types import DecodedRow, RawInputs, RowOutputs
 T = TypeVar("T")
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_configuration", "health"]
+EXTENSIONS = [
+    "classification",
+    "binary_tensor_data",
+    "model_repository",
+    "statistics",
+    "model_configuration",
+    "health",
+]
 
 
 @dataclass

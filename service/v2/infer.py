@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING
 
 from service.errors import FusionServeError, InvalidInput
 from service.types import RawInputs
+from service.v2.classification import classify, requested_counts
 from service.v2.codec import InferRequest, Tensor
 from service.v2.mapping import (
+    PROBABILITIES,
     check_requested,
     embedding_outputs,
+    output_specs,
     prediction_outputs,
     require_config,
     rows_from_inputs,
@@ -88,11 +91,14 @@ async def run_infer(
         if shortcut is not None:
             info, config, rows, request = shortcut
             wanted: list[str] = []
+            classes: dict[str, int] = {}
         else:
             request = parse()
             info = dataplane.model_info(model, version)
             config = require_config(model, info.config, info.error)
             wanted = check_requested(config, info.labels, request.outputs)
+            datatypes = {spec.name: spec.datatype for spec in output_specs(config, info.labels)}
+            classes = requested_counts(request.outputs, datatypes)
             rows = rows_from_inputs(model, config, request.inputs)
         timeout = _timeout(request.parameters, timeout_s)
         top_k = top_k_of(request.parameters) if config.task == "classify" else 0
@@ -116,4 +122,11 @@ async def run_infer(
             config, [e.fused for e in embeddings], [e.per_modality for e in embeddings], wanted
         )
         served = embeddings[0].version
+    if classes:
+        outputs = [
+            classify(t, classes[t.name], info.labels if t.name == PROBABILITIES else None)
+            if t.name in classes
+            else t
+            for t in outputs
+        ]
     return InferResponse(model, served, request.id, outputs, request)

@@ -14,7 +14,14 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import RunningServer, Sample
-from tests.integration.v2_helpers import CLASSIFIER, EMBEDDER, decoded_audio, decoded_image, object_column
+from tests.integration.v2_helpers import (
+    CLASSIFIER,
+    EMBEDDER,
+    check_classes,
+    decoded_audio,
+    decoded_image,
+    object_column,
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +112,17 @@ def test_requested_outputs_only(client: grpcclient.InferenceServerClient, sample
     outputs = [grpcclient.InferRequestedOutput("labels")]
     result = client.infer(CLASSIFIER, _file_inputs(samples[:1]), outputs=outputs)
     assert [o.name for o in result.get_response().outputs] == ["labels"]
+
+
+def test_classification_extension(client: grpcclient.InferenceServerClient, samples: list[Sample]) -> None:
+    """``class_count`` on an output: its top classes as ``value:index:label`` strings."""
+    rows = _file_inputs(samples[:4])
+    outputs = [grpcclient.InferRequestedOutput("probabilities", class_count=4)]
+    classes = client.infer(CLASSIFIER, rows, outputs=outputs).as_numpy("probabilities")
+    check_classes(classes, client.infer(CLASSIFIER, rows).as_numpy("probabilities"), 4)
+    labels = [grpcclient.InferRequestedOutput("labels", class_count=1)]
+    status, message = _status(lambda: client.infer(CLASSIFIER, rows, outputs=labels))
+    assert status == "StatusCode.INVALID_ARGUMENT" and "classification needs a numeric output" in message
 
 
 def test_streaming_infer(

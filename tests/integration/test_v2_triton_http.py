@@ -15,7 +15,14 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import RunningServer, Sample
-from tests.integration.v2_helpers import CLASSIFIER, EMBEDDER, decoded_audio, decoded_image, object_column
+from tests.integration.v2_helpers import (
+    CLASSIFIER,
+    EMBEDDER,
+    check_classes,
+    decoded_audio,
+    decoded_image,
+    object_column,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +85,26 @@ def test_binary_infer_with_real_files(
         assert scores[row, 0] == pytest.approx(probs[row].max(), abs=1e-6)
         assert labels[row, 0].decode() == str(int(np.argmax(probs[row])))
         assert list(scores[row]) == sorted(scores[row], reverse=True)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_classification_extension(
+    client: httpclient.InferenceServerClient, samples: list[Sample], binary: bool
+) -> None:
+    """``class_count`` on an output: its top classes as ``value:index:label`` strings."""
+    outputs = [
+        httpclient.InferRequestedOutput("probabilities", binary_data=binary, class_count=3),
+        httpclient.InferRequestedOutput("scores", binary_data=binary),
+    ]
+    rows = _file_inputs(samples[:4])
+    result = client.infer(CLASSIFIER, rows, outputs=outputs, parameters={"top_k": 10})
+    plain = client.infer(CLASSIFIER, rows).as_numpy("probabilities")
+    check_classes(result.as_numpy("probabilities"), plain, 3)
+    # The other output is untouched; a count above the width returns the whole row.
+    assert result.as_numpy("scores").shape == (4, 10)
+    wide = [httpclient.InferRequestedOutput("probabilities", binary_data=binary, class_count=50)]
+    check_classes(client.infer(CLASSIFIER, rows, outputs=wide).as_numpy("probabilities"), plain, 10)
+    assert "classification" in client.get_server_metadata()["extensions"]
 
 
 def test_json_and_binary_text_give_the_same_answer(
@@ -204,6 +231,20 @@ def _raw_infer(server: RunningServer, model: str, body: object, path_extra: str 
         (
             {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not a picture"]}]},
             "image",
+        ),
+        (
+            {
+                "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a four"]}],
+                "outputs": [{"name": "labels", "parameters": {"classification": 2}}],
+            },
+            "classification needs a numeric output",
+        ),
+        (
+            {
+                "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a four"]}],
+                "outputs": [{"name": "probabilities", "parameters": {"classification": 0}}],
+            },
+            "must be a positive integer",
         ),
     ],
 )

@@ -6,6 +6,7 @@ import io
 from typing import Any
 
 import numpy as np
+import pytest
 import soundfile as sf
 from PIL import Image
 
@@ -41,3 +42,20 @@ def top(labels: np.ndarray, scores: np.ndarray) -> list[list[tuple[str, float]]]
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def check_classes(classes: np.ndarray, probabilities: np.ndarray, count: int) -> None:
+    """Triton's classification output against the same rows' probabilities.
+
+    Each element is ``"<value>:<index>:<label>"``, best first; this model's
+    label of class ``i`` is ``str(i)``.
+    """
+    assert classes.shape == (probabilities.shape[0], count)
+    for row, probs in zip(classes, probabilities, strict=True):
+        entries = [_text(e).split(":") for e in row]
+        indices = [int(index) for _value, index, _label in entries]
+        assert indices == [int(i) for i in np.argsort(-probs, kind="stable")[:count]]
+        for value, index, label in entries:
+            assert len(value.split(".")[1]) == 6  # printed as std::to_string prints a float
+            assert float(value) == pytest.approx(float(probs[int(index)]), abs=1e-6)
+            assert label == index
