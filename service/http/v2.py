@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 from service.config import Settings
 from service.dataplane import DataPlane, VersionStats
 from service.errors import FusionServeError, InvalidInput, NotReady, Overloaded
+from service.http.content_coding import compress, decompress, request_coding, response_coding
 from service.http.errors import http_status
 from service.v2.codec import (
     HEADER_LENGTH,
@@ -154,8 +155,12 @@ def v2_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
         body = await request.body()
 
         def parse() -> InferRequest:
-            header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-            return parse_infer_request(body, header_length)
+            data = body
+            coding = request_coding(request.headers.get("content-encoding"))
+            if coding is not None:  # the header length counts the uncompressed body
+                data = decompress(body, coding, settings.max_body_bytes)
+            header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(data))
+            return parse_infer_request(data, header_length)
 
         result = await run_infer(dataplane, model, version, parse, timeout_s=None, protocol=PROTOCOL)
         asked = result.request
@@ -164,9 +169,15 @@ def v2_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
         if result.id:
             head["id"] = result.id
         payload, json_length = encode_infer_response(head, result.outputs, binary)
+        headers = {"Vary": "Accept-Encoding"}
+        coding = response_coding(request.headers.get("accept-encoding"))
+        if coding is not None:
+            payload = compress(payload, coding)
+            headers["Content-Encoding"] = coding
         if json_length is None:
-            return Response(payload, media_type="application/json")
-        return Response(payload, media_type=BINARY_CONTENT_TYPE, headers={HEADER_LENGTH: str(json_length)})
+            return Response(payload, media_type="application/json", headers=headers)
+        headers[HEADER_LENGTH] = str(json_length)
+        return Response(payload, media_type=BINARY_CONTENT_TYPE, headers=headers)
 
     @router.get("/v2/models/stats", summary="Statistics of every model")
     async def all_stats() -> dict[str, Any]:

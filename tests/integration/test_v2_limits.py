@@ -61,3 +61,23 @@ def test_oversized_rest_body_is_413(small_server: RunningServer) -> None:
         assert client.infer(CLASSIFIER, [small]).as_numpy("labels").shape == (1, 1)
     finally:
         client.close()
+
+
+def test_compressed_body_that_inflates_past_the_limit_is_413(small_server: RunningServer) -> None:
+    """A gzip bomb: 8 MiB of JSON padding in ~8 KiB, against a 256 KiB limit."""
+    import gzip
+
+    document = b'{"inputs": [], "pad": "' + b" " * (8 * 1024 * 1024) + b'"}'
+    bomb = gzip.compress(document)
+    assert len(bomb) < LIMIT
+    url = f"{small_server.http_url}/v2/models/{CLASSIFIER}/infer"
+    answer = httpx.post(url, content=bomb, headers={"Content-Encoding": "gzip"}, timeout=30)
+    assert answer.status_code == 413 and "inflates beyond max_body_bytes" in answer.json()["error"]
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{small_server.http_port}")
+    try:
+        small = httpclient.InferInput("text", [1], "BYTES")
+        small.set_data_from_numpy(object_column([b"seven"]))
+        answer = client.infer(CLASSIFIER, [small], request_compression_algorithm="gzip")
+        assert answer.as_numpy("labels").shape == (1, 1)
+    finally:
+        client.close()

@@ -107,6 +107,50 @@ def test_classification_extension(
     assert "classification" in client.get_server_metadata()["extensions"]
 
 
+@pytest.mark.parametrize(("request_coding", "response_coding"), [("gzip", "gzip"), ("deflate", "deflate")])
+def test_compressed_requests_and_answers(
+    client: httpclient.InferenceServerClient, samples: list[Sample], request_coding: str, response_coding: str
+) -> None:
+    """tritonclient's request/response compression: the same answer as uncompressed."""
+    rows = _file_inputs(samples[:3])
+    plain = client.infer(CLASSIFIER, rows, parameters={"top_k": 3})
+    squeezed = client.infer(
+        CLASSIFIER,
+        rows,
+        parameters={"top_k": 3},
+        request_compression_algorithm=request_coding,
+        response_compression_algorithm=response_coding,
+    )
+    np.testing.assert_array_equal(squeezed.as_numpy("labels"), plain.as_numpy("labels"))
+    np.testing.assert_allclose(squeezed.as_numpy("probabilities"), plain.as_numpy("probabilities"), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "status", "message"),
+    [
+        ("br", b"{}", 415, "Content-Encoding 'br' is not supported"),
+        ("gzip", b"{not gzip}", 400, "not valid gzip data"),
+    ],
+)
+def test_bad_content_codings(
+    running_server: RunningServer, encoding: str, body: bytes, status: int, message: str
+) -> None:
+    url = f"{running_server.http_url}/v2/models/{CLASSIFIER}/infer"
+    answer = httpx.post(url, content=body, headers={"Content-Encoding": encoding}, timeout=30)
+    assert answer.status_code == status and message in answer.json()["error"]
+
+
+def test_compressed_answer_is_labelled(running_server: RunningServer) -> None:
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a four"]}]}
+    url = f"{running_server.http_url}/v2/models/{CLASSIFIER}/infer"
+    # httpx would decode it itself: read the raw stream.
+    with httpx.stream("POST", url, json=body, headers={"Accept-Encoding": "gzip"}, timeout=30) as answer:
+        raw = b"".join(answer.iter_raw())
+        assert answer.headers["content-encoding"] == "gzip"
+        assert answer.headers["vary"] == "Accept-Encoding"
+    assert raw[:2] == b"\x1f\x8b"
+
+
 def test_json_and_binary_text_give_the_same_answer(
     client: httpclient.InferenceServerClient, samples: list[Sample]
 ) -> None:
