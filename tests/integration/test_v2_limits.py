@@ -81,3 +81,16 @@ def test_compressed_body_that_inflates_past_the_limit_is_413(small_server: Runni
         assert answer.as_numpy("labels").shape == (1, 1)
     finally:
         client.close()
+
+
+def test_compressed_grpc_message_that_inflates_past_the_limit_is_refused(small_server: RunningServer) -> None:
+    """gRPC's own message compression: the inflated size is held to the same limit."""
+    client = grpcclient.InferenceServerClient(small_server.grpc_target)
+    try:
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer(CLASSIFIER, [_text(8 * LIMIT)], compression_algorithm="gzip")
+        assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        answer = client.infer(CLASSIFIER, [_text(5)], compression_algorithm="gzip")
+        assert answer.as_numpy("labels").shape == (1, 1)
+    finally:
+        client.close()
