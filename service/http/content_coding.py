@@ -55,28 +55,21 @@ def decompress(body: bytes, coding: str, limit: int) -> bytes:
 def response_coding(accept_encoding: str | None) -> str | None:
     """gzip or deflate when the client's ``Accept-Encoding`` takes one (q > 0), else None.
 
-    The client's preference (highest q) wins; gzip on a tie. ``*`` counts as gzip.
+    The client's preference (highest q) wins, gzip on a tie; ``*`` stands for
+    a coding the header does not name.
     """
-    best: tuple[float, int, str] | None = None
+    named: dict[str, float] = {}
     for item in (accept_encoding or "").split(","):
         name, _, params = item.strip().partition(";")
-        name = name.strip().lower()
-        if name == "*":
-            name = "gzip"
-        if name not in ("gzip", "deflate"):
-            continue
-        quality = 1.0
         key, _, value = params.strip().partition("=")
-        if key.strip().lower() == "q":
-            try:
-                quality = float(value)
-            except ValueError:
-                continue
-        if quality <= 0:
+        try:
+            quality = float(value) if key.strip().lower() == "q" else 1.0
+        except ValueError:
             continue
-        rank = (quality, 1 if name == "gzip" else 0, name)
-        best = rank if best is None or rank > best else best
-    return None if best is None else best[2]
+        named[name.strip().lower()] = quality
+    offers = [(named.get(c, named.get("*", 0.0)), c == "gzip", c) for c in ("gzip", "deflate")]
+    quality, _, coding = max(offers)
+    return coding if quality > 0 else None
 
 
 def compress(payload: bytes, coding: str) -> bytes:

@@ -76,6 +76,8 @@ def test_malformed_bodies_are_400(body: bytes, message: str) -> None:
         ("gzip;q=0", None),
         ("br", None),
         ("*", "gzip"),
+        ("gzip;q=0, *", "deflate"),
+        ("identity", None),
         ("gzip;q=nonsense, deflate", "deflate"),
     ],
 )
