@@ -20,6 +20,7 @@ from service.errors import (
     NotReady,
     Overloaded,
 )
+from service.grpc.handlers import reject_undecodable
 from service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
 
 log = logging.getLogger("fusionserve.grpc")
@@ -72,6 +73,7 @@ def guarded(method: Handler) -> Handler:
         logged = False
         try:
             try:
+                reject_undecodable(request)
                 return await method(self, request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED

@@ -3,16 +3,58 @@
 The handler for each method of the service descriptor is the servicer's
 method of the same name, with the pool's message classes doing the
 (de)serialisation; a method the servicer lacks answers UNIMPLEMENTED.
+
+A request message that does not parse reaches the servicer as
+:class:`Undecodable` rather than raising inside grpc, which would answer
+UNKNOWN and log a traceback per call: the servicer answers it
+INVALID_ARGUMENT (a stream: an error message, and the stream goes on).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import message_factory
+from google.protobuf import message, message_factory
 
+from service.errors import InvalidInput
 from service.grpc import protos
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request message that did not parse as its type.
+
+    It carries the empty id fields the stream handlers read from a message,
+    so a failed message is answered like any other failed one.
+    """
+
+    type_name: str
+    request_id: str = ""
+    id: str = ""
+    model_name: str = ""
+
+    def error(self) -> InvalidInput:
+        return InvalidInput(f"request is not a valid {self.type_name} message (the bytes do not parse)")
+
+
+def reject_undecodable(request: object) -> None:
+    """Raise the client's error for a message that did not parse; no-op otherwise."""
+    if isinstance(request, Undecodable):
+        raise request.error()
+
+
+def _deserializer(message_class: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except message.DecodeError:
+            return Undecodable(message_class.DESCRIPTOR.full_name)
+
+    return parse
+
 
 _FACTORIES = {
     (False, False): grpc.unary_unary_rpc_method_handler,
@@ -34,7 +76,7 @@ def generic_handler(service_name: str, servicer: object) -> grpc.GenericRpcHandl
         factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = factory(
             implementation,
-            request_deserializer=request_class.FromString,
+            request_deserializer=_deserializer(request_class),
             response_serializer=response_class.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(service_name, handlers)

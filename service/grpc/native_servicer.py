@@ -19,6 +19,7 @@ from service.grpc.errors import (
     message_request_id,
     remaining_seconds,
 )
+from service.grpc.handlers import reject_undecodable
 from service.grpc.protos import NATIVE
 from service.grpc.streaming import pipelined
 from service.types import RawInputs
@@ -140,6 +141,7 @@ class NativeServicer:
             request_id = message_request_id(request.request_id)
 
             async def predict() -> Any:
+                reject_undecodable(request)
                 response = await self._predict(request, context)
                 response.request_id = request_id
                 return NATIVE.PredictStreamResponse(request_id=request_id, response=response)
