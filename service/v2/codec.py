@@ -212,7 +212,13 @@ def _numbers(name: str, datatype: str, flat: list[Any]) -> np.ndarray:
         return np.asarray(flat, dtype=dtype)
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
         raise InvalidInput(f"tensor {name!r}: {datatype} data must be numbers")
-    return np.asarray(flat, dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = np.asarray(flat, dtype=dtype)
+    # JSON numbers are finite: an infinity here is a value past the type's
+    # range (or Python's non-standard NaN/Infinity tokens), not a real input.
+    if not np.isfinite(array).all():
+        raise InvalidInput(f"tensor {name!r}: {datatype} data must be finite numbers within the type's range")
+    return array
 
 
 def from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: object) -> np.ndarray:

@@ -97,6 +97,9 @@ def test_json_data_flat_and_nested_are_the_same() -> None:
         ("BOOL", [1, 0], "must be true/false"),
         ("BYTES", [1, 2], "must be strings"),
         ("FP32", [1.0], r"shape \[2\] needs 2 elements, data has 1"),
+        ("FP32", [1.0, 1e308], "finite numbers within the type's range"),
+        ("FP16", [1.0, 70000.0], "finite numbers within the type's range"),
+        ("FP64", [float("nan"), 1.0], "finite numbers"),
     ],
 )
 def test_json_data_type_errors(datatype: str, data: list[object], message: str) -> None:
