@@ -21,6 +21,7 @@ from service.grpc.protos import V2
 from service.grpc.streaming import pipelined
 from service.grpc.v2_tensors import fast_request, request_from_proto, response_to_proto
 from service.v2.infer import run_infer
+from service.v2.load_request import refuse_overrides
 from service.v2.mapping import input_specs, output_specs, require_config, triton_model_config
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ class V2Servicer:
 
     @guarded
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        refuse_overrides(request.model_name, request.parameters.keys())
         await self.dataplane.load(request.model_name)
         return V2.RepositoryModelLoadResponse()
 

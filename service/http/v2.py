@@ -31,6 +31,7 @@ from service.v2.codec import (
     parse_infer_request,
 )
 from service.v2.infer import run_infer
+from service.v2.load_request import refuse_overrides
 from service.v2.mapping import (
     TensorSpec,
     input_specs,
@@ -238,7 +239,11 @@ def v2_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
 
     @router.post("/v2/repository/models/{model}/load")
     async def load(request: Request, model: str) -> dict[str, Any]:
-        await _json_body(request)
+        document = await _json_body(request)
+        parameters = document.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput("parameters must be a JSON object")
+        refuse_overrides(model, parameters)
         await dataplane.load(model)
         return {}
 

@@ -162,6 +162,12 @@ def test_repository_and_statistics(client: grpcclient.InferenceServerClient, sam
     assert stats["name"] == CLASSIFIER and int(stats["inference_count"]) >= 1
 
 
+def test_load_with_overrides_is_refused(client: grpcclient.InferenceServerClient) -> None:
+    status, message = _status(lambda: client.load_model(CLASSIFIER, config='{"max_batch_size": 4}'))
+    assert status == "StatusCode.INVALID_ARGUMENT" and "would override the repository" in message
+    assert client.is_model_ready(CLASSIFIER)
+
+
 # -- errors ----------------------------------------------------------------------------
 
 

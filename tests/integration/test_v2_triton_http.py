@@ -251,6 +251,16 @@ def test_repository_and_statistics(client: httpclient.InferenceServerClient, sam
     assert int(stats[0]["inference_count"]) >= 1
 
 
+def test_load_with_overrides_is_refused(client: httpclient.InferenceServerClient) -> None:
+    """Triton's config/file overrides would load something other than the repository's entry."""
+    with pytest.raises(InferenceServerException) as caught:
+        client.load_model(CLASSIFIER, config='{"max_batch_size": 4}')
+    assert "400" in str(caught.value.status()) and "would override the repository" in caught.value.message()
+    with pytest.raises(InferenceServerException, match=r"file:1/model\.onnx"):
+        client.load_model(CLASSIFIER, config="{}", files={"file:1/model.onnx": b"\0"})
+    assert client.is_model_ready(CLASSIFIER)
+
+
 # -- errors: each the right status and message, and the server keeps serving ------
 
 
