@@ -86,6 +86,9 @@ def test_json_data_flat_and_nested_are_the_same() -> None:
     nested = from_json_data("x", "INT32", (2, 2), [[1, 2], [3, 4]])
     np.testing.assert_array_equal(flat, nested)
     assert flat.dtype == np.int32 and flat.shape == (2, 2)
+    # Lists and values mixed on one level: still row-major, element by element.
+    mixed = from_json_data("x", "INT32", (2, 3), [[1, [2, 3]], [4], 5, 6])
+    assert mixed.tolist() == [[1, 2, 3], [4, 5, 6]]
 
 
 @pytest.mark.parametrize(
