@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(default=64, ge=1, description="rows in one request (batch form)")
     max_top_k: int = Field(default=100, ge=1)
     grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    grpc_max_concurrent_streams: int = Field(
+        default=1024, ge=1, description="calls one gRPC connection may have open at once; more wait"
+    )
     grpc_max_connection_age_s: float = Field(
         default=300.0, gt=0, description="gRPC connections are recycled after this (load balancing)"
     )

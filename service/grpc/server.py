@@ -42,6 +42,10 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
+        # HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS: one client cannot hold an
+        # unbounded number of calls (each a task and its buffers) open at once;
+        # its further calls wait in its own transport.
+        ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
         # Recycle long-lived connections so clients balancing over a
         # headless Service discover new replicas (docs/deployment.md).
         ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),

@@ -1,10 +1,12 @@
-"""Oversized messages: refused with the right status by both doors, and the server keeps serving."""
+"""Limits: oversized messages refused with the right status by both doors (the server keeps
+serving), compressed bodies held to the same bounds, and gRPC's per-connection stream limit."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -20,7 +22,11 @@ LIMIT = 256 * 1024
 
 @pytest.fixture(scope="module")
 def small_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    env = {"FUSIONSERVE_MAX_BODY_BYTES": str(LIMIT), "FUSIONSERVE_GRPC_MAX_MESSAGE_BYTES": str(LIMIT)}
+    env = {
+        "FUSIONSERVE_MAX_BODY_BYTES": str(LIMIT),
+        "FUSIONSERVE_GRPC_MAX_MESSAGE_BYTES": str(LIMIT),
+        "FUSIONSERVE_GRPC_MAX_CONCURRENT_STREAMS": "2",
+    }
     server = launch_server(model_repository, tmp_path_factory.mktemp("limits"), env=env)
     yield server
     server.stop()
@@ -94,3 +100,28 @@ def test_compressed_grpc_message_that_inflates_past_the_limit_is_refused(small_s
         assert answer.as_numpy("labels").shape == (1, 1)
     finally:
         client.close()
+
+
+def test_calls_beyond_the_stream_limit_wait_for_a_free_stream(small_server: RunningServer) -> None:
+    """FUSIONSERVE_GRPC_MAX_CONCURRENT_STREAMS=2: a third call on the connection waits."""
+    import queue
+
+    from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+    from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
+
+    request = pb.PredictRequest(model=CLASSIFIER, items=[pb.Item(text="a six")], top_k=1)
+    with grpc.insecure_channel(small_server.grpc_target) as channel:
+        stub = pb_grpc.FusionServeStub(channel)
+        feeds: list[queue.Queue[object]] = [queue.Queue(), queue.Queue()]
+        held = [stub.PredictStream(iter(feed.get, None), timeout=60) for feed in feeds]
+        for feed, stream in zip(feeds, held, strict=True):  # both streams open and answering
+            feed.put(request)
+            assert next(stream).WhichOneof("result") == "response"
+        with pytest.raises(grpc.RpcError) as waited:
+            stub.Predict(request, timeout=1.0)
+        assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        feeds[0].put(None)  # one stream ends: the next call gets its slot
+        assert list(held[0]) == []
+        assert stub.Predict(request, timeout=10).results[0].predictions
+        feeds[1].put(None)
+        assert list(held[1]) == []
