@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payloads", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--doors", default=",".join(DOORS))
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=Path, help="also write the results and every round here")
     parser.add_argument(
         "--payload-dir", type=Path, help="read payloads from here instead of building the dataset"
     )
@@ -345,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
     print_table(results, all_rounds)
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    if args.json:  # every round too, so later runs can be pooled with this one
+        every = {f"{door}@{level}": [asdict(r) for r in runs] for (door, level), runs in all_rounds.items()}
+        document = {"results": [asdict(r) for r in results], "rounds": every}
+        args.json.write_text(json.dumps(document, indent=2))
     return 0
 
 
