@@ -49,9 +49,7 @@ def _file_inputs(rows: list[Sample], binary: bool = True) -> list[httpclient.Inf
 def test_health_and_metadata(client: httpclient.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready(CLASSIFIER) and client.is_model_ready(CLASSIFIER, "1")
-    assert (
-        not client.is_model_ready(CLASSIFIER, "999") if False else True
-    )  # unknown versions: see the error tests
+    assert not client.is_model_ready(CLASSIFIER, "999")  # unknown version: 404, so not ready
     server = client.get_server_metadata()
     assert server["name"] == "fusionserve" and "binary_tensor_data" in server["extensions"]
     meta = client.get_model_metadata(CLASSIFIER)
