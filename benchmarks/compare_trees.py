@@ -8,14 +8,14 @@ On a shared machine the same server measured minutes apart can differ by more
 than a change does. Here both trees serve at once (an idle server costs
 nothing) and take turns with the same ``wrk`` load, alternating the order
 every round; the table shows mean req/s and median percentiles per tree and
-level, and the per-round ratio after/before.
+level, and the median per-round gain after vs before with its 95 % interval
+(``benchmarks.stats``).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import sys
 import tempfile
 import uuid
@@ -34,6 +34,7 @@ from benchmarks.serving import (  # noqa: E402
     multipart_body,
     take_turns,
 )
+from benchmarks.stats import median_interval, relative_gains  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,14 +73,15 @@ def main(argv: list[str] | None = None) -> int:
 
             for name in servers:  # warm connections and allocator
                 run(name, 4, 1.0)
-            print("| tree | concurrency | req/s | p50 ms | p99 ms | mean batch | after/before (median) |")
+            print("| tree | concurrency | req/s | p50 ms | p99 ms | mean batch | after vs before [95 %] |")
             print("|---" * 7 + "|")
             for level in (int(c) for c in args.concurrency.split(",")):
                 rounds = take_turns(["before", "after"], args.rounds, functools.partial(run, level=level))
-                ratios = [a.rps / b.rps for a, b in zip(rounds["after"], rounds["before"], strict=True)]
+                after = [r.rps for r in rounds["after"]]
+                gain = median_interval(relative_gains(after, [r.rps for r in rounds["before"]]))
                 for name in servers:
                     row = combine(rounds[name])
-                    ratio = f"{statistics.median(ratios):.3f}" if name == "after" else ""
+                    ratio = gain.as_gain() if name == "after" else ""
                     print(
                         f"| {name} | {level} | {row.rps:.1f} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | "
                         f"{row.mean_batch:.2f} | {ratio} |",

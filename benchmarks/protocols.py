@@ -58,7 +58,7 @@ from benchmarks.serving import (  # noqa: E402
     progress,
     take_turns,
 )
-from benchmarks.stats import median_interval  # noqa: E402
+from benchmarks.stats import median_interval, relative_gains  # noqa: E402
 from service.grpc.protos import NATIVE, V2  # noqa: E402
 from service.v2.codec import serialize_bytes  # noqa: E402
 
@@ -270,12 +270,11 @@ def compare(rounds: Rounds, grpc_door: str, http_door: str) -> str:
 
     (grpc_peak, grpc_level), (http_peak, http_level) = peak(grpc_door), peak(http_door)
     pairs = list(zip(rounds[(grpc_door, http_level)], rounds[(http_door, http_level)], strict=True))
-    gains = [g.rps / h.rps - 1 for g, h in pairs if h.rps]
+    gains = relative_gains([g.rps for g, _ in pairs], [h.rps for _, h in pairs])
     rate = median_interval(gains)
     parts.append(
         f"peak throughput {grpc_peak:.1f} (c={grpc_level}) vs {http_peak:.1f} (c={http_level}) req/s; "
-        f"at c={http_level} {rate.median:+.1%} [{rate.low:+.1%}, {rate.high:+.1%}] "
-        f"{rate.verdict(lower_is_better=False)} (not lower in {sum(g >= 0 for g in gains)}/{len(gains)})"
+        f"at c={http_level} {rate.as_gain()} (not lower in {sum(g >= 0 for g in gains)}/{len(gains)})"
     )
     return "; ".join(parts)
 

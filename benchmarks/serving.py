@@ -52,7 +52,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.stats import median_interval  # noqa: E402
+from benchmarks.stats import median_interval, relative_gains  # noqa: E402
 from service.batching import collate  # noqa: E402
 from service.model_config import MODEL_FILES, load_model_config  # noqa: E402
 from service.preprocess import Preprocessor  # noqa: E402
@@ -441,13 +441,12 @@ def batching_verdict(paired: dict[int, tuple[list[LoadResult], list[LoadResult]]
     """
     parts, slower = [], []
     for level, (on, off) in sorted(paired.items()):
-        gains = [a.rps / b.rps - 1 for a, b in zip(on, off, strict=True) if b.rps]
+        gains = relative_gains([r.rps for r in on], [r.rps for r in off])
         if not gains:
             continue
         gain = median_interval(gains)
-        verdict = gain.verdict(lower_is_better=False)
-        parts.append(f"c={level} {gain.median:+.1%} [{gain.low:+.1%}, {gain.high:+.1%}] {verdict}")
-        if verdict == "behind":
+        parts.append(f"c={level} {gain.as_gain()}")
+        if gain.verdict(lower_is_better=False) == "behind":
             slower.append(level)
     summary = "never slower" if not slower else f"slower at c={slower}"
     return f"batching on vs off (req/s, median of paired rounds): {summary}; " + "; ".join(parts)

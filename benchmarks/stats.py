@@ -32,6 +32,15 @@ class Interval:
             return "ahead" if lower_is_better else "behind"
         return "tied"
 
+    def as_gain(self) -> str:
+        """A relative gain (higher is better) as ``+1.9% [-0.9%, +7.4%] tied``."""
+        return f"{self.median:+.1%} [{self.low:+.1%}, {self.high:+.1%}] {self.verdict(lower_is_better=False)}"
+
+
+def relative_gains(values: Sequence[float], baselines: Sequence[float]) -> list[float]:
+    """Per-round gain of ``values`` over ``baselines`` (rounds paired in time; a zero baseline is skipped)."""
+    return [value / base - 1 for value, base in zip(values, baselines, strict=True) if base]
+
 
 def median_interval(
     differences: Sequence[float], confidence: float = 0.95, resamples: int = 4000, seed: int = 0

@@ -122,6 +122,22 @@ def outcome_of(error: BaseException | None) -> str:
     return "error"
 
 
+async def _await_all(awaitables: Sequence[Awaitable[Any]], *, return_exceptions: bool = False) -> list[Any]:
+    """``asyncio.gather``, without its task and callbacks for a single awaitable.
+
+    A request usually holds one row, and its decode and its batch slot are the
+    request path's hottest awaits.
+    """
+    if len(awaitables) == 1:
+        try:
+            return [await awaitables[0]]
+        except Exception as exc:
+            if not return_exceptions:
+                raise
+            return [exc]
+    return list(await asyncio.gather(*awaitables, return_exceptions=return_exceptions))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - np.max(logits)
     exp = np.exp(shifted)
@@ -369,14 +385,9 @@ class DataPlane:
             except BaseException:
                 lv.batcher.retract(len(rows))
                 raise
-            if len(decoded) == 1:  # the common case, without gather's task and callbacks
-                outputs = [await lv.batcher.submit(decoded[0], deadline, announced=True)]
-            else:
-                outputs = await asyncio.gather(
-                    *(lv.batcher.submit(row, deadline, announced=True) for row in decoded)
-                )
+            outputs = await _await_all([lv.batcher.submit(row, deadline, announced=True) for row in decoded])
             post_start = time.monotonic()
-            answers = await finish(lv, list(outputs), [row.modalities() for row in decoded])
+            answers = await finish(lv, outputs, [row.modalities() for row in decoded])
             self.metrics.child(self.metrics.postprocess_seconds, lv.name, lv.version).observe(
                 time.monotonic() - post_start
             )
@@ -405,14 +416,7 @@ class DataPlane:
         self, lv: LoadedVersion, rows: Sequence[RawInputs], deadline: float
     ) -> list[DecodedRow]:
         futures = [offload(self._decoder, lv.preprocessor.decode, raw) for raw in rows]
-        results: list[DecodedRow | BaseException]
-        if len(futures) == 1:
-            try:
-                results = [await futures[0]]
-            except FusionServeError as exc:
-                results = [exc]
-        else:
-            results = await asyncio.gather(*futures, return_exceptions=True)
+        results: list[DecodedRow | BaseException] = await _await_all(futures, return_exceptions=True)
         decoded: list[DecodedRow] = []
         for index, result in enumerate(results):
             if isinstance(result, FusionServeError):

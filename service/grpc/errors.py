@@ -110,20 +110,23 @@ def message_request_id(given: str) -> str:
 
 async def answer_message(
     rpc: str,
+    request: object,
     request_id: str,
     handle: Callable[[], Awaitable[Answer]],
     on_error: Callable[[FusionServeError], Answer],
 ) -> Answer:
-    """Answer one message of a stream, as ``guarded`` answers a unary call.
+    """Answer one message (``request``) of a stream, as ``guarded`` answers a unary call.
 
     Runs in the message's own task, so the request id set here tags only this
-    message's log lines; a failure becomes ``on_error``'s answer message (the
-    stream goes on) and the access-log line carries its status code.
+    message's log lines; a failure (a message that did not parse included)
+    becomes ``on_error``'s answer message (the stream goes on) and the
+    access-log line carries its status code.
     """
     request_id_var.set(request_id)
     started = time.perf_counter()
     code = grpc.StatusCode.OK
     try:
+        reject_undecodable(request)
         return await handle()
     except asyncio.CancelledError:
         code = grpc.StatusCode.CANCELLED

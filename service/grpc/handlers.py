@@ -6,8 +6,9 @@ method of the same name, with the pool's message classes doing the
 
 A request message that does not parse reaches the servicer as
 :class:`Undecodable` rather than raising inside grpc, which would answer
-UNKNOWN and log a traceback per call: the servicer answers it
-INVALID_ARGUMENT (a stream: an error message, and the stream goes on).
+UNKNOWN and log a traceback per call: ``guarded`` and ``answer_message``
+(``service.grpc.errors``) answer it INVALID_ARGUMENT (a stream: an error
+message, and the stream goes on).
 """
 
 from __future__ import annotations

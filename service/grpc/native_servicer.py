@@ -19,7 +19,6 @@ from service.grpc.errors import (
     message_request_id,
     remaining_seconds,
 )
-from service.grpc.handlers import reject_undecodable
 from service.grpc.protos import NATIVE
 from service.grpc.streaming import pipelined
 from service.types import RawInputs
@@ -141,7 +140,6 @@ class NativeServicer:
             request_id = message_request_id(request.request_id)
 
             async def predict() -> Any:
-                reject_undecodable(request)
                 response = await self._predict(request, context)
                 response.request_id = request_id
                 return NATIVE.PredictStreamResponse(request_id=request_id, response=response)
@@ -150,7 +148,7 @@ class NativeServicer:
                 status = NATIVE.Status(code=grpc_code(error).value[0], message=error.message)
                 return NATIVE.PredictStreamResponse(request_id=request_id, error=status)
 
-            return await answer_message("PredictStream", request_id, predict, failed)
+            return await answer_message("PredictStream", request, request_id, predict, failed)
 
         async for response in pipelined(requests, answer):
             yield response

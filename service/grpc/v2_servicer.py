@@ -16,7 +16,6 @@ from google.protobuf import json_format
 
 from service.errors import FusionServeError, InvalidInput
 from service.grpc.errors import answer_message, guarded, message_request_id, remaining_seconds
-from service.grpc.handlers import reject_undecodable
 from service.grpc.protos import V2
 from service.grpc.streaming import pipelined
 from service.grpc.v2_tensors import fast_request, request_from_proto, response_to_proto
@@ -126,7 +125,6 @@ class V2Servicer:
     ) -> AsyncIterator[Any]:
         async def answer(request: Any) -> Any:
             async def infer() -> Any:
-                reject_undecodable(request)
                 return V2.ModelStreamInferResponse(infer_response=await self._infer(request, context))
 
             def failed(error: FusionServeError) -> Any:
@@ -135,7 +133,7 @@ class V2Servicer:
 
             # The V2 id is the client's to echo; the log line gets a request id either way.
             request_id = message_request_id(request.id)
-            return await answer_message("ModelStreamInfer", request_id, infer, failed)
+            return await answer_message("ModelStreamInfer", request, request_id, infer, failed)
 
         async for response in pipelined(requests, answer):
             yield response

@@ -97,8 +97,10 @@ async def run_infer(
             info = dataplane.model_info(model, version)
             config = require_config(model, info.config, info.error)
             wanted = check_requested(config, info.labels, request.outputs)
-            datatypes = {spec.name: spec.datatype for spec in output_specs(config, info.labels)}
-            classes = requested_counts(request.outputs, datatypes)
+            classes = {}
+            if request.outputs:  # classification is asked per requested output
+                datatypes = {spec.name: spec.datatype for spec in output_specs(config, info.labels)}
+                classes = requested_counts(request.outputs, datatypes)
             rows = rows_from_inputs(model, config, request.inputs)
         timeout = _timeout(request.parameters, timeout_s)
         top_k = top_k_of(request.parameters) if config.task == "classify" else 0

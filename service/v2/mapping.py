@@ -147,17 +147,17 @@ def _decoded_rows(tensor: Tensor) -> list[np.ndarray]:
     return list(tensor.data)
 
 
-def _column(tensor: Tensor) -> list[bytes | np.ndarray | str | None]:
+def _column(tensor: Tensor) -> Sequence[bytes | np.ndarray | str | None]:
     """One input's value per row; None where the row leaves the modality out."""
     decoded = DECODED_DATATYPE.get(tensor.name)
     if tensor.datatype == decoded:
-        return list(_decoded_rows(tensor))
+        return _decoded_rows(tensor)
     if tensor.datatype != "BYTES":
         accepted = "BYTES" + (f" or {decoded}" if decoded else "")
         raise InvalidInput(
             f"input {tensor.name!r}: datatype {tensor.datatype} is not accepted; expected {accepted}"
         )
-    return list(bytes_column(tensor.name, _bytes_elements(tensor)))
+    return bytes_column(tensor.name, _bytes_elements(tensor))
 
 
 def rows_from_inputs(model: str, config: ModelConfig, inputs: list[Tensor]) -> list[RawInputs]:
