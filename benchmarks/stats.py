@@ -5,7 +5,8 @@ difference between two setups, so the benchmarks run the setups in turns
 and compare rounds that ran back to back. A difference is only called one
 when the bootstrap interval of the median per-round difference leaves zero
 out; otherwise the two are reported as tied, with the interval, so a reader
-sees how small a difference the run could have detected.
+sees how small a difference the run could have detected. Fewer than
+``MIN_ROUNDS`` rounds get no call at all.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+#: Fewest paired rounds on which a difference is called at all.
+MIN_ROUNDS = 6
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -23,9 +27,16 @@ class Interval:
     median: float
     low: float
     high: float
+    rounds: int = MIN_ROUNDS
 
     def verdict(self, lower_is_better: bool) -> str:
-        """``ahead``/``behind`` when the interval leaves 0 out, else ``tied``."""
+        """``ahead``/``behind`` when the interval leaves 0 out, else ``tied``.
+
+        Below ``MIN_ROUNDS`` the bootstrap cannot leave zero out honestly (two
+        rounds of the same sign give an interval between them), so no call is made.
+        """
+        if self.rounds < MIN_ROUNDS:
+            return "too few rounds to tell"
         if self.low > 0:
             return "behind" if lower_is_better else "ahead"
         if self.high < 0:
@@ -54,4 +65,4 @@ def median_interval(
     tail = (1 - confidence) / 2
     low = medians[int(tail * (resamples - 1))]
     high = medians[int((1 - tail) * (resamples - 1))]
-    return Interval(median=statistics.median(values), low=low, high=high)
+    return Interval(median=statistics.median(values), low=low, high=high, rounds=len(values))

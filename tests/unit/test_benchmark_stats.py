@@ -29,6 +29,11 @@ def test_interval_is_reproducible_and_contains_the_median() -> None:
     assert first.low <= first.median <= first.high
 
 
+def test_too_few_rounds_are_not_called() -> None:
+    """Two rounds of one sign bound a bootstrap interval that leaves zero out: no call on that."""
+    assert median_interval([0.08, 0.09]).verdict(lower_is_better=False) == "too few rounds to tell"
+
+
 def test_no_rounds_is_an_error() -> None:
     with pytest.raises(ValueError, match="no rounds"):
         median_interval([])
