@@ -48,7 +48,9 @@ class FusionServer:
         self.settings = settings
         self.metrics = Metrics()
         self.registry = ModelRegistry(
-            ModelRepository(repository), self.metrics, parse_failpoints(settings.failpoints)
+            ModelRepository(repository, allow_torchscript=settings.allow_torchscript),
+            self.metrics,
+            parse_failpoints(settings.failpoints),
         )
         self.dataplane = DataPlane(
             self.registry,

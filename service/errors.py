@@ -63,6 +63,18 @@ class NotReady(FusionServeError):
     code = "unavailable"
 
 
+class PermissionDenied(FusionServeError):
+    """The server's settings forbid the call, whoever makes it (HTTP 403, PERMISSION_DENIED)."""
+
+    code = "permission_denied"
+
+
+class LoadFailed(FusionServeError):
+    """A repository load found the entry broken; what served before still serves (HTTP 400)."""
+
+    code = "load_failed"
+
+
 class Overloaded(FusionServeError):
     """The model's queue is full; the request was shed (HTTP 429)."""
 

@@ -74,7 +74,7 @@ def build_grpc_server(dataplane: DataPlane, settings: Settings) -> tuple[grpc.ai
     server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
     server.add_generic_rpc_handlers(
         (
-            generic_handler(protos.V2_SERVICE, V2Servicer(dataplane)),
+            generic_handler(protos.V2_SERVICE, V2Servicer(dataplane, model_control=settings.model_control)),
             generic_handler(protos.NATIVE_SERVICE, NativeServicer(dataplane)),
         )
     )
