@@ -19,6 +19,7 @@ import numpy as np
 
 from service import __version__
 from service.errors import (
+    SHOWN_CHARS,
     DeadlineExceeded,
     FusionServeError,
     InternalError,
@@ -29,6 +30,7 @@ from service.errors import (
     NotReady,
     Overloaded,
     UnprocessableInput,
+    shown,
 )
 from service.metrics import UNKNOWN_MODEL_LABEL, Metrics
 from service.model_config import ModelConfig, OutputKind
@@ -208,7 +210,9 @@ class DataPlane:
     def model_info(self, model: str, version: str | None = None) -> ModelInfo:
         info = self._info(model)
         if version is not None and version not in info.states:
-            raise ModelNotFound(f"model {model!r} has no version {version!r}", model=model, version=version)
+            raise ModelNotFound(
+                f"model {model!r} has no version {shown(version)}", model=model, version=version[:SHOWN_CHARS]
+            )
         return info
 
     def _info(self, model: str) -> ModelInfo:

@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+#: The most of a client-given name an error message repeats back.
+SHOWN_CHARS = 128
+
+
+def shown(value: str) -> str:
+    """``repr(value)``, cut to ``SHOWN_CHARS``: an error names what was wrong without echoing megabytes."""
+    return repr(value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "...")
+
 
 class FusionServeError(Exception):
     """Base of every error the core raises on purpose."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.batching import DynamicBatcher
-from service.errors import FusionServeError, ModelNotFound, NotReady
+from service.errors import SHOWN_CHARS, FusionServeError, ModelNotFound, NotReady, shown
 from service.failpoints import Failpoints, wrap_backend
 from service.metrics import Metrics
 from service.model_config import ModelConfig
@@ -102,7 +102,7 @@ class ModelRegistry:
         """State of a model the registry has seen; ModelNotFound otherwise."""
         state = self._states.get(name)
         if state is None:
-            raise ModelNotFound(f"unknown model {name!r}", model=name)
+            raise ModelNotFound(f"unknown model {shown(name)}", model=name[:SHOWN_CHARS])
         return state
 
     def get(self, name: str, version: str | None = None) -> LoadedVersion:

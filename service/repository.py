@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.errors import ConfigError, ModelNotFound
+from service.errors import SHOWN_CHARS, ConfigError, ModelNotFound, shown
 from service.model_config import CONFIG_FILE, MODEL_FILES, ModelConfig, load_model_config
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -70,13 +70,13 @@ class RepositoryEntry:
 def check_model_name(name: str) -> str:
     """Refuse names that are not plain identifiers (no separators, no dot-dot)."""
     if not _NAME.match(name) or ".." in name:
-        raise ModelNotFound(f"unknown model {name!r}", model=name)
+        raise ModelNotFound(f"unknown model {shown(name)}", model=name[:SHOWN_CHARS])
     return name
 
 
 def check_version_name(version: str) -> str:
     if not _VERSION.match(version):
-        raise ModelNotFound(f"unknown version {version!r}", version=version)
+        raise ModelNotFound(f"unknown version {shown(version)}", version=version[:SHOWN_CHARS])
     return version
 
 
@@ -106,7 +106,7 @@ class ModelRepository:
         check_model_name(name)
         path = (self.root / name).resolve()
         if path.parent != self.root or not (path / CONFIG_FILE).is_file():
-            raise ModelNotFound(f"unknown model {name!r}", model=name)
+            raise ModelNotFound(f"unknown model {shown(name)}", model=name[:SHOWN_CHARS])
         return path
 
     def read(self, name: str) -> RepositoryEntry:
