@@ -16,9 +16,10 @@ import httpx
 from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
 from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
 from service.grpc.protos import V2
-from service.metrics import MAX_LABEL_CHARS
 from tests.conftest import RunningServer
 
+#: service.metrics.MAX_LABEL_CHARS (spelled out so this file imports on older code too).
+MAX_LABEL_CHARS = 128
 _LABEL_VALUE = re.compile(r'="((?:[^"\\]|\\.)*)"')
 
 

@@ -18,7 +18,6 @@ import httpx
 
 from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
 from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
-from service.logs import TextFormatter, escape_control, request_id_var
 from tests.conftest import copy_entry
 
 FORGED = "ts=2026 level=error forged"
@@ -58,6 +57,8 @@ def test_text_log_lines_cannot_be_forged(model_repository: Path, tmp_path: Path,
 
 
 def test_every_field_is_escaped() -> None:
+    from service.logs import TextFormatter, escape_control, request_id_var
+
     formatter = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     record = logging.LogRecord("t", logging.INFO, __file__, 1, "model %s", ("a\nb",), None)
     record.path = "/x\r\ny"
