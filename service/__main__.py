@@ -116,11 +116,31 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_healthcheck(sub: Any) -> None:
+    p = sub.add_parser(
+        "healthcheck",
+        help="probe this container's server (exit 0 when ready); TLS and mTLS from the same settings",
+    )
+    p.add_argument("--live", action="store_true", help="check liveness instead of readiness")
+    p.add_argument("--timeout", type=float, default=4.0)
+    p.set_defaults(func=_healthcheck)
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    from service.config import Settings
+    from service.healthcheck import probe
+
+    ok, detail = probe(Settings(), live=args.live, timeout_s=args.timeout)
+    print(detail, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_predict(sub)
+    _add_healthcheck(sub)
     try:
         from models.cli import register
     except ImportError:  # a slim install without models/

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     tls_client_ca_file: Path | None = Field(
         default=None, description="require client certificates signed by this CA on both doors (mTLS)"
     )
+    probe_cert_file: Path | None = Field(
+        default=None, description="client certificate `fusionserve healthcheck` presents under mTLS"
+    )
+    probe_key_file: Path | None = None
 
     # Testing and drills only (service/failpoints.py); unset in production.
     failpoints: str | None = Field(default=None, description="fault injection, e.g. gate=/tmp/g;fail=m:1")
