@@ -35,7 +35,9 @@ def _openssl(*args: str) -> None:
 
 def _signed(tmp_path: Path, name: str, ca: tuple[Path, Path], *extra: str) -> tuple[Path, Path]:
     key, csr, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.csr", tmp_path / f"{name}.pem"
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr)
+    )
     ext = tmp_path / f"{name}.ext"
     ext.write_text("\n".join(extra) + "\n")
     _openssl(
@@ -69,7 +71,9 @@ def _wait_https_ready(server: RunningServer, context: ssl.SSLContext) -> None:
     while time.monotonic() < deadline:
         assert server.proc.poll() is None, server.log()[-3000:]
         try:
-            if httpx.get(f"https://127.0.0.1:{server.http_port}/health/ready", verify=context, timeout=2).is_success:
+            if httpx.get(
+                f"https://127.0.0.1:{server.http_port}/health/ready", verify=context, timeout=2
+            ).is_success:
                 return
         except httpx.HTTPError:
             pass
@@ -109,7 +113,10 @@ def test_https_and_grpc_with_client_certificates(
     with grpc.secure_channel(server.grpc_target, credentials) as channel:
         assert pb_grpc.FusionServeStub(channel).Predict(request, timeout=30).results[0].predictions
     anonymous = grpc.ssl_channel_credentials(root_certificates=pki["ca"].read_bytes())
-    with grpc.secure_channel(server.grpc_target, anonymous) as channel, pytest.raises(grpc.RpcError) as caught:
+    with (
+        grpc.secure_channel(server.grpc_target, anonymous) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
         pb_grpc.FusionServeStub(channel).Predict(request, timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
+
 import tomllib
 
 from tests.conftest import ROOT
@@ -53,7 +54,9 @@ def test_the_claimed_python_floor_is_tested() -> None:
     assert match, project["requires-python"]
     floor = (3, int(match.group(1)))
     classifiers = {
-        c.rsplit(" :: ", 1)[1] for c in project.get("classifiers", []) if "Programming Language :: Python :: 3." in c
+        c.rsplit(" :: ", 1)[1]
+        for c in project.get("classifiers", [])
+        if "Programming Language :: Python :: 3." in c
     }
     assert f"3.{floor[1]}" in classifiers, "the floor is listed among the classifiers"
     if sys.version_info[:2] == floor:
