@@ -13,15 +13,18 @@ if [[ "${FUSIONSERVE_SKIP_PYTHON_FLOOR:-0}" == "1" ]]; then
   echo "python floor: SKIPPED (FUSIONSERVE_SKIP_PYTHON_FLOOR=1): Python 3.10 untested here"
   exit 0
 fi
-py="${FUSIONSERVE_PYTHON310:-}"
+root="${PYENV_ROOT:-$HOME/.pyenv}"
+py=""
+# The first candidate that really is a working 3.10 (a pyenv shim on PATH may not be).
+for candidate in "${FUSIONSERVE_PYTHON310:-}" \
+    $(ls -d "$root"/versions/3.10.*/bin/python3.10 2>/dev/null | sort -rV) \
+    "$(command -v python3.10 || true)"; do
+  if [[ -n "$candidate" ]] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then
+    py="$candidate"
+    break
+  fi
+done
 if [[ -z "$py" ]]; then
-  py="$(command -v python3.10 || true)"
-fi
-if [[ -z "$py" ]]; then
-  root="${PYENV_ROOT:-$HOME/.pyenv}"
-  py="$(ls -d "$root"/versions/3.10.*/bin/python3.10 2>/dev/null | sort -V | tail -1 || true)"
-fi
-if [[ -z "$py" || ! -x "$py" ]]; then
   echo "python floor: no Python 3.10 interpreter found (python3.10 on PATH, pyenv 3.10.x," >&2
   echo "or FUSIONSERVE_PYTHON310); set FUSIONSERVE_SKIP_PYTHON_FLOOR=1 to skip knowingly" >&2
   exit 1
