@@ -18,9 +18,9 @@ from service.batching import DynamicBatcher
 from service.errors import SHOWN_CHARS, FusionServeError, ModelNotFound, NotReady, shown
 from service.failpoints import Failpoints, wrap_backend
 from service.metrics import Metrics
-from service.model_config import ModelConfig
+from service.model.config import ModelConfig
+from service.model.repository import ModelRepository, RepositoryEntry, check_version_name, public_reason
 from service.preprocess import Preprocessor
-from service.repository import ModelRepository, RepositoryEntry, check_version_name, public_reason
 from service.runtimes import Backend, DeviceSpec, load_backend
 from service.workers import WorkerPool
 
@@ -205,7 +205,7 @@ class ModelRegistry:
 
     def _record_failure(self, name: str, version: str | None, reason: str, where: Path) -> None:
         """Count and log a load failure; the log keeps the server's paths, clients never see them."""
-        self.metrics.load_failures.labels(name).inc()
+        self.metrics.child(self.metrics.load_failures, name).inc()  # an on-disk name: bounded label
         if version is None:
             log.error("model %s cannot be served: %s (entry %s)", name, reason, where)
         else:

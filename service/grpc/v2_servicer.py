@@ -25,7 +25,7 @@ from service.v2.load_request import refuse_overrides
 from service.v2.mapping import input_specs, output_specs, require_config, triton_model_config
 
 if TYPE_CHECKING:
-    from service.dataplane import DataPlane, VersionStats
+    from service.dataplane import DataPlaneApi, VersionStats
 
 PROTOCOL = "v2-grpc"
 
@@ -54,7 +54,7 @@ def _statistics(stats: VersionStats) -> Any:
 class V2Servicer:
     """One method per RPC of the service; names match the proto."""
 
-    def __init__(self, dataplane: DataPlane, *, model_control: str = "none") -> None:
+    def __init__(self, dataplane: DataPlaneApi, *, model_control: str = "none") -> None:
         self.dataplane = dataplane
         self.model_control = model_control  # service.model_control
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from service.repository import ModelRepository
+from service.model.repository import ModelRepository
 from tests.conftest import copy_entry
 
 GOOD = "digits-fusion"
