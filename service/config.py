@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="largest request body")
     max_batch_items: int = Field(default=64, ge=1, description="rows in one request (batch form)")
     max_top_k: int = Field(default=100, ge=1)
+    max_tensor_rank: int = Field(default=8, ge=1, le=32, description="dimensions of one V2 tensor")
+    max_tensor_elements: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="elements of one numeric V2 tensor (checked from its shape)",
+    )
+    max_tensor_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1, description="bytes of one numeric V2 tensor (shape x item size)"
+    )
     grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     grpc_max_concurrent_streams: int = Field(
         default=1024, ge=1, description="calls one gRPC connection may have open at once; more wait"

@@ -85,6 +85,8 @@ def model_message(info: ModelInfo) -> Any:
 
 
 class NativeServicer:
+    protocol = PROTOCOL
+
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
 

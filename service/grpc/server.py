@@ -14,12 +14,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.grpc import protos
+from service.grpc import protos, wire
 from service.grpc.auth import BearerAuthInterceptor
 from service.grpc.handlers import generic_handler
 from service.grpc.health import HealthService
 from service.grpc.native_servicer import NativeServicer
 from service.grpc.v2_servicer import V2Servicer
+from service.v2.codec import TensorLimits
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -72,10 +73,26 @@ def build_grpc_server(dataplane: DataPlane, settings: Settings) -> tuple[grpc.ai
     if settings.api_token or settings.admin_token:
         interceptors.append(BearerAuthInterceptor(settings.api_token, settings.admin_token))
     server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
+    limits = TensorLimits.from_settings(settings)
+    v2 = wire.v2_infer_schema(
+        max_tensors=limits.max_tensors,
+        max_rank=limits.max_rank,
+        max_bytes_elements=limits.max_bytes_elements,
+        max_elements=limits.max_elements,
+    )
+    native = wire.native_schema(settings.max_batch_items)
     server.add_generic_rpc_handlers(
         (
-            generic_handler(protos.V2_SERVICE, V2Servicer(dataplane)),
-            generic_handler(protos.NATIVE_SERVICE, NativeServicer(dataplane)),
+            generic_handler(
+                protos.V2_SERVICE,
+                V2Servicer(dataplane, limits),
+                {"ModelInfer": v2, "ModelStreamInfer": v2},
+            ),
+            generic_handler(
+                protos.NATIVE_SERVICE,
+                NativeServicer(dataplane),
+                {"Predict": native, "Embed": native, "PredictStream": native},
+            ),
         )
     )
     health_service = HealthService(dataplane)

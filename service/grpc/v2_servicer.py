@@ -19,6 +19,7 @@ from service.grpc.errors import answer_message, guarded, message_request_id, rem
 from service.grpc.protos import V2
 from service.grpc.streaming import pipelined
 from service.grpc.v2_tensors import fast_request, request_from_proto, response_to_proto
+from service.v2.codec import DEFAULT_LIMITS, TensorLimits
 from service.v2.infer import run_infer
 from service.v2.load_request import refuse_overrides
 from service.v2.mapping import input_specs, output_specs, require_config, triton_model_config
@@ -53,8 +54,11 @@ def _statistics(stats: VersionStats) -> Any:
 class V2Servicer:
     """One method per RPC of the service; names match the proto."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    protocol = PROTOCOL
+
+    def __init__(self, dataplane: DataPlane, limits: TensorLimits = DEFAULT_LIMITS) -> None:
         self.dataplane = dataplane
+        self.limits = limits
 
     @guarded
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -107,10 +111,10 @@ class V2Servicer:
             self.dataplane,
             request.model_name,
             request.model_version or None,
-            lambda: request_from_proto(request),
+            lambda: request_from_proto(request, self.limits),
             timeout_s=remaining_seconds(context),
             protocol=PROTOCOL,
-            fast=lambda accepted: fast_request(request, accepted),
+            fast=lambda accepted: fast_request(request, accepted, self.limits.max_bytes_elements),
         )
         return response_to_proto(
             V2.ModelInferResponse, result.model, result.version, result.id, result.outputs
