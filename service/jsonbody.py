@@ -128,10 +128,17 @@ def _object(
         if text[index] != ":":
             raise json.JSONDecodeError("Expecting ':' delimiter", text, index)
         index = _WS.match(text, index + 1).end()  # type: ignore[union-attr]
-        if key in limits and text[index] == "[":
-            document[key], index = _bounded_list(text, index + 1, key, limits[key])
-        else:
-            document[key], index = _DECODER.raw_decode(text, index)
+        try:
+            if key in limits and text[index] == "[":
+                document[key], index = _bounded_list(text, index + 1, key, limits[key])
+            else:
+                document[key], index = _DECODER.raw_decode(text, index)
+        except LimitExceeded:
+            raise
+        except InvalidInput as exc:  # a NaN/Infinity token: name the field it is in
+            raise InvalidInput(f"field {brief(key)}: {exc.message}", field=brief(key)) from exc
+        except RecursionError as exc:
+            raise InvalidInput(f"field {brief(key)} is nested too deeply", field=brief(key)) from exc
         index = _WS.match(text, index).end()  # type: ignore[union-attr]
         if text[index] == "}":
             return document, index + 1
