@@ -70,7 +70,8 @@ class Tally:
             self.failures.append(f"froze {seconds:.2f} s")
         if self.cases % 5000 == 0:
             print(
-                f"  {self.cases} cases, slowest {self.slowest_s * 1000:.0f} ms, {len(self.failures)} failures",
+                f"  {self.cases} cases, slowest {self.slowest_s * 1000:.0f} ms, "
+                f"{len(self.failures)} failures {self.failures[-1:]}",
                 flush=True,
             )
 

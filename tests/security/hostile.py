@@ -98,7 +98,8 @@ class Watch:
     def report(self, label: str) -> str:
         return (
             f"{label}: slowest /health/live {self.probe.slowest_s * 1000:.1f} ms over "
-            f"{self.probe.answers} probes; RSS {self.rss_before / 2**20:.0f} -> {self.rss_after / 2**20:.0f} MiB"
+            f"{self.probe.answers} probes; "
+            f"RSS {self.rss_before / 2**20:.0f} -> {self.rss_after / 2**20:.0f} MiB"
         )
 
     def check(self, label: str) -> None:
