@@ -21,8 +21,9 @@ import base64
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from hypothesis import HealthCheck, given, seed, settings
@@ -57,17 +58,19 @@ class Deep:
 class Tally:
     cases: int = 0
     slowest_s: float = 0.0
+    slowest_case: str = ""
     statuses: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
-    def add(self, status: str, seconds: float, failed: str | None) -> None:
+    def add(self, status: str, seconds: float, failed: str | None, what: str = "") -> None:
         self.cases += 1
         self.statuses[status] = self.statuses.get(status, 0) + 1
-        self.slowest_s = max(self.slowest_s, seconds)
+        if seconds > self.slowest_s:
+            self.slowest_s, self.slowest_case = seconds, what[:160]
         if failed is not None:
             self.failures.append(failed)
         elif seconds > FREEZE_S:
-            self.failures.append(f"froze {seconds:.2f} s")
+            self.failures.append(f"froze {seconds:.2f} s: {what[:160]}")
         if self.cases % 5000 == 0:
             print(
                 f"  {self.cases} cases, slowest {self.slowest_s * 1000:.0f} ms, "
@@ -240,13 +243,32 @@ def _app_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fuzz")
 
 
-def _check_http(tally: Tally, started: float, response: httpx.Response, what: str) -> None:
+T = TypeVar("T")
+
+
+def _timed(attempt: Callable[[], T]) -> tuple[T, float]:
+    """Run one case; when it took longer than ``FREEZE_S``, run it again and keep the faster.
+
+    On a shared, loaded machine a case can stall for seconds waiting for a
+    core; a real freeze (work that grows with the input) is slow both times.
+    """
+    started = time.perf_counter()
+    result = attempt()
+    seconds = time.perf_counter() - started
+    if seconds > FREEZE_S:
+        started = time.perf_counter()
+        result = attempt()
+        seconds = min(seconds, time.perf_counter() - started)
+    return result, seconds
+
+
+def _check_http(tally: Tally, seconds: float, response: httpx.Response, what: str) -> None:
     failed = None
     if response.status_code >= 500:
         failed = f"{what}: {response.status_code} {response.text[:200]}"
     elif "x-request-id" not in response.headers:
         failed = f"{what}: no request id"
-    tally.add(str(response.status_code), time.perf_counter() - started, failed)
+    tally.add(str(response.status_code), seconds, failed, what)
 
 
 def run_http_native(examples: int, seed_value: int) -> Tally:
@@ -260,13 +282,16 @@ def run_http_native(examples: int, seed_value: int) -> Tally:
     @given(document=native_document, path=st.sampled_from(["predict", "embed"]))
     def case(document: Any, path: str) -> None:
         body = dumps(document).encode()
-        started = time.perf_counter()
-        response = runner.run(
-            client.post(
-                f"/v1/models/digits-fusion/{path}", content=body, headers={"content-type": "application/json"}
+        response, seconds = _timed(
+            lambda: runner.run(
+                client.post(
+                    f"/v1/models/digits-fusion/{path}",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
             )
         )
-        _check_http(tally, started, response, body[:120].decode(errors="replace"))
+        _check_http(tally, seconds, response, body[:120].decode(errors="replace"))
 
     try:
         case()
@@ -299,11 +324,12 @@ def run_http_v2(examples: int, seed_value: int) -> Tally:
         headers = {"content-type": b"application/json"}
         if length is not None:
             headers["inference-header-content-length"] = length.encode()
-        started = time.perf_counter()
-        response = runner.run(
-            client.post(f"/v2/models/{model}/infer", content=header + tail, headers=headers)
+        response, seconds = _timed(
+            lambda: runner.run(
+                client.post(f"/v2/models/{model}/infer", content=header + tail, headers=headers)
+            )
         )
-        _check_http(tally, started, response, header[:120].decode(errors="replace"))
+        _check_http(tally, seconds, response, header[:120].decode(errors="replace"))
 
     try:
         case()
@@ -324,21 +350,20 @@ class _Context:
 
 
 def _grpc_case(tally: Tally, runner: asyncio.Runner, call: Any, deserialize: Any, payload: bytes) -> None:
-    started = time.perf_counter()
-    failed = None
-    status = "OK"
-    try:
-        message = deserialize(payload)
-        if isinstance(message, Undecodable):
-            status = type(message).__name__
-        else:
+    def attempt() -> tuple[str, str | None]:
+        try:
+            message = deserialize(payload)
+            if isinstance(message, Undecodable):
+                return type(message).__name__, None
             runner.run(call(message, _Context()))
-    except FusionServeError as exc:
-        status = type(exc).__name__
-    except Exception as exc:
-        status = "INTERNAL"
-        failed = f"{type(exc).__name__}: {exc}"[:300]
-    tally.add(status, time.perf_counter() - started, failed)
+        except FusionServeError as exc:
+            return type(exc).__name__, None
+        except Exception as exc:
+            return "INTERNAL", f"{type(exc).__name__}: {exc}"[:300]
+        return "OK", None
+
+    (status, failed), seconds = _timed(attempt)
+    tally.add(status, seconds, failed, f"{len(payload)} bytes {payload[:60]!r}")
 
 
 int64s = st.one_of(st.integers(-2, 5), st.sampled_from([2**31, 2**63 - 1, -(2**63)]))
