@@ -19,8 +19,9 @@ import httpx
 
 from tests.conftest import RunningServer
 
-#: Generous bounds for a loaded 2-core box (the issue's targets: 50 ms, back to baseline).
-LIVE_BOUND_S = 1.0
+#: Generous bounds for a loaded 2-core box (the issue's targets: 50 ms, back to baseline);
+#: before the bounds these requests froze the server for tens of seconds and took GBs.
+LIVE_BOUND_S = 3.0
 RSS_GROWTH_BOUND = 300 * 1024 * 1024
 
 _CLIENT_ERRORS = re.compile(
