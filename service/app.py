@@ -26,6 +26,7 @@ from service.dataplane import DataPlane
 from service.failpoints import parse_failpoints
 from service.gpu_metrics import sample_gpus
 from service.http.app import create_http_app
+from service.http.transport import TransportLimits, bounded_protocol
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.repository import ModelRepository
@@ -120,7 +121,15 @@ class FusionServer:
             log_config=None,
             access_log=False,
             lifespan="off",
-            http="httptools",
+            http=bounded_protocol(
+                TransportLimits(
+                    max_url_bytes=s.max_url_bytes,
+                    max_header_bytes=s.max_header_bytes,
+                    header_timeout_s=s.header_timeout_s,
+                    body_timeout_s=s.body_timeout_s,
+                    max_connections=s.max_connections,
+                )
+            ),
             ssl_certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
             ssl_keyfile=str(s.tls_key_file) if s.tls_key_file else None,
             timeout_graceful_shutdown=max(1, int(s.drain_timeout_s)),

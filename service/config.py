@@ -41,6 +41,25 @@ class Settings(BaseSettings):
         default=256 * 1024 * 1024, ge=1, description="bytes of one numeric V2 tensor (shape x item size)"
     )
     grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    # Transport limits (service/http/transport.py; gRPC channel arguments)
+    max_url_bytes: int = Field(default=8 * 1024, ge=256, description="request target size (414 beyond)")
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="request header size, HTTP and gRPC metadata (431 beyond)"
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="time to receive a request's headers (408 and close beyond)"
+    )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="time to receive a request's body after its headers (408 beyond)"
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, description="open HTTP connections, and gRPC connections (refused beyond)"
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        default=2048,
+        ge=1,
+        description="gRPC calls in progress, all connections (RESOURCE_EXHAUSTED beyond)",
+    )
     grpc_max_concurrent_streams: int = Field(
         default=1024, ge=1, description="calls one gRPC connection may have open at once; more wait"
     )

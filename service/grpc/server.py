@@ -47,6 +47,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # unbounded number of calls (each a task and its buffers) open at once;
         # its further calls wait in its own transport.
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        # Connections and metadata (gRPC's headers) bounded as over HTTP.
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        ("grpc.max_metadata_size", settings.max_header_bytes),
         # Recycle long-lived connections so clients balancing over a
         # headless Service discover new replicas (docs/deployment.md).
         ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
@@ -72,7 +75,12 @@ def build_grpc_server(dataplane: DataPlane, settings: Settings) -> tuple[grpc.ai
     interceptors = []
     if settings.api_token or settings.admin_token:
         interceptors.append(BearerAuthInterceptor(settings.api_token, settings.admin_token))
-    server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
+    server = grpc.aio.server(
+        options=server_options(settings),
+        interceptors=interceptors,
+        # Calls in progress over every connection; more are answered RESOURCE_EXHAUSTED.
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+    )
     limits = TensorLimits.from_settings(settings)
     v2 = wire.v2_infer_schema(
         max_tensors=limits.max_tensors,

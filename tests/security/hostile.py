@@ -117,5 +117,8 @@ def watched(server: RunningServer, label: str) -> Iterator[Watch]:
     with live_probe(server) as probe:
         watch.probe = probe
         yield watch
+        deadline = time.monotonic() + 10
+        while probe.answers < 2 and time.monotonic() < deadline:  # at least one probe overlapped
+            time.sleep(0.01)
     watch.rss_after = rss_bytes(server.proc.pid)
     watch.check(label)
