@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Generator
@@ -22,12 +21,14 @@ from typing import Any
 import uvicorn
 
 from service.config import Settings
+from service.cpus import available_cpus
 from service.dataplane import DataPlane
 from service.failpoints import parse_failpoints
 from service.gpu_metrics import sample_gpus
 from service.http.app import create_http_app
 from service.http.transport import TransportLimits, bounded_protocol
 from service.metrics import Metrics
+from service.preprocess.image import set_max_decoded_bytes
 from service.registry import ModelRegistry
 from service.repository import ModelRepository
 
@@ -47,6 +48,7 @@ class FusionServer:
 
     def __init__(self, settings: Settings, repository: Path) -> None:
         self.settings = settings
+        set_max_decoded_bytes(settings.max_decoded_image_bytes)
         self.metrics = Metrics()
         self.registry = ModelRegistry(
             ModelRepository(repository), self.metrics, parse_failpoints(settings.failpoints)
@@ -54,7 +56,7 @@ class FusionServer:
         self.dataplane = DataPlane(
             self.registry,
             self.metrics,
-            decode_threads=settings.decode_threads or (os.cpu_count() or 1),
+            decode_threads=settings.decode_threads or available_cpus(),
             max_batch_items=settings.max_batch_items,
             max_top_k=settings.max_top_k,
         )

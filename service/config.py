@@ -27,7 +27,12 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
 
     # Work limits
-    decode_threads: int = Field(default=0, ge=0, description="decoder threads; 0 = one per core")
+    decode_threads: int = Field(default=0, ge=0, description="decoder threads; 0 = CPUs the cgroup allows")
+    max_decoded_image_bytes: int = Field(
+        default=160 * 1024 * 1024,
+        ge=1024,
+        description="memory one image may decode to (width x height x bytes per pixel; 413 beyond)",
+    )
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="largest request body")
     max_batch_items: int = Field(default=64, ge=1, description="rows in one request (batch form)")
     max_top_k: int = Field(default=100, ge=1)

@@ -68,13 +68,22 @@ def live_probe(server: RunningServer, period_s: float = 0.01) -> Iterator[LivePr
         thread.join(timeout=15)
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process, from /proc (Linux)."""
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """Resident set size of a process (``VmHWM``: its peak), from /proc (Linux)."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start ``VmHWM`` afresh from the current RSS (Linux ``clear_refs`` 5); best effort."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass
 
 
 def client_errors(server: RunningServer) -> float:
@@ -95,12 +104,14 @@ class Watch:
     probe: LiveProbe
     rss_before: int
     rss_after: int = 0
+    rss_peak: int = 0
 
     def report(self, label: str) -> str:
         return (
             f"{label}: slowest /health/live {self.probe.slowest_s * 1000:.1f} ms over "
             f"{self.probe.answers} probes; "
-            f"RSS {self.rss_before / 2**20:.0f} -> {self.rss_after / 2**20:.0f} MiB"
+            f"RSS {self.rss_before / 2**20:.0f} -> {self.rss_after / 2**20:.0f} MiB "
+            f"(peak {self.rss_peak / 2**20:.0f} MiB)"
         )
 
     def check(self, label: str) -> None:
@@ -113,6 +124,7 @@ class Watch:
 @contextmanager
 def watched(server: RunningServer, label: str) -> Iterator[Watch]:
     """Liveness probe and RSS around a block that sends one hostile request; checked on exit."""
+    reset_peak_rss(server.proc.pid)
     watch = Watch(LiveProbe(), rss_bytes(server.proc.pid))
     with live_probe(server) as probe:
         watch.probe = probe
@@ -121,4 +133,5 @@ def watched(server: RunningServer, label: str) -> Iterator[Watch]:
         while probe.answers < 2 and time.monotonic() < deadline:  # at least one probe overlapped
             time.sleep(0.01)
     watch.rss_after = rss_bytes(server.proc.pid)
+    watch.rss_peak = rss_bytes(server.proc.pid, "VmHWM")
     watch.check(label)
