@@ -25,7 +25,7 @@ from service.v2.load_request import refuse_overrides
 from service.v2.mapping import input_specs, output_specs, require_config, triton_model_config
 
 if TYPE_CHECKING:
-    from service.dataplane import DataPlane, VersionStats
+    from service.dataplane import DataPlaneApi, VersionStats
 
 PROTOCOL = "v2-grpc"
 
@@ -56,7 +56,7 @@ class V2Servicer:
 
     protocol = PROTOCOL
 
-    def __init__(self, dataplane: DataPlane, limits: TensorLimits = DEFAULT_LIMITS) -> None:
+    def __init__(self, dataplane: DataPlaneApi, limits: TensorLimits = DEFAULT_LIMITS) -> None:
         self.dataplane = dataplane
         self.limits = limits
 

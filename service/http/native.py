@@ -11,10 +11,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.config import Settings
-from service.dataplane import DataPlane, Embedding, ModelInfo, Prediction
+from service.dataplane import DataPlane, ModelInfo
 from service.errors import FusionServeError
 from service.http.parsing import ParsedRequest, parse_request, parse_timeout_ms
+from service.model.outputs import Embedding, Prediction
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
@@ -65,13 +65,15 @@ def model_json(info: ModelInfo) -> dict[str, Any]:
     return body
 
 
-def native_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
+def native_router(dataplane: DataPlane) -> APIRouter:
     router = APIRouter()
 
     async def _parse(request: Request, model: str, allow_top_k: bool) -> tuple[ParsedRequest, float | None]:
         """The rows and deadline; a refusal here is counted like one from the core."""
         try:
-            parsed = await parse_request(request, allow_top_k=allow_top_k, max_items=settings.max_batch_items)
+            parsed = await parse_request(
+                request, allow_top_k=allow_top_k, max_items=dataplane.max_batch_items
+            )
             return parsed, parse_timeout_ms(request.headers.get(TIMEOUT_HEADER))
         except FusionServeError as exc:
             dataplane.record_rejected(model, "http", exc)

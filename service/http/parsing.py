@@ -16,7 +16,7 @@ from starlette.requests import Request
 from service import jsonbody
 from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType, brief
 from service.http.multipart import parse_multipart
-from service.types import RawInputs
+from service.model.rows import RawInputs
 
 FILE_FIELDS = ("image", "audio")
 ITEM_FIELDS = ("image", "audio", "text")
