@@ -179,3 +179,19 @@ def test_v2_rest_json_strings_refused_before_parsing(running_server: RunningServ
         )
     assert response.status_code == 413, response.text[:300]
     assert "strings" in response.json()["error"]
+
+
+def test_v2_rest_json_numbers_refused_before_parsing(running_server: RunningServer) -> None:
+    """16 M JSON numbers took seconds to parse on the event loop: refused from a byte count."""
+    numbers = 16_000_000
+    body = (
+        b'{"inputs": [{"name": "audio", "datatype": "FP32", "shape": [1, %d], "data": [' % numbers
+        + b"0.5," * (numbers - 1)
+        + b"0.5]}]}"
+    )
+    with watched(running_server, "V2 REST JSON of 16 M numbers"):
+        response = _http(
+            running_server, f"/v2/models/{CLASSIFIER}/infer", body, {"content-type": "application/json"}
+        )
+    assert response.status_code == 413, response.text[:300]
+    assert "binary" in response.json()["error"]
