@@ -65,6 +65,9 @@ class AudioSpec(_Strict):
     min_samples: int = Field(default=512, gt=0, description="batches are padded to at least this")
     max_input_seconds: float = Field(default=30.0, gt=0, description="longer uploads are refused")
     max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_decode_ms: float = Field(
+        default=5000.0, gt=0, description="compressed audio taking longer to decode is refused (413)"
+    )
 
 
 class TextSpec(_Strict):

@@ -18,6 +18,12 @@ Decisions a model author needs to know (the training pipeline should match):
 - ``stretch`` ignores aspect; ``letterbox`` keeps aspect and pads with black,
   centred; ``center_crop`` keeps aspect, fills the target and crops the centre.
 - Arrays returned may be read-only; callers copy them into a batch anyway.
+- Animated GIF, WebP and AVIF: only the **first frame** is decoded and used.
+- HEIC/HEIF (phones) needs the optional ``media`` extra (pillow-heif); AVIF
+  needs Pillow >= 11.3 (which the extra requires). Without them such uploads
+  get a 415 naming the extra. Their decoders run with one thread per call,
+  like every other codec here; the pixel bound is checked on the header
+  (``ispe``) before decoding.
 """
 
 from __future__ import annotations
@@ -35,9 +41,37 @@ from service.preprocess.sniff import IMAGE_KINDS, describe, sniff
 #: The one resampling filter of the serving path.
 RESAMPLE = Image.Resampling.BILINEAR
 
-#: Pillow plugins we let near untrusted bytes (``Image.open(formats=...)``).
-_PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
-_DECODABLE = frozenset({"jpeg", "png", "webp", "gif", "bmp"})
+#: The pip extra that brings HEIC/HEIF (and a Pillow that reads AVIF).
+MEDIA_EXTRA = "fusionserve[media]"
+#: Pillow plugins we let near untrusted bytes (``Image.open(formats=...)``), by sniffed kind.
+_PLUGINS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "bmp": "BMP"}
+#: Kinds that need the ``media`` extra.
+_MEDIA_KINDS = frozenset({"heif", "avif"})
+
+
+def _register_optional_plugins() -> None:
+    """Add HEIF (pillow-heif) and AVIF (Pillow >= 11.3) where installed, one decode thread each."""
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        pillow_heif.options.DECODE_THREADS = 1
+        _PLUGINS["heif"] = "HEIF"
+    except ImportError:
+        pass
+    try:
+        from PIL import AvifImagePlugin, features
+
+        if features.check("avif"):
+            AvifImagePlugin.DEFAULT_MAX_THREADS = 1
+            _PLUGINS["avif"] = "AVIF"
+    except ImportError:
+        pass
+
+
+_register_optional_plugins()
+_PILLOW_FORMATS = tuple(_PLUGINS.values())
+_DECODABLE = frozenset(_PLUGINS)
 
 _ORIENTATION_TAG = 0x0112
 #: EXIF orientation → the transpose that makes the image upright.
@@ -80,12 +114,20 @@ def decode_image(data: bytes | np.ndarray, spec: ImageSpec, field: str = "image"
 
 
 def _unsupported(kind: str | None, field: str) -> UnsupportedMediaType:
+    if kind in _MEDIA_KINDS:
+        return UnsupportedMediaType(
+            f"field {field!r}: {describe(kind)} needs the optional media support: "
+            f"pip install '{MEDIA_EXTRA}'",
+            field=field,
+            detected=kind,
+            extra=MEDIA_EXTRA,
+        )
     if kind in IMAGE_KINDS:
         what = f"{describe(kind)} is not supported"
     else:
         what = f"{describe(kind)} is not an image"
     return UnsupportedMediaType(
-        f"field {field!r}: {what} (send JPEG, PNG or WebP)", field=field, detected=kind
+        f"field {field!r}: {what} (send JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF)", field=field, detected=kind
     )
 
 
@@ -113,6 +155,10 @@ def _load(data: bytes, spec: ImageSpec, field: str) -> tuple[Image.Image, int]:
         if not is_jpeg:
             orientation = _orientation(im)  # PNG may carry eXIf after the pixels
         return im, orientation
+    except UnidentifiedImageError as exc:
+        raise InvalidInput(
+            f"field {field!r}: corrupted or truncated image (unreadable header)", field=field
+        ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise LimitExceeded(
             f"field {field!r}: image has too many pixels (max_pixels {spec.max_pixels}; {exc})",
@@ -120,14 +166,25 @@ def _load(data: bytes, spec: ImageSpec, field: str) -> tuple[Image.Image, int]:
             limit="max_pixels",
             max=spec.max_pixels,
         ) from exc
-    except UnidentifiedImageError as exc:
-        raise InvalidInput(
-            f"field {field!r}: corrupted or truncated image (unreadable header)", field=field
-        ) from exc
     except (InvalidInput, MemoryError):
         raise
-    except Exception as exc:  # Pillow raises many types on hostile input; all mean "bad file"
-        raise InvalidInput(f"field {field!r}: corrupted or truncated image ({exc})", field=field) from exc
+    except Exception as exc:
+        if "Security limit" not in str(exc):  # libheif refuses huge declared sizes this way
+            raise InvalidInput(
+                f"field {field!r}: corrupted or truncated image ({_first_line(exc)})", field=field
+            ) from exc
+        raise LimitExceeded(
+            f"field {field!r}: image has too many pixels (max_pixels {spec.max_pixels}; "
+            f"the decoder's own limit refused the declared size)",
+            field=field,
+            limit="max_pixels",
+            max=spec.max_pixels,
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _check_pixels(width: int, height: int, spec: ImageSpec, field: str) -> None:
