@@ -48,6 +48,19 @@ EXTENSIONS = [
 ]
 
 
+#: What ``predict`` can add to its answer (``include``), besides the labels.
+INCLUDE_VALUES = ("embeddings", "attribution")
+
+
+@dataclass
+class Attribution:
+    """How much each modality contributed, as the model's config declares (README "Attribution")."""
+
+    kind: str  # "logits" | "gate" | "attention"
+    #: Per present modality: its class logits ``[C]`` (kind logits) or its weight ``[1]``.
+    values: dict[str, np.ndarray]
+
+
 @dataclass
 class Prediction:
     model: str
@@ -56,6 +69,11 @@ class Prediction:
     labels: list[str]  # top-k, best first
     scores: list[float]
     probabilities: np.ndarray  # float32 [C], labels.txt order
+    #: With ``include=embeddings``: the fused embedding and those of the supplied modalities.
+    embedding: np.ndarray | None = None
+    embeddings: dict[str, np.ndarray] | None = None
+    #: With ``include=attribution``.
+    attribution: Attribution | None = None
 
 
 @dataclass
@@ -65,6 +83,7 @@ class Embedding:
     modalities: list[str]
     fused: np.ndarray  # float32 [D]
     per_modality: dict[str, np.ndarray]  # only the supplied modalities
+    tokens: int = 0  # text tokens the model read (OpenAI-style usage)
 
 
 @dataclass
@@ -276,36 +295,45 @@ class DataPlane:
         rows: Sequence[RawInputs],
         *,
         top_k: int = 5,
+        include: Sequence[str] = (),
         timeout_s: float | None = None,
         protocol: str = "http",
     ) -> list[Prediction]:
+        """Top-k labels; ``include`` adds ``embeddings`` and/or ``attribution`` from the same run."""
+        wanted = check_include(include)
+
         async def run(
-            lv: LoadedVersion, outputs: list[RowOutputs], mods: list[list[str]]
+            lv: LoadedVersion, outputs: list[RowOutputs], decoded: list[DecodedRow]
         ) -> list[Prediction]:
             if lv.config.task != "classify":
                 raise InvalidInput(f"model {model!r} is an embedding model: use embed, not predict")
             k = min(top_k, len(lv.labels or []))
             logits_name = next(o.name for o in lv.config.outputs if o.kind == OutputKind.logits)
             answers = []
-            for out, used in zip(outputs, mods, strict=True):
+            for out, used in zip(outputs, (row.modalities() for row in decoded), strict=True):
                 probs = softmax(np.asarray(out[logits_name]).reshape(-1))
                 order = np.argsort(-probs, kind="stable")[:k]
                 labels = lv.labels or []
-                answers.append(
-                    Prediction(
-                        model=lv.name,
-                        version=lv.version,
-                        modalities=used,
-                        labels=[labels[i] for i in order],
-                        scores=[float(probs[i]) for i in order],
-                        probabilities=probs,
-                    )
+                answer = Prediction(
+                    model=lv.name,
+                    version=lv.version,
+                    modalities=used,
+                    labels=[labels[i] for i in order],
+                    scores=[float(probs[i]) for i in order],
+                    probabilities=probs,
                 )
+                if "embeddings" in wanted:
+                    answer.embedding, answer.embeddings = _embeddings_of(lv.config, out, used)
+                if "attribution" in wanted:
+                    answer.attribution = _attribution_of(lv.config, out, used)
+                answers.append(answer)
             return answers
 
         if not 1 <= top_k <= self.max_top_k:
             raise InvalidInput(f"top_k must lie in 1..{self.max_top_k}, got {top_k}", field="top_k")
-        return await self._serve(model, version, rows, timeout_s, protocol, run)
+        return await self._serve(
+            model, version, rows, timeout_s, protocol, run, check=lambda lv: _check_has(lv.config, wanted)
+        )
 
     async def embed(
         self,
@@ -316,23 +344,22 @@ class DataPlane:
         timeout_s: float | None = None,
         protocol: str = "http",
     ) -> list[Embedding]:
-        async def run(lv: LoadedVersion, outputs: list[RowOutputs], mods: list[list[str]]) -> list[Embedding]:
-            specs = [o for o in lv.config.outputs if o.kind == OutputKind.embedding]
-            if not specs:
-                raise InvalidInput(f"model {model!r} yields no embedding: use predict")
-            fused_spec = next((o for o in specs if o.source == "fused"), None)
+        async def run(
+            lv: LoadedVersion, outputs: list[RowOutputs], decoded: list[DecodedRow]
+        ) -> list[Embedding]:
             answers = []
-            for out, used in zip(outputs, mods, strict=True):
-                per: dict[str, np.ndarray] = {
-                    o.source: np.asarray(out[o.name]) for o in specs if o.source in used
-                }
-                fused = (
-                    np.asarray(out[fused_spec.name]) if fused_spec else _mean_normalised(list(per.values()))
-                )
-                answers.append(Embedding(lv.name, lv.version, used, fused, per))
+            for out, row in zip(outputs, decoded, strict=True):
+                used = row.modalities()
+                fused, per = _embeddings_of(lv.config, out, used)
+                tokens = 0 if row.text_ids is None else int(row.text_ids.shape[0])
+                answers.append(Embedding(lv.name, lv.version, used, fused, per, tokens))
             return answers
 
-        return await self._serve(model, version, rows, timeout_s, protocol, run)
+        def check(lv: LoadedVersion) -> None:
+            if not any(o.kind == OutputKind.embedding for o in lv.config.outputs):
+                raise InvalidInput(f"model {model!r} yields no embedding: use predict")
+
+        return await self._serve(model, version, rows, timeout_s, protocol, run, check=check)
 
     async def infer(
         self,
@@ -344,9 +371,9 @@ class DataPlane:
         protocol: str = "http",
     ) -> InferResult:
         async def run(
-            lv: LoadedVersion, outputs: list[RowOutputs], mods: list[list[str]]
+            lv: LoadedVersion, outputs: list[RowOutputs], decoded: list[DecodedRow]
         ) -> list[InferResult]:
-            return [InferResult(lv.name, lv.version, outputs, mods)]
+            return [InferResult(lv.name, lv.version, outputs, [row.modalities() for row in decoded])]
 
         return (await self._serve(model, version, rows, timeout_s, protocol, run))[0]
 
@@ -362,7 +389,8 @@ class DataPlane:
         rows: Sequence[RawInputs],
         timeout_s: float | None,
         protocol: str,
-        finish: Callable[[LoadedVersion, list[RowOutputs], list[list[str]]], Awaitable[list[T]]],
+        finish: Callable[[LoadedVersion, list[RowOutputs], list[DecodedRow]], Awaitable[list[T]]],
+        check: Callable[[LoadedVersion], None] | None = None,
     ) -> list[T]:
         started = time.monotonic()
         self._enter(protocol)
@@ -372,6 +400,8 @@ class DataPlane:
             if not self._accepting:
                 raise NotReady("server is not accepting requests (starting up or draining)")
             lv = self.registry.get(model, version)
+            if check is not None:  # what was asked of the model: refused before any decoding
+                check(lv)
             self._check_rows(rows)
             timeout = timeout_s if timeout_s is not None else lv.config.batching.default_timeout_ms / 1000
             if timeout <= 0:
@@ -387,7 +417,7 @@ class DataPlane:
                 raise
             outputs = await _await_all([lv.batcher.submit(row, deadline, announced=True) for row in decoded])
             post_start = time.monotonic()
-            answers = await finish(lv, outputs, [row.modalities() for row in decoded])
+            answers = await finish(lv, outputs, decoded)
             self.metrics.child(self.metrics.postprocess_seconds, lv.name, lv.version).observe(
                 time.monotonic() - post_start
             )
@@ -461,6 +491,52 @@ class DataPlane:
                 lv.counters.success_ns += int(seconds * 1e9)
             else:
                 lv.counters.failure_count += 1
+
+
+def check_include(include: Sequence[str]) -> frozenset[str]:
+    """The ``include`` values of a predict request; a 400 naming the allowed ones otherwise."""
+    unknown = sorted(set(include) - set(INCLUDE_VALUES))
+    if unknown:
+        raise InvalidInput(
+            f"include: unknown value(s) {unknown}; allowed: {list(INCLUDE_VALUES)}", field="include"
+        )
+    return frozenset(include)
+
+
+def _check_has(config: ModelConfig, wanted: frozenset[str]) -> None:
+    kinds = {o.kind for o in config.outputs}
+    rebuild = " (an entry exported before fusionserve 0.2 has none: rebuild it with build-repo)"
+    if "embeddings" in wanted and OutputKind.embedding not in kinds:
+        raise InvalidInput(
+            f"include=embeddings: model {config.name!r} yields no embedding{rebuild}", field="include"
+        )
+    if "attribution" in wanted and OutputKind.attribution not in kinds:
+        raise InvalidInput(
+            f"include=attribution: model {config.name!r} declares no per-modality attribution "
+            f"(only late, gated and attention fusion have one){rebuild}",
+            field="include",
+        )
+
+
+def _embeddings_of(
+    config: ModelConfig, out: RowOutputs, used: list[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The fused embedding and those of the modalities the row carried."""
+    specs = [o for o in config.outputs if o.kind == OutputKind.embedding]
+    per: dict[str, np.ndarray] = {o.source: np.asarray(out[o.name]) for o in specs if o.source in used}
+    fused_spec = next((o for o in specs if o.source == "fused"), None)
+    fused = np.asarray(out[fused_spec.name]) if fused_spec else _mean_normalised(list(per.values()))
+    return fused, per
+
+
+def _attribution_of(config: ModelConfig, out: RowOutputs, used: list[str]) -> Attribution:
+    spec = next(o for o in config.outputs if o.kind == OutputKind.attribution)
+    columns = list(spec.modalities or [])
+    values = np.asarray(out[spec.name], dtype=np.float32).reshape(len(columns), -1)
+    return Attribution(
+        kind=str(spec.attribution),
+        values={m: values[i] for i, m in enumerate(columns) if m in used},
+    )
 
 
 def _mean_normalised(vectors: list[np.ndarray]) -> np.ndarray:

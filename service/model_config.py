@@ -95,6 +95,15 @@ class ModalitiesSpec(_Strict):
 class OutputKind(str, Enum):
     logits = "logits"  # [B, num_labels] → softmax, top-k labels
     embedding = "embedding"  # [B, D], L2-normalised
+    attribution = "attribution"  # [B, dims]: how much each modality contributed (see ``attribution``)
+
+
+#: What an attribution output's numbers are (README "Attribution" says more):
+#: ``logits``: per listed modality, the class logits it alone gives (``[B, M*C]``,
+#: modality-major; the model's logits are their mean over present modalities);
+#: ``gate``: per listed modality, its mean update gate in [0, 1] (``[B, M]``);
+#: ``attention``: softmax weights over the listed modalities (``[B, M]``).
+AttributionKind = Literal["logits", "gate", "attention"]
 
 
 class OutputSpec(_Strict):
@@ -103,6 +112,21 @@ class OutputSpec(_Strict):
     #: For embeddings: which modality this is the embedding of, or "fused".
     source: Literal["fused", "image", "audio", "text"] = "fused"
     dims: int = Field(gt=0)
+    #: For attribution outputs: what the numbers are, and the modalities of its columns.
+    attribution: AttributionKind | None = None
+    modalities: list[Literal["image", "audio", "text"]] | None = None
+
+    @model_validator(mode="after")
+    def _attribution_declared(self) -> OutputSpec:
+        is_attribution = self.kind == OutputKind.attribution
+        if is_attribution != (self.attribution is not None) or is_attribution != bool(self.modalities):
+            raise ValueError(
+                f"output {self.name!r}: 'attribution' and 'modalities' "
+                "are given exactly for kind 'attribution'"
+            )
+        if is_attribution and self.modalities and self.dims % len(self.modalities):
+            raise ValueError(f"output {self.name!r}: dims must be a multiple of len(modalities)")
+        return self
 
 
 class Batching(_Strict):
@@ -181,6 +205,9 @@ class ModelConfig(_Strict):
         if self.modalities.text is not None and not self.tokenizer_file:
             raise ValueError("a model that takes text needs tokenizer_file")
         for out in self.outputs:
+            taken = [m.value for m in self.modalities.present()]
+            if out.modalities and not set(out.modalities) <= set(taken):
+                raise ValueError(f"output {out.name!r} attributes to a modality the model does not take")
             if out.source not in ("fused", *[m.value for m in self.modalities.present()]):
                 raise ValueError(
                     f"output {out.name!r} is the embedding of a modality the model does not take"
@@ -221,6 +248,10 @@ def load_model_config(path: Path) -> ModelConfig:
 
 def dump_model_config(config: ModelConfig, path: Path) -> None:
     data = json.loads(config.model_dump_json(exclude_defaults=False))
+    for output in data.get("outputs", []):  # attribution fields only where they mean something
+        for key in ("attribution", "modalities"):
+            if output.get(key) is None:
+                output.pop(key, None)
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
@@ -19,7 +19,7 @@ from service.types import RawInputs
 
 FILE_FIELDS = ("image", "audio")
 ITEM_FIELDS = ("image", "audio", "text")
-OPTION_FIELDS = ("top_k",)
+OPTION_FIELDS = ("top_k", "include")
 
 
 @dataclass
@@ -27,6 +27,8 @@ class ParsedRequest:
     rows: list[RawInputs]
     top_k: int | None
     batch: bool  # the JSON batch form ("items") was used
+    #: predict's ``include`` (checked against the allowed values by the core).
+    include: list[str] = field(default_factory=list)
 
 
 async def parse_request(request: Request, *, allow_top_k: bool) -> ParsedRequest:
@@ -54,6 +56,7 @@ def _parse_multipart(body: bytes, content_type: str, allow_top_k: bool) -> Parse
         raise InvalidInput(f"field(s) {repeated} given more than once; give each once", fields=repeated)
     values: dict[str, Any] = {}
     top_k: int | None = None
+    include: list[str] = []
     for part in parts:
         if part.name in FILE_FIELDS:
             if part.filename is None:
@@ -68,9 +71,11 @@ def _parse_multipart(body: bytes, content_type: str, allow_top_k: bool) -> Parse
             raise InvalidInput(f"field {part.name!r}: not valid UTF-8", field=part.name) from exc
         if part.name == "text":
             values["text"] = text
+        elif part.name == "include":
+            include = _parse_include(text)
         else:
             top_k = _parse_top_k(text)
-    return ParsedRequest(rows=[_row(values, prefix="")], top_k=top_k, batch=False)
+    return ParsedRequest(rows=[_row(values, prefix="")], top_k=top_k, batch=False, include=include)
 
 
 def _parse_json(body: bytes, allow_top_k: bool) -> ParsedRequest:
@@ -82,6 +87,7 @@ def _parse_json(body: bytes, allow_top_k: bool) -> ParsedRequest:
         raise InvalidInput("JSON body must be an object")
     options = OPTION_FIELDS if allow_top_k else ()
     top_k = _parse_top_k(doc.get("top_k")) if allow_top_k else None
+    include = _parse_include(doc.get("include")) if allow_top_k else []
     if "items" in doc:
         unknown = sorted(set(doc) - {"items", *options})
         if unknown:
@@ -90,9 +96,9 @@ def _parse_json(body: bytes, allow_top_k: bool) -> ParsedRequest:
         if not isinstance(items, list):
             raise InvalidInput("'items' must be a list of objects")
         rows = [_json_item(item, f"items[{i}].") for i, item in enumerate(items)]
-        return ParsedRequest(rows=rows, top_k=top_k, batch=True)
+        return ParsedRequest(rows=rows, top_k=top_k, batch=True, include=include)
     item = {k: v for k, v in doc.items() if k not in options}
-    return ParsedRequest(rows=[_json_item(item, "")], top_k=top_k, batch=False)
+    return ParsedRequest(rows=[_json_item(item, "")], top_k=top_k, batch=False, include=include)
 
 
 def _json_item(item: Any, prefix: str) -> RawInputs:
@@ -126,6 +132,22 @@ def _row(values: dict[str, Any], prefix: str) -> RawInputs:
         if len(value) == 0:
             raise InvalidInput(f"{prefix}{name}: field is empty", field=name)
     return RawInputs(image=values.get("image"), audio=values.get("audio"), text=values.get("text"))
+
+
+def _parse_include(value: Any) -> list[str]:
+    """``"embeddings,attribution"`` (form or JSON) or a JSON list of those words."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        words = value.split(",")
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value) and len(value) <= 8:
+        words = value
+    else:
+        raise InvalidInput(
+            "include must be a comma-separated string or a list of strings, e.g. 'embeddings,attribution'",
+            field="include",
+        )
+    return [w.strip() for w in words if w.strip()]
 
 
 def _parse_top_k(value: Any) -> int | None:
