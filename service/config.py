@@ -99,4 +99,3 @@ def default_repository_is_current(repository: Path) -> bool:
         if not isinstance(metadata, dict) or metadata.get("export_format") != BUNDLED_EXPORT_FORMAT:
             return False
     return True
-
