@@ -16,7 +16,7 @@ from models.classifier import FusionClassifier
 from models.contrastive import EMBED_OUTPUTS
 from models.explained import classifier_outputs, explained
 from service.config import BUNDLED_EXPORT_FORMAT
-from service.model_config import CONFIG_FILE, ModelConfig, load_model_config
+from service.model.config import CONFIG_FILE, ModelConfig, load_model_config
 
 #: What ``export_checkpoint`` writes; bumped when the graph's outputs change, so an entry
 #: written by older code is stale and rebuilt. 2: classifiers export their embeddings and

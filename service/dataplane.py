@@ -13,9 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import numpy as np
+from typing import Any, Protocol, TypeVar
 
 from service import __version__
 from service.errors import (
@@ -30,10 +28,19 @@ from service.errors import (
     UnprocessableInput,
 )
 from service.metrics import Metrics
-from service.model_config import ModelConfig, OutputKind
+from service.model.config import ModelConfig
+from service.model.outputs import (
+    Embedding,
+    Prediction,
+    check_has,
+    check_include,
+    check_yields_embeddings,
+    embeddings,
+    predictions,
+)
+from service.model.rows import DecodedRow, RawInputs, RowOutputs
 from service.offload import offload
 from service.registry import LoadedVersion, ModelRegistry, VersionState
-from service.types import DecodedRow, RawInputs, RowOutputs
 
 T = TypeVar("T")
 
@@ -46,52 +53,6 @@ EXTENSIONS = [
     "model_configuration",
     "health",
 ]
-
-
-#: What ``predict`` can add to its answer (``include``), besides the labels.
-INCLUDE_VALUES = ("embeddings", "attribution")
-
-
-@dataclass
-class Attribution:
-    """How much each modality contributed, as the model's config declares (README "Attribution")."""
-
-    kind: str  # "logits" | "gate" | "attention"
-    #: Per present modality: its class logits ``[C]`` (kind logits) or its weight ``[1]``.
-    values: dict[str, np.ndarray]
-
-
-@dataclass
-class Prediction:
-    model: str
-    version: str
-    modalities: list[str]
-    labels: list[str]  # top-k, best first
-    scores: list[float]
-    probabilities: np.ndarray  # float32 [C], labels.txt order
-    #: With ``include=embeddings``: the fused embedding and those of the supplied modalities.
-    embedding: np.ndarray | None = None
-    embeddings: dict[str, np.ndarray] | None = None
-    #: With ``include=attribution``.
-    attribution: Attribution | None = None
-
-
-@dataclass
-class Embedding:
-    model: str
-    version: str
-    modalities: list[str]
-    fused: np.ndarray  # float32 [D]
-    per_modality: dict[str, np.ndarray]  # only the supplied modalities
-    tokens: int = 0  # text tokens the model read (OpenAI-style usage)
-
-
-@dataclass
-class InferResult:
-    model: str
-    version: str
-    rows: list[RowOutputs]
-    modalities: list[list[str]]
 
 
 @dataclass
@@ -157,14 +118,62 @@ async def _await_all(awaitables: Sequence[Awaitable[Any]], *, return_exceptions:
     return list(await asyncio.gather(*awaitables, return_exceptions=return_exceptions))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - np.max(logits)
-    exp = np.exp(shifted)
-    return (exp / exp.sum()).astype(np.float32)
+class DataPlaneApi(Protocol):
+    """What the doors call: :class:`DataPlane` in the server, a scripted fake in the door tests.
+
+    Doors depend on this and nothing more, so a fake that drifts from the real
+    data plane fails type checking instead of passing tests it should not.
+    """
+
+    max_batch_items: int
+
+    async def predict(
+        self,
+        model: str,
+        version: str | None,
+        rows: Sequence[RawInputs],
+        *,
+        top_k: int = 5,
+        include: Sequence[str] = (),
+        timeout_s: float | None = None,
+        protocol: str = "http",
+    ) -> list[Prediction]: ...
+
+    async def embed(
+        self,
+        model: str,
+        version: str | None,
+        rows: Sequence[RawInputs],
+        *,
+        timeout_s: float | None = None,
+        protocol: str = "http",
+    ) -> list[Embedding]: ...
+
+    def live(self) -> bool: ...
+
+    def ready(self) -> bool: ...
+
+    def model_ready(self, model: str, version: str | None = None) -> bool: ...
+
+    def model_info(self, model: str, version: str | None = None) -> ModelInfo: ...
+
+    def models(self) -> list[ModelInfo]: ...
+
+    def server_metadata(self) -> dict[str, Any]: ...
+
+    async def load(self, model: str) -> None: ...
+
+    async def unload(self, model: str) -> None: ...
+
+    def repository_index(self) -> list[dict[str, str]]: ...
+
+    def statistics(self, model: str | None = None, version: str | None = None) -> list[VersionStats]: ...
+
+    def record_rejected(self, model: str, protocol: str, error: BaseException) -> None: ...
 
 
 class DataPlane:
-    """The protocol-neutral use cases: predict, embed, infer, metadata, repository."""
+    """The protocol-neutral use cases: predict, embed, metadata, repository."""
 
     def __init__(
         self,
@@ -305,34 +314,13 @@ class DataPlane:
         async def run(
             lv: LoadedVersion, outputs: list[RowOutputs], decoded: list[DecodedRow]
         ) -> list[Prediction]:
-            if lv.config.task != "classify":
-                raise InvalidInput(f"model {model!r} is an embedding model: use embed, not predict")
-            k = min(top_k, len(lv.labels or []))
-            logits_name = next(o.name for o in lv.config.outputs if o.kind == OutputKind.logits)
-            answers = []
-            for out, used in zip(outputs, (row.modalities() for row in decoded), strict=True):
-                probs = softmax(np.asarray(out[logits_name]).reshape(-1))
-                order = np.argsort(-probs, kind="stable")[:k]
-                labels = lv.labels or []
-                answer = Prediction(
-                    model=lv.name,
-                    version=lv.version,
-                    modalities=used,
-                    labels=[labels[i] for i in order],
-                    scores=[float(probs[i]) for i in order],
-                    probabilities=probs,
-                )
-                if "embeddings" in wanted:
-                    answer.embedding, answer.embeddings = _embeddings_of(lv.config, out, used)
-                if "attribution" in wanted:
-                    answer.attribution = _attribution_of(lv.config, out, used)
-                answers.append(answer)
-            return answers
+            mods = [row.modalities() for row in decoded]
+            return predictions(lv.config, lv.labels, lv.version, outputs, mods, top_k, wanted)
 
         if not 1 <= top_k <= self.max_top_k:
             raise InvalidInput(f"top_k must lie in 1..{self.max_top_k}, got {top_k}", field="top_k")
         return await self._serve(
-            model, version, rows, timeout_s, protocol, run, check=lambda lv: _check_has(lv.config, wanted)
+            model, version, rows, timeout_s, protocol, run, check=lambda lv: check_has(lv.config, wanted)
         )
 
     async def embed(
@@ -347,35 +335,19 @@ class DataPlane:
         async def run(
             lv: LoadedVersion, outputs: list[RowOutputs], decoded: list[DecodedRow]
         ) -> list[Embedding]:
-            answers = []
-            for out, row in zip(outputs, decoded, strict=True):
-                used = row.modalities()
-                fused, per = _embeddings_of(lv.config, out, used)
-                tokens = 0 if row.text_ids is None else int(row.text_ids.shape[0])
-                answers.append(Embedding(lv.name, lv.version, used, fused, per, tokens))
-            return answers
+            mods = [row.modalities() for row in decoded]
+            tokens = [0 if row.text_ids is None else int(row.text_ids.shape[0]) for row in decoded]
+            return embeddings(lv.config, lv.version, outputs, mods, tokens)
 
-        def check(lv: LoadedVersion) -> None:
-            if not any(o.kind == OutputKind.embedding for o in lv.config.outputs):
-                raise InvalidInput(f"model {model!r} yields no embedding: use predict")
-
-        return await self._serve(model, version, rows, timeout_s, protocol, run, check=check)
-
-    async def infer(
-        self,
-        model: str,
-        version: str | None,
-        rows: Sequence[RawInputs],
-        *,
-        timeout_s: float | None = None,
-        protocol: str = "http",
-    ) -> InferResult:
-        async def run(
-            lv: LoadedVersion, outputs: list[RowOutputs], decoded: list[DecodedRow]
-        ) -> list[InferResult]:
-            return [InferResult(lv.name, lv.version, outputs, [row.modalities() for row in decoded])]
-
-        return (await self._serve(model, version, rows, timeout_s, protocol, run))[0]
+        return await self._serve(
+            model,
+            version,
+            rows,
+            timeout_s,
+            protocol,
+            run,
+            check=lambda lv: check_yields_embeddings(lv.config),
+        )
 
     def record_rejected(self, model: str, protocol: str, error: BaseException) -> None:
         """Count a request a door refused (or its client abandoned) before it reached the core."""
@@ -491,55 +463,3 @@ class DataPlane:
                 lv.counters.success_ns += int(seconds * 1e9)
             else:
                 lv.counters.failure_count += 1
-
-
-def check_include(include: Sequence[str]) -> frozenset[str]:
-    """The ``include`` values of a predict request; a 400 naming the allowed ones otherwise."""
-    unknown = sorted(set(include) - set(INCLUDE_VALUES))
-    if unknown:
-        raise InvalidInput(
-            f"include: unknown value(s) {unknown}; allowed: {list(INCLUDE_VALUES)}", field="include"
-        )
-    return frozenset(include)
-
-
-def _check_has(config: ModelConfig, wanted: frozenset[str]) -> None:
-    kinds = {o.kind for o in config.outputs}
-    rebuild = " (an entry exported before fusionserve 0.2 has none: rebuild it with build-repo)"
-    if "embeddings" in wanted and OutputKind.embedding not in kinds:
-        raise InvalidInput(
-            f"include=embeddings: model {config.name!r} yields no embedding{rebuild}", field="include"
-        )
-    if "attribution" in wanted and OutputKind.attribution not in kinds:
-        raise InvalidInput(
-            f"include=attribution: model {config.name!r} declares no per-modality attribution "
-            f"(only late, gated and attention fusion have one){rebuild}",
-            field="include",
-        )
-
-
-def _embeddings_of(
-    config: ModelConfig, out: RowOutputs, used: list[str]
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The fused embedding and those of the modalities the row carried."""
-    specs = [o for o in config.outputs if o.kind == OutputKind.embedding]
-    per: dict[str, np.ndarray] = {o.source: np.asarray(out[o.name]) for o in specs if o.source in used}
-    fused_spec = next((o for o in specs if o.source == "fused"), None)
-    fused = np.asarray(out[fused_spec.name]) if fused_spec else _mean_normalised(list(per.values()))
-    return fused, per
-
-
-def _attribution_of(config: ModelConfig, out: RowOutputs, used: list[str]) -> Attribution:
-    spec = next(o for o in config.outputs if o.kind == OutputKind.attribution)
-    columns = list(spec.modalities or [])
-    values = np.asarray(out[spec.name], dtype=np.float32).reshape(len(columns), -1)
-    return Attribution(
-        kind=str(spec.attribution),
-        values={m: values[i] for i, m in enumerate(columns) if m in used},
-    )
-
-
-def _mean_normalised(vectors: list[np.ndarray]) -> np.ndarray:
-    mean = np.mean(np.stack(vectors), axis=0)
-    norm = float(np.linalg.norm(mean))
-    return (mean / norm if norm > 0 else mean).astype(np.float32)

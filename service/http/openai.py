@@ -28,7 +28,7 @@ from service.dataplane import DataPlane
 from service.errors import InvalidInput, UnsupportedMediaType
 from service.http.native import TIMEOUT_HEADER
 from service.http.parsing import parse_timeout_ms
-from service.types import RawInputs
+from service.model.rows import RawInputs
 
 ENCODING_FORMATS = ("float", "base64")
 FIELDS = ("model", "input", "encoding_format", "dimensions", "user")

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
-from service.model_config import AudioSpec
+from service.model.config import AudioSpec
 
 #: The pip extra that brings PyAV (named in the 415 when it is missing).
 MEDIA_EXTRA = "fusionserve[media]"

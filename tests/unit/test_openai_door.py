@@ -10,7 +10,7 @@ import pytest
 
 from service.errors import InvalidInput, UnsupportedMediaType
 from service.http.openai import _check_model_takes, _inputs, _row, _vector
-from service.model_config import ModelConfig
+from service.model.config import ModelConfig
 
 
 def _dataplane_with(modalities: dict[str, dict[str, int]]) -> SimpleNamespace:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
-from service.model_config import AudioSpec, ImageSpec
+from service.model.config import AudioSpec, ImageSpec
 from service.preprocess import image as image_module
 from service.preprocess import media
 from service.preprocess.audio import decode_audio
