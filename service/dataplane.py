@@ -381,6 +381,7 @@ class DataPlane:
             deadline = started + timeout
             # Announce the rows so the batcher waits for them rather than
             # dispatching a smaller batch a moment before they arrive.
+            self._count_received(rows)
             lv.batcher.expect(len(rows))
             try:
                 decoded = await self._decode_all(lv, rows, deadline)
@@ -406,6 +407,19 @@ class DataPlane:
         finally:
             self._leave(protocol, model, lv, error, len(rows), time.monotonic() - started)
 
+    def _count_received(self, rows: Sequence[RawInputs]) -> None:
+        for raw in rows:
+            for modality in ("image", "audio", "text"):
+                value = getattr(raw, modality)
+                if value is None:
+                    continue
+                size = (
+                    len(value.encode("utf-8"))
+                    if isinstance(value, str)
+                    else int(getattr(value, "nbytes", 0) or len(value))
+                )
+                self.metrics.child(self.metrics.received_bytes, modality).inc(size)
+
     def _check_rows(self, rows: Sequence[RawInputs]) -> None:
         if not rows:
             raise UnprocessableInput("the request holds no item")
@@ -430,6 +444,7 @@ class DataPlane:
                 raise result
             for modality, seconds in result.decode_seconds.items():
                 self.metrics.child(self.metrics.decode_seconds, modality).observe(seconds)
+            self.metrics.observe_row(lv.name, result.modalities(), result.sizes)
             decoded.append(result)
         if time.monotonic() >= deadline:
             raise DeadlineExceeded("deadline passed while decoding the inputs")

@@ -34,6 +34,9 @@ class DecodedRow:
     text_ids: np.ndarray | None = None  # int64 [L], L <= max_tokens, L >= 1
     #: Seconds spent decoding each modality (for metrics).
     decode_seconds: dict[str, float] = field(default_factory=dict)
+    #: Size of each input as decoded (for metrics and cost): image pixels as sent,
+    #: audio seconds fed to the model, text tokens fed to the model.
+    sizes: dict[str, float] = field(default_factory=dict)
 
     def modalities(self) -> list[str]:
         present = []

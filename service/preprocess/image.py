@@ -89,13 +89,19 @@ _SWAPS_AXES = frozenset({5, 6, 7, 8})
 Image.init()  # import every plugin once, not on a request thread
 
 
-def decode_image(data: bytes | np.ndarray, spec: ImageSpec, field: str = "image") -> np.ndarray:
+def decode_image(
+    data: bytes | np.ndarray, spec: ImageSpec, field: str = "image", info: dict[str, int] | None = None
+) -> np.ndarray:
     """Decode and resize one image to uint8 ``[spec.height, spec.width, 3]``.
+
+    ``info``, when given, receives ``pixels``: the image's size as sent.
 
     Raises :class:`InvalidInput` (or its subclasses) naming ``field`` and the
     limit that was hit; never a codec's own exception.
     """
     if isinstance(data, np.ndarray):
+        if info is not None and data.ndim >= 2:
+            info["pixels"] = int(data.shape[0] * data.shape[1])
         return _from_array(data, spec, field)
     if len(data) == 0:
         raise InvalidInput(f"field {field!r}: empty image", field=field)
@@ -110,7 +116,7 @@ def decode_image(data: bytes | np.ndarray, spec: ImageSpec, field: str = "image"
     kind = sniff(data)
     if kind not in _DECODABLE:
         raise _unsupported(kind, field)
-    return _decode_bytes(data, spec, field)
+    return _decode_bytes(data, spec, field, info)
 
 
 def _unsupported(kind: str | None, field: str) -> UnsupportedMediaType:
@@ -131,8 +137,10 @@ def _unsupported(kind: str | None, field: str) -> UnsupportedMediaType:
     )
 
 
-def _decode_bytes(data: bytes, spec: ImageSpec, field: str) -> np.ndarray:
+def _decode_bytes(data: bytes, spec: ImageSpec, field: str, info: dict[str, int] | None = None) -> np.ndarray:
     im, orientation = _load(data, spec, field)
+    if info is not None:
+        info["pixels"] = im.width * im.height  # after a JPEG draft: the size actually decoded
     if orientation in _TRANSPOSE:
         im = im.transpose(_TRANSPOSE[orientation])
     return _resize_to_array(_to_l_or_rgb(im), spec)

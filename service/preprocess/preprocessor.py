@@ -44,14 +44,18 @@ class Preprocessor:
         row = DecodedRow()
         if raw.image is not None and spec.image is not None:
             start = time.perf_counter()
-            row.image = decode_image(raw.image, spec.image)
+            info: dict[str, int] = {}
+            row.image = decode_image(raw.image, spec.image, info=info)
             row.decode_seconds["image"] = time.perf_counter() - start
+            row.sizes["image"] = info.get("pixels", spec.image.height * spec.image.width)
         if raw.audio is not None and spec.audio is not None:
             start = time.perf_counter()
             row.audio = decode_audio(raw.audio, spec.audio)
             row.decode_seconds["audio"] = time.perf_counter() - start
+            row.sizes["audio"] = row.audio.shape[0] / spec.audio.sample_rate
         if raw.text is not None and self._text is not None:
             start = time.perf_counter()
             row.text_ids = self._text.encode(raw.text)
             row.decode_seconds["text"] = time.perf_counter() - start
+            row.sizes["text"] = row.text_ids.shape[0]
         return row
