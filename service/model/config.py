@@ -144,14 +144,43 @@ class OutputSpec(_Strict):
         return self
 
 
+class Costs(_Strict):
+    """What one item costs, from the size of what it fed the model (README "Cost-aware batching").
+
+    ``row + image_megapixel * megapixels + audio_second * seconds + text_token * tokens``;
+    megapixels are the image as decoded (before resizing), seconds and tokens as fed to the model.
+    """
+
+    row: float = Field(default=1.0, ge=0)
+    image_megapixel: float = Field(default=0.0, ge=0)
+    audio_second: float = Field(default=0.0, ge=0)
+    text_token: float = Field(default=0.0, ge=0)
+
+    def of(self, sizes: dict[str, float]) -> float:
+        """The cost of one decoded item with ``sizes`` (pixels, seconds, tokens by modality)."""
+        return (
+            self.row
+            + self.image_megapixel * sizes.get("image", 0.0) / 1e6
+            + self.audio_second * sizes.get("audio", 0.0)
+            + self.text_token * sizes.get("text", 0.0)
+        )
+
+
 class Batching(_Strict):
-    """Triton's batching vocabulary."""
+    """Triton's batching vocabulary, plus cost bounds."""
 
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
     preferred_batch_sizes: list[int] = Field(default_factory=list)
     max_queue_size: int = Field(default=256, ge=1)
     default_timeout_ms: float = Field(default=30_000, gt=0)
+    costs: Costs = Costs()
+    #: A batch closes when its rows reach max_batch_size or their cost reaches this
+    #: (a row costlier than the bound still goes, alone).
+    max_batch_cost: float | None = Field(default=None, gt=0)
+    #: An item is refused (429) when the queued cost plus its own would pass this,
+    #: unless the queue is empty.
+    max_queue_cost: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _preferred_within_max(self) -> Batching:
