@@ -388,7 +388,12 @@ class DataPlane:
             except BaseException:
                 lv.batcher.retract(len(rows))
                 raise
-            outputs = await _await_all([lv.batcher.submit(row, deadline, announced=True) for row in decoded])
+            try:
+                outputs = await _await_all(
+                    [lv.batcher.submit(row, deadline, announced=True) for row in decoded]
+                )
+            finally:  # answered or failed: the rows' cost is no longer held
+                lv.batcher.cost_gate.release(sum(row.reserved for row in decoded))
             post_start = time.monotonic()
             answers = await finish(lv, outputs, decoded)
             self.metrics.child(self.metrics.postprocess_seconds, lv.name, lv.version).observe(
@@ -431,9 +436,13 @@ class DataPlane:
     async def _decode_all(
         self, lv: LoadedVersion, rows: Sequence[RawInputs], deadline: float
     ) -> list[DecodedRow]:
-        futures = [offload(self._decoder, lv.preprocessor.decode, raw) for raw in rows]
+        gate = lv.batcher.cost_gate
+        futures = [offload(self._decoder, lv.preprocessor.decode, raw, gate) for raw in rows]
         results: list[DecodedRow | BaseException] = await _await_all(futures, return_exceptions=True)
         decoded: list[DecodedRow] = []
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:  # the rows that did decode give their cost back
+            gate.release(sum(r.reserved for r in results if isinstance(r, DecodedRow)))
         for index, result in enumerate(results):
             if isinstance(result, FusionServeError):
                 if len(rows) > 1:
@@ -447,6 +456,7 @@ class DataPlane:
             self.metrics.observe_row(lv.name, result.modalities(), result.sizes)
             decoded.append(result)
         if time.monotonic() >= deadline:
+            gate.release(sum(row.reserved for row in decoded))
             raise DeadlineExceeded("deadline passed while decoding the inputs")
         return decoded
 

@@ -29,13 +29,11 @@ latency, so the batch goes at once. A lone client then pays no batching delay
 (measured: with a 2 ms delay, batching at concurrency 1 was 3x slower than no
 batching), while concurrent rows still meet in one batch.
 
-Cost bounds (``max_batch_cost``, ``max_queue_cost``; each row's cost comes
-from its decoded sizes and ``Batching.costs``): a batch also closes, at once,
-when the queued rows' cost reaches ``max_batch_cost`` (it takes the longest
-prefix of the queue within the bound, at least one row), and a row is refused
-with :class:`Overloaded` when the queued cost plus its own would pass
-``max_queue_cost`` (an empty queue always takes it). So a burst of large
-uploads forms small batches and is shed by what it costs, not by its count.
+Cost (each row's from its decoded sizes and ``Batching.costs``): a batch
+also closes, at once, when the queued rows' cost reaches ``max_batch_cost``
+(it takes the longest prefix of the queue within the bound, at least one
+row). Admission by cost (``max_queue_cost``) happens earlier, before pixels
+are decoded: :mod:`.cost_gate`, held here as ``cost_gate``.
 
 Every time is ``time.monotonic()`` seconds (injectable as ``clock`` for tests).
 """
@@ -50,6 +48,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from service.batching.cost_gate import CostGate
 from service.errors import DeadlineExceeded, FusionServeError, NotReady, Overloaded
 from service.metrics import Metrics
 from service.model.config import Batching
@@ -129,6 +128,8 @@ class DynamicBatcher:
         self._idle.set()
         self._forming = asyncio.Lock()
         self._preferred = sorted(set(batching.preferred_batch_sizes))
+        #: Admission by cost (``max_queue_cost``), reserved by decode threads.
+        self.cost_gate = CostGate(batching.max_queue_cost, model)
         #: Total time rows waited before their batch was taken (V2 statistics' ``queue``).
         self.queue_ns = 0
 
@@ -212,14 +213,6 @@ class DynamicBatcher:
                 max_queue_size=self.batching.max_queue_size,
             )
         cost = self.batching.costs.of(row.sizes)
-        bound = self.batching.max_queue_cost
-        if bound is not None and self._queue and self.queued_cost + cost > bound:
-            raise Overloaded(
-                f"queue of model {self.model} is full by cost: {self.queued_cost:g} queued + {cost:g} "
-                f"for this item > max_queue_cost={bound:g}",
-                model=self.model,
-                max_queue_cost=bound,
-            )
         now = self._clock()
         if deadline <= now:
             raise self._expired_error(0.0, "before it was queued")

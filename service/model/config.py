@@ -178,8 +178,9 @@ class Batching(_Strict):
     #: A batch closes when its rows reach max_batch_size or their cost reaches this
     #: (a row costlier than the bound still goes, alone).
     max_batch_cost: float | None = Field(default=None, gt=0)
-    #: An item is refused (429) when the queued cost plus its own would pass this,
-    #: unless the queue is empty.
+    #: An item is refused (429) when the cost of the items the model version holds
+    #: (decoding, queued, computing) plus its own would pass this, unless it holds none.
+    #: Checked after the header is read, before pixels are decoded.
     max_queue_cost: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")

@@ -37,6 +37,8 @@ class DecodedRow:
     #: Size of each input as decoded (for metrics and cost): image pixels as sent,
     #: audio seconds fed to the model, text tokens fed to the model.
     sizes: dict[str, float] = field(default_factory=dict)
+    #: Cost this row holds in its model version's cost gate (released when answered).
+    reserved: float = 0.0
 
     def modalities(self) -> list[str]:
         present = []

@@ -119,6 +119,23 @@ def decode_image(
     return _decode_bytes(data, spec, field, info)
 
 
+def header_pixels(data: bytes | np.ndarray) -> int:
+    """The pixel count an image's header declares, without decoding it (0 when unreadable).
+
+    For admission by cost (``max_queue_cost``); the decode that follows does
+    every check and reports every problem.
+    """
+    if isinstance(data, np.ndarray):
+        return int(data.shape[0] * data.shape[1]) if data.ndim >= 2 else 0
+    if sniff(data) not in _DECODABLE:
+        return 0
+    try:
+        with Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS) as im:
+            return int(im.width * im.height)
+    except Exception:  # the decode reports it properly
+        return 0
+
+
 def _unsupported(kind: str | None, field: str) -> UnsupportedMediaType:
     if kind in _MEDIA_KINDS:
         return UnsupportedMediaType(

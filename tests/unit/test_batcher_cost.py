@@ -7,7 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.errors import Overloaded
+from service.batching.cost_gate import CostGate
+from service.errors import InvalidInput, Overloaded
 from service.model.config import Batching, Costs
 from service.model.rows import DecodedRow
 from tests.unit.test_batcher import FAR, FakeClock, answer, ids, make, until
@@ -71,29 +72,60 @@ async def test_small_rows_still_batch_up_to_max_batch_size() -> None:
     await asyncio.gather(*tasks)
 
 
-async def test_admission_sheds_by_cost_not_only_by_count() -> None:
-    batcher = make(FakeClock(), max_queue_size=100, max_queue_cost=20.0, costs=COSTS)
-    queued = [asyncio.create_task(batcher.submit(photo(i, 5.0), FAR)) for i in range(3)]  # 18
-    await until(lambda: batcher.queued == 3)
-    assert batcher.queued_cost == pytest.approx(18.0)
-    with pytest.raises(Overloaded, match=r"max_queue_cost=20") as info:
-        await batcher.submit(photo(9, 12.0), FAR)  # a 12-megapixel photo does not fit
+def test_admission_sheds_by_cost_not_only_by_count() -> None:
+    gate = CostGate(20.0, "m")
+    for _ in range(3):
+        gate.reserve(6.0)  # three 5-megapixel photos held (cost 1 + 5 each)
+    with pytest.raises(Overloaded, match=r"would pass max_queue_cost=20") as info:
+        gate.reserve(13.0)  # a 12-megapixel photo does not fit
     assert info.value.details["max_queue_cost"] == 20.0
-    small = asyncio.create_task(batcher.submit(photo(10, 0.1), FAR))  # a thumbnail still does
-    await until(lambda: batcher.queued == 4)
-    batcher.close()
-    while batcher.queued:
-        answer(await batcher.next_batch())
-    await asyncio.gather(*queued, small)
+    gate.reserve(1.1)  # a thumbnail still does
+    gate.release(6.0)
+    gate.reserve(6.0)  # room again once one is answered
+    assert gate.held == pytest.approx(19.1)
 
 
-async def test_an_empty_queue_takes_even_a_row_over_the_queue_cost() -> None:
-    batcher = make(FakeClock(), max_queue_cost=2.0, costs=COSTS)
-    task = asyncio.create_task(batcher.submit(photo(0, 48.0), FAR))
-    await until(lambda: batcher.queued == 1)
-    batcher.close()
-    answer(await batcher.next_batch())
-    await task
+def test_an_idle_model_takes_even_an_item_over_the_bound() -> None:
+    gate = CostGate(2.0, "m")
+    gate.reserve(49.0)
+    with pytest.raises(Overloaded):
+        gate.reserve(1.0)
+    gate.release(49.0)
+    assert gate.held == 0.0
+
+
+def test_no_bound_never_refuses() -> None:
+    gate = CostGate(None, "m")
+    for _ in range(1000):
+        gate.reserve(1e6)
+
+
+def test_the_preprocessor_reserves_before_decoding_and_settles_on_the_decoded_size(tmp_path) -> None:
+    from service.model.config import ModelConfig
+    from service.model.rows import RawInputs
+    from service.preprocess.preprocessor import Preprocessor
+    from tests.fixtures_media import gradient_image, png_bytes
+
+    config = ModelConfig.model_validate(
+        {
+            "name": "m",
+            "task": "embed",
+            "modalities": {"image": {"height": 8, "width": 8}},
+            "outputs": [{"name": "e", "kind": "embedding", "dims": 4}],
+            "tokenizer_file": None,
+            "batching": {"costs": {"row": 1, "image_megapixel": 100}, "max_queue_cost": 50},
+        }
+    )
+    pre = Preprocessor(config, tmp_path)
+    gate = CostGate(50.0, "m")
+    small = pre.decode(RawInputs(image=png_bytes(gradient_image(100, 100))), gate)  # 0.01 MP: cost 2
+    assert small.reserved == pytest.approx(2.0) and gate.held == pytest.approx(2.0)
+    with pytest.raises(Overloaded):  # 0.5 MP: cost 51, refused from its header
+        pre.decode(RawInputs(image=png_bytes(gradient_image(500, 1000))), gate)
+    assert gate.held == pytest.approx(2.0)
+    with pytest.raises(InvalidInput):  # a broken file gives its reservation back
+        pre.decode(RawInputs(image=b"\x89PNG\r\n\x1a\n" + bytes(40)), gate)
+    assert gate.held == pytest.approx(2.0)
 
 
 def test_cost_bounds_are_validated() -> None:
