@@ -212,3 +212,28 @@ def test_an_entry_from_older_code_serves_without_the_extras(
     assert refused.status_code == 400
     assert "yields no embedding" in refused.json()["error"]["message"]
     assert "rebuild it with build-repo" in refused.json()["error"]["message"]
+
+
+def test_v2_grpc_named_outputs_equal_the_native_answer(
+    running_server: RunningServer, client: httpx.Client, samples: list[Sample]
+) -> None:
+    import tritonclient.grpc as grpcclient
+
+    sample = samples[7]
+    triton = grpcclient.InferenceServerClient(running_server.grpc_target)
+    try:
+        inputs = []
+        for name, value in (("audio", sample.wav), ("text", sample.text.encode())):
+            tensor = grpcclient.InferInput(name, [1], "BYTES")
+            tensor.set_data_from_numpy(object_column([value]))
+            inputs.append(tensor)
+        names = ["modality_attribution", "text_embedding", "fused_embedding"]
+        result = triton.infer(CLASSIFIER, inputs, outputs=[grpcclient.InferRequestedOutput(n) for n in names])
+    finally:
+        triton.close()
+    native = _predict(client, sample, ("audio", "text"), include="embeddings,attribution")
+    attribution = result.as_numpy("modality_attribution")[0].reshape(3, -1)
+    np.testing.assert_array_equal(attribution[0], 0.0)  # image absent
+    np.testing.assert_allclose(attribution[1], native["attribution"]["modalities"]["audio"], atol=ATOL)
+    np.testing.assert_allclose(result.as_numpy("text_embedding")[0], native["embeddings"]["text"], atol=ATOL)
+    np.testing.assert_allclose(result.as_numpy("fused_embedding")[0], native["embedding"], atol=ATOL)
