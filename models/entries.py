@@ -27,7 +27,7 @@ MIN_AUDIO_SAMPLES = 400
 
 
 def entry_config(name: str, kind: str, meta: dict[str, Any], build_key: str) -> ModelConfig:
-    """The repository config of a trained checkpoint (docs/contracts.md, service/model_config.py)."""
+    """The repository config of a trained checkpoint (docs/contracts.md, service/model/config.py)."""
     modalities = {
         "image": {"height": 28, "width": 28},
         "audio": {"sample_rate": 16000, "max_samples": 16000, "min_samples": MIN_AUDIO_SAMPLES},

@@ -7,7 +7,7 @@ import torch
 
 from models.explained import ATTRIBUTION, classifier_outputs, explained
 from models.fusion import STRATEGIES
-from service.model_config import ModelConfig
+from service.model.config import ModelConfig
 from tests.unit.test_fusion import make_inputs, model_for
 
 ORDER = ("image", "audio", "text")
