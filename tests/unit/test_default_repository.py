@@ -1,4 +1,4 @@
-"""A default repository written by older export code is recognised as stale (serve and the tests rebuild it)."""
+"""A default repository written by older export code is stale (serve and the tests rebuild it)."""
 
 from __future__ import annotations
 
