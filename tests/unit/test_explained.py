@@ -109,3 +109,44 @@ def test_wrappers_script_for_torchscript(strategy: str) -> None:
     with torch.no_grad():
         for got, want in zip(scripted(**feeds), module(**feeds), strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", sorted(ATTRIBUTION))
+def test_export_writes_the_attribution_as_a_graph_output(strategy: str, tmp_path) -> None:
+    """Through ``export_entry``: ONNX and TorchScript agree with eager on every declared output."""
+    import onnxruntime as ort
+
+    from models.entries import MIN_AUDIO_SAMPLES
+    from models.export import export_entry
+    from service.model.config import load_model_config
+    from tests.fixtures_media import write_wordlevel_tokenizer
+    from tests.unit.test_fusion import VOCAB
+
+    inner = model_for(strategy)
+    config = ModelConfig.model_validate(
+        {
+            "name": f"x-{strategy}",
+            "task": "classify",
+            "modalities": {
+                "image": {"height": 28, "width": 28},
+                "audio": {"sample_rate": 16000, "max_samples": 16000, "min_samples": MIN_AUDIO_SAMPLES},
+                "text": {"max_tokens": 16},
+            },
+            "outputs": classifier_outputs(strategy, 10, inner.fusion.out_dim, inner.spec.dim),
+        }
+    )
+    words = [f"w{i}" for i in range(VOCAB - 2)]
+    tokenizer = write_wordlevel_tokenizer(tmp_path / "tokenizer.json", words)
+    entry = export_entry(
+        explained(inner),
+        config=config,
+        labels=[str(i) for i in range(10)],
+        tokenizer_path=tokenizer,
+        repo_dir=tmp_path / "repo",
+    )
+    written = load_model_config(entry / "config.yaml")
+    attribution = next(o for o in written.outputs if o.name == "modality_attribution")
+    assert attribution.attribution == ATTRIBUTION[strategy][0]
+    session = ort.InferenceSession(str(entry / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert "modality_attribution" in [o.name for o in session.get_outputs()]
