@@ -27,7 +27,12 @@ MIXED = {
 }
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+FAST = ("late", "gated", "attention", "early")
+
+
+@pytest.mark.parametrize(
+    "strategy", [s if s in FAST else pytest.param(s, marks=pytest.mark.slow) for s in sorted(STRATEGIES)]
+)
 def test_wrapper_keeps_the_logits_and_normalises_the_embeddings(strategy: str) -> None:
     inner = model_for(strategy)
     feeds = _feeds(MIXED)
