@@ -42,7 +42,7 @@ WORKDIR /src
 # A venv keeps the install away from the distribution's Python (PEP 668) and
 # is copied whole into the runtime stage.
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --constraint docker/constraints.txt ".[cpu]" \
+    && /opt/venv/bin/pip install --constraint docker/constraints.txt ".[cpu,media]" \
     && if [ "$WITH_TORCH" = "1" ]; then \
         /opt/venv/bin/pip install --index-url "$TORCH_CPU_INDEX" "torch==${TORCH_VERSION}"; \
     fi \
@@ -102,7 +102,7 @@ WORKDIR /src
 # `gpu` extra. NVML (nvidia-ml-py) feeds the GPU utilisation/memory gauges.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --index-url "$TORCH_CUDA_INDEX" "torch==${TORCH_VERSION}" \
-    && /opt/venv/bin/pip install --constraint docker/constraints.txt ".[gpu]" \
+    && /opt/venv/bin/pip install --constraint docker/constraints.txt ".[gpu,media]" \
         "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" "nvidia-ml-py==${NVIDIA_ML_PY_VERSION}" \
     && /opt/venv/bin/python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()"
 
@@ -159,7 +159,7 @@ COPY --from=sources /src /src
 WORKDIR /src
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --index-url "$TORCH_CPU_INDEX" "torch==${TORCH_VERSION}" \
-    && /opt/venv/bin/pip install --constraint docker/constraints.txt ".[cpu,torch]" \
+    && /opt/venv/bin/pip install --constraint docker/constraints.txt ".[cpu,torch,media]" \
     && /opt/venv/bin/fusionserve build-repo --out /opt/model-repository
 
 # ---------------------------------------------------------------- demo

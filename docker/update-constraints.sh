@@ -20,7 +20,7 @@ PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS="" PIP_CONSTRAINT="" \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 --target /nonexistent \
     --report "$report" \
-    ".[cpu,gpu]" "onnx" "onnxscript" "scikit-learn" "mlxtend" "tqdm"
+    ".[cpu,gpu,media]" "onnx" "onnxscript" "scikit-learn" "mlxtend" "tqdm"
 python3 - "$report" >docker/constraints.txt <<'PY'
 import json
 import sys

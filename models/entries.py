@@ -12,15 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from models.checkpoint import Checkpoint
+from models.classifier import FusionClassifier
 from models.contrastive import EMBED_OUTPUTS
+from models.explained import classifier_outputs, explained
+from service.config import BUNDLED_EXPORT_FORMAT
 from service.model.config import CONFIG_FILE, ModelConfig, load_model_config
 
+#: What ``export_checkpoint`` writes; bumped when the graph's outputs change, so an entry
+#: written by older code is stale and rebuilt. 2: classifiers export their embeddings and
+#: per-modality attribution (models/explained.py).
+EXPORT_FORMAT = BUNDLED_EXPORT_FORMAT
 #: Graph inputs need at least one STFT frame (n_fft samples); the server pads batches to this.
 MIN_AUDIO_SAMPLES = 400
 
 
 def entry_config(name: str, kind: str, meta: dict[str, Any], build_key: str) -> ModelConfig:
-    """The repository config of a trained checkpoint (docs/contracts.md, service/model_config.py)."""
+    """The repository config of a trained checkpoint (docs/contracts.md, service/model/config.py)."""
     modalities = {
         "image": {"height": 28, "width": 28},
         "audio": {"sample_rate": 16000, "max_samples": 16000, "min_samples": MIN_AUDIO_SAMPLES},
@@ -31,10 +38,13 @@ def entry_config(name: str, kind: str, meta: dict[str, Any], build_key: str) -> 
         "dataset_hash": meta["dataset_hash"],
         "seed": meta["seed"],
         "build_key": build_key,
+        "export_format": EXPORT_FORMAT,
         "train_config": meta["train_config"],
     }
     if kind == "classifier":
-        outputs = [{"name": "class_logits", "kind": "logits", "dims": len(meta["labels"])}]
+        outputs = classifier_outputs(
+            meta["strategy"], len(meta["labels"]), int(meta["fused_dims"]), int(meta["dim"])
+        )
         task = "classify"
         description = f"Digit classifier fusing image, audio and text ({meta['strategy']} fusion)"
         facts.update(
@@ -79,7 +89,11 @@ def entry_is_current(entry: Path, build_key: str) -> bool:
         config = load_model_config(entry / CONFIG_FILE)
     except Exception:
         return False
-    return config.metadata.get("build_key") == build_key and not verify_entry(entry)
+    return (
+        config.metadata.get("build_key") == build_key
+        and config.metadata.get("export_format") == EXPORT_FORMAT
+        and not verify_entry(entry)
+    )
 
 
 def export_checkpoint(
@@ -89,8 +103,12 @@ def export_checkpoint(
     from models.export import export_entry
 
     meta = dict(ckpt.meta)
-    if ckpt.kind == "classifier":
+    module = ckpt.build()
+    if isinstance(module, FusionClassifier):
         meta["strategy"] = ckpt.spec["strategy"]
+        meta["dim"] = ckpt.spec["dim"]
+        meta["fused_dims"] = module.fusion.out_dim
+        module = explained(module)
     elif ckpt.kind == "embedder":
         meta["embed_dim"] = ckpt.spec["embed_dim"]
     else:
@@ -98,7 +116,6 @@ def export_checkpoint(
             f"a {ckpt.kind!r} checkpoint is not a servable model; export a classifier or embedder"
         )
     config = entry_config(name, ckpt.kind, meta, build_key)
-    module = ckpt.build()
     with tempfile.TemporaryDirectory() as tmp:
         tok = Path(tmp) / "tokenizer.json"
         tok.write_text(meta["tokenizer"], encoding="utf-8")

@@ -65,6 +65,19 @@ class LateFusion(FusionStrategy):
         self.heads = nn.ModuleList([mlp(dim, hidden, hidden) for _ in range(NUM_MODALITIES)])
         self.out_dim = hidden
 
+    def per_modality(self, pooled: list[Tensor], present: list[Tensor]) -> Tensor:
+        """Each modality's head output ``[B, M, hidden]``, zero where the modality is absent.
+
+        A linear classifier on the mean of these over present modalities equals
+        the mean of the classifier applied to each: the per-modality logits
+        that export declares as this strategy's attribution.
+        """
+        reps = []
+        for i, head in enumerate(self.heads):
+            rep = head(pooled[i])
+            reps.append(torch.where(present[i][:, None], rep, torch.zeros_like(rep)))
+        return torch.stack(reps, dim=1)
+
     def forward(
         self, tokens: list[Tensor], masks: list[Tensor], pooled: list[Tensor], present: list[Tensor]
     ) -> Tensor:
@@ -143,11 +156,15 @@ class _Gate(nn.Module):
         self.h = nn.Linear(2 * hidden, hidden)
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        return self.step(x1, x2)[0]
+
+    def step(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+        """The new state and the update gate ``z`` (how much of it came from ``x1``)."""
         both = torch.cat([x1, x2], dim=-1)
         z = torch.sigmoid(self.z(both))
         r = torch.sigmoid(self.r(both))
         cand = torch.tanh(self.h(torch.cat([r * x1, x2], dim=-1)))
-        return z * cand + (1 - z) * x2
+        return z * cand + (1 - z) * x2, z
 
 
 class GatedFusion(FusionStrategy):
@@ -170,12 +187,23 @@ class GatedFusion(FusionStrategy):
     def forward(
         self, tokens: list[Tensor], masks: list[Tensor], pooled: list[Tensor], present: list[Tensor]
     ) -> Tensor:
+        return self.explained(tokens, masks, pooled, present)[0]
+
+    def explained(
+        self, tokens: list[Tensor], masks: list[Tensor], pooled: list[Tensor], present: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """The fused state and the gate values ``[B, M-1]``: per updating modality
+        (audio, then text), the mean of its update gate ``z`` over the hidden
+        units — the share of the state that modality rewrote (0 when absent)."""
         xs = [torch.tanh(proj(pooled[i])) for i, proj in enumerate(self.proj)]
         state = fill_missing(xs[0], present[0], self.initial)
+        gates = []
         for step, gate in enumerate(self.gates):
-            updated = gate(xs[step + 1], state)
-            state = torch.where(present[step + 1][:, None], updated, state)
-        return state
+            updated, z = gate.step(xs[step + 1], state)
+            keep = present[step + 1][:, None]
+            state = torch.where(keep, updated, state)
+            gates.append(torch.where(keep, z.mean(dim=-1, keepdim=True), torch.zeros_like(z[:, :1])))
+        return state, torch.cat(gates, dim=-1)
 
 
 class AttentionFusion(FusionStrategy):
@@ -191,6 +219,12 @@ class AttentionFusion(FusionStrategy):
     def forward(
         self, tokens: list[Tensor], masks: list[Tensor], pooled: list[Tensor], present: list[Tensor]
     ) -> Tensor:
+        return self.explained(tokens, masks, pooled, present)[0]
+
+    def explained(
+        self, tokens: list[Tensor], masks: list[Tensor], pooled: list[Tensor], present: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """The fused vector and the softmax weights over modalities ``[B, M]`` (0 when absent)."""
         vs = []
         for i, proj in enumerate(self.proj):
             v = proj(pooled[i])
@@ -199,7 +233,7 @@ class AttentionFusion(FusionStrategy):
         keep = torch.stack(present, dim=1)  # [B,M]
         scores = mask_scores(self.score(stacked).squeeze(-1), keep)
         weights = torch.softmax(scores, dim=1)
-        return self.out((weights.unsqueeze(-1) * stacked).sum(dim=1))
+        return self.out((weights.unsqueeze(-1) * stacked).sum(dim=1)), weights
 
 
 StrategyFactory = Callable[[int], FusionStrategy]

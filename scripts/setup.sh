@@ -28,6 +28,6 @@ fi
 # torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
 .venv/bin/pip install -q "torch==2.13.0"
 extras="cpu,torch"
-(( dev )) && extras="cpu,torch,dev,test"
+(( dev )) && extras="cpu,torch,media,dev,test"
 .venv/bin/pip install -q -e ".[${extras}]" "torch==2.13.0"
 echo "setup done: .venv ready (extras: ${extras})"

@@ -48,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service.app import serve
-    from service.config import Settings, default_repository_dir
+    from service.config import Settings, default_repository_dir, default_repository_is_current
     from service.logs import configure_logging
 
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
@@ -66,6 +66,13 @@ def _serve(args: argparse.Namespace) -> int:
         repository = default_repository_dir()
         if not repository.is_dir() or not any(repository.iterdir()):
             log.info("building the default model repository into %s (first run only)", repository)
+            rebuild = True
+        elif not default_repository_is_current(repository):
+            log.info("the default model repository in %s was built by older code: rebuilding", repository)
+            rebuild = True
+        else:
+            rebuild = False
+        if rebuild:
             done = subprocess.run([sys.executable, "-m", "service", "build-repo", "--out", str(repository)])
             if done.returncode != 0:
                 log.error("could not build the default repository (exit %d)", done.returncode)

@@ -148,3 +148,28 @@ def default_repository_dir() -> Path:
     home = os.environ.get("FUSIONSERVE_HOME")
     base = Path(home) if home else Path.home() / ".cache" / "fusionserve"
     return base / "model-repository"
+
+
+#: The export format of the bundled repository that this code writes (``models/entries.py``).
+#: 2: ``digits-fusion`` also exports its embeddings and per-modality attribution.
+BUNDLED_EXPORT_FORMAT = 2
+BUNDLED_MODELS = ("digits-fusion", "digits-embed")
+
+
+def default_repository_is_current(repository: Path) -> bool:
+    """Whether the bundled models in ``repository`` were written by this code's export.
+
+    A repository built by older code keeps serving (without the newer
+    outputs); ``serve`` rebuilds the default one when this is False.
+    """
+    import yaml
+
+    for name in BUNDLED_MODELS:
+        try:
+            doc = yaml.safe_load((repository / name / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return False
+        metadata = doc.get("metadata") if isinstance(doc, dict) else None
+        if not isinstance(metadata, dict) or metadata.get("export_format") != BUNDLED_EXPORT_FORMAT:
+            return False
+    return True

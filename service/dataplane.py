@@ -32,7 +32,15 @@ from service.errors import (
 )
 from service.metrics import UNKNOWN_MODEL_LABEL, Metrics
 from service.model.config import ModelConfig
-from service.model.outputs import Embedding, Prediction, embeddings, predictions
+from service.model.outputs import (
+    Embedding,
+    Prediction,
+    check_has,
+    check_include,
+    check_yields_embeddings,
+    embeddings,
+    predictions,
+)
 from service.model.rows import DecodedRow, RawInputs, RowOutputs
 from service.offload import offload
 from service.registry import LoadedVersion, ModelRegistry, VersionState
@@ -129,6 +137,7 @@ class DataPlaneApi(Protocol):
         rows: Sequence[RawInputs],
         *,
         top_k: int = 5,
+        include: Sequence[str] = (),
         timeout_s: float | None = None,
         protocol: str = "http",
     ) -> list[Prediction]: ...
@@ -305,19 +314,26 @@ class DataPlane:
         rows: Sequence[RawInputs],
         *,
         top_k: int = 5,
+        include: Sequence[str] = (),
         timeout_s: float | None = None,
         protocol: str = "http",
     ) -> list[Prediction]:
+        """Top-k labels; ``include`` adds ``embeddings`` and/or ``attribution`` from the same run."""
+        wanted = check_include(include)
+
         async def run(
-            lv: LoadedVersion, outputs: list[RowOutputs], mods: list[list[str]]
+            lv: LoadedVersion, outputs: list[RowOutputs], decoded: list[DecodedRow]
         ) -> list[Prediction]:
-            return predictions(lv.config, lv.labels, lv.version, outputs, mods, top_k)
+            mods = [row.modalities() for row in decoded]
+            return predictions(lv.config, lv.labels, lv.version, outputs, mods, top_k, wanted)
 
         if not 1 <= top_k <= self.max_top_k:
             error = InvalidInput(f"top_k must lie in 1..{self.max_top_k}, got {top_k}", field="top_k")
             self.record_rejected(model, protocol, error)
             raise error
-        return await self._serve(model, version, rows, timeout_s, protocol, run)
+        return await self._serve(
+            model, version, rows, timeout_s, protocol, run, check=lambda lv: check_has(lv.config, wanted)
+        )
 
     async def embed(
         self,
@@ -328,10 +344,22 @@ class DataPlane:
         timeout_s: float | None = None,
         protocol: str = "http",
     ) -> list[Embedding]:
-        async def run(lv: LoadedVersion, outputs: list[RowOutputs], mods: list[list[str]]) -> list[Embedding]:
-            return embeddings(lv.config, lv.version, outputs, mods)
+        async def run(
+            lv: LoadedVersion, outputs: list[RowOutputs], decoded: list[DecodedRow]
+        ) -> list[Embedding]:
+            mods = [row.modalities() for row in decoded]
+            tokens = [0 if row.text_ids is None else int(row.text_ids.shape[0]) for row in decoded]
+            return embeddings(lv.config, lv.version, outputs, mods, tokens)
 
-        return await self._serve(model, version, rows, timeout_s, protocol, run)
+        return await self._serve(
+            model,
+            version,
+            rows,
+            timeout_s,
+            protocol,
+            run,
+            check=lambda lv: check_yields_embeddings(lv.config),
+        )
 
     def record_rejected(self, model: str, protocol: str, error: BaseException) -> None:
         """Count a request a door refused (or its client abandoned) before it reached the core."""
@@ -354,7 +382,8 @@ class DataPlane:
         rows: Sequence[RawInputs],
         timeout_s: float | None,
         protocol: str,
-        finish: Callable[[LoadedVersion, list[RowOutputs], list[list[str]]], Awaitable[list[T]]],
+        finish: Callable[[LoadedVersion, list[RowOutputs], list[DecodedRow]], Awaitable[list[T]]],
+        check: Callable[[LoadedVersion], None] | None = None,
     ) -> list[T]:
         started = time.monotonic()
         self._enter(protocol)
@@ -364,6 +393,8 @@ class DataPlane:
             if not self._accepting:
                 raise NotReady("server is not accepting requests (starting up or draining)")
             lv = self.registry.get(model, version)
+            if check is not None:  # what was asked of the model: refused before any decoding
+                check(lv)
             self._check_rows(rows)
             timeout = timeout_s if timeout_s is not None else lv.config.batching.default_timeout_ms / 1000
             if timeout <= 0:
@@ -371,15 +402,21 @@ class DataPlane:
             deadline = started + timeout
             # Announce the rows so the batcher waits for them rather than
             # dispatching a smaller batch a moment before they arrive.
+            self._count_received(rows)
             lv.batcher.expect(len(rows))
             try:
                 decoded = await self._decode_all(lv, rows, deadline)
             except BaseException:
                 lv.batcher.retract(len(rows))
                 raise
-            outputs = await _await_all([lv.batcher.submit(row, deadline, announced=True) for row in decoded])
+            try:
+                outputs = await _await_all(
+                    [lv.batcher.submit(row, deadline, announced=True) for row in decoded]
+                )
+            finally:  # answered or failed: the rows' cost is no longer held
+                lv.batcher.cost_gate.release(sum(row.reserved for row in decoded))
             post_start = time.monotonic()
-            answers = await finish(lv, outputs, [row.modalities() for row in decoded])
+            answers = await finish(lv, outputs, decoded)
             self.metrics.child(self.metrics.postprocess_seconds, lv.name, lv.version).observe(
                 time.monotonic() - post_start
             )
@@ -396,6 +433,19 @@ class DataPlane:
         finally:
             self._leave(protocol, model, lv, error, len(rows), time.monotonic() - started)
 
+    def _count_received(self, rows: Sequence[RawInputs]) -> None:
+        for raw in rows:
+            for modality in ("image", "audio", "text"):
+                value = getattr(raw, modality)
+                if value is None:
+                    continue
+                size = (
+                    len(value.encode("utf-8"))
+                    if isinstance(value, str)
+                    else int(getattr(value, "nbytes", 0) or len(value))
+                )
+                self.metrics.child(self.metrics.received_bytes, modality).inc(size)
+
     def _check_rows(self, rows: Sequence[RawInputs]) -> None:
         if not rows:
             raise UnprocessableInput("the request holds no item")
@@ -407,9 +457,13 @@ class DataPlane:
     async def _decode_all(
         self, lv: LoadedVersion, rows: Sequence[RawInputs], deadline: float
     ) -> list[DecodedRow]:
-        futures = [offload(self._decoder, lv.preprocessor.decode, raw) for raw in rows]
+        gate = lv.batcher.cost_gate
+        futures = [offload(self._decoder, lv.preprocessor.decode, raw, gate) for raw in rows]
         results: list[DecodedRow | BaseException] = await _await_all(futures, return_exceptions=True)
         decoded: list[DecodedRow] = []
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:  # the rows that did decode give their cost back
+            gate.release(sum(r.reserved for r in results if isinstance(r, DecodedRow)))
         for index, result in enumerate(results):
             if isinstance(result, FusionServeError):
                 if len(rows) > 1:
@@ -420,8 +474,10 @@ class DataPlane:
                 raise result
             for modality, seconds in result.decode_seconds.items():
                 self.metrics.child(self.metrics.decode_seconds, modality).observe(seconds)
+            self.metrics.observe_row(lv.name, result.modalities(), result.sizes)
             decoded.append(result)
         if time.monotonic() >= deadline:
+            gate.release(sum(row.reserved for row in decoded))
             raise DeadlineExceeded("deadline passed while decoding the inputs")
         return decoded
 

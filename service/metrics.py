@@ -13,7 +13,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -44,6 +47,57 @@ LATENCY_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+#: From thumbnails to 48-megapixel phone photos.
+PIXEL_BUCKETS = (1e3, 1e4, 1e5, 3e5, 1e6, 3e6, 1.2e7, 2.4e7, 4.8e7)
+AUDIO_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def build_labels() -> tuple[str, str, str, str, str]:
+    """version, commit, python, onnxruntime and numpy versions of this process.
+
+    The commit comes from ``FUSIONSERVE_COMMIT`` (set in images) or the
+    checkout's ``.git`` files, read once; ``unknown`` otherwise.
+    """
+    import os
+    import platform
+
+    import numpy
+
+    from service import __version__
+
+    try:
+        import onnxruntime
+
+        ort_version = str(onnxruntime.__version__)
+    except ImportError:
+        ort_version = "none"
+    commit = os.environ.get("FUSIONSERVE_COMMIT") or _git_commit() or "unknown"
+    return __version__, commit[:12], platform.python_version(), ort_version, numpy.__version__
+
+
+def _git_commit() -> str | None:
+    from pathlib import Path
+
+    git = Path(__file__).resolve().parents[1] / ".git"
+    try:
+        if git.is_file():  # a worktree: "gitdir: <path>"
+            git = Path(git.read_text().split(":", 1)[1].strip())
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        for base in (git, git.parent.parent if git.parent.name == "worktrees" else git):
+            if (base / ref).is_file():
+                return (base / ref).read_text().strip()
+        packed = (git.parent.parent if git.parent.name == "worktrees" else git) / "packed-refs"
+        for line in packed.read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except (OSError, IndexError):
+        return None
+    return None
+
 
 #: The outcomes a request can have; the label values of ``requests_total``.
 OUTCOMES = (
@@ -197,6 +251,59 @@ class Metrics:
             ["device"],
             registry=r,
         )
+
+        # Per modality: what clients send and what the models are fed.
+        self.modality_requests = Counter(
+            "fusionserve_modality_requests_total",
+            "Items decoded, by model and the subset of modalities they carried (at most 7 subsets).",
+            ["model", "modalities"],
+            registry=r,
+        )
+        self.received_bytes = Counter(
+            "fusionserve_received_bytes_total",
+            "Bytes of input received, by modality (encoded files; UTF-8 text).",
+            ["modality"],
+            registry=r,
+        )
+        self.input_pixels = Histogram(
+            "fusionserve_input_image_pixels",
+            "Pixels of each uploaded image as decoded, before resizing (big JPEGs decode at 1/2..1/8 scale).",
+            buckets=PIXEL_BUCKETS,
+            registry=r,
+        )
+        self.input_audio_seconds = Histogram(
+            "fusionserve_input_audio_seconds",
+            "Seconds of audio each item fed the model (after cropping to max_samples).",
+            buckets=AUDIO_BUCKETS,
+            registry=r,
+        )
+        self.input_text_tokens = Histogram(
+            "fusionserve_input_text_tokens",
+            "Tokens of each text fed the model (after truncation to max_tokens).",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "fusionserve_build_info",
+            "Always 1; the labels say what is running.",
+            ["version", "commit", "python", "onnxruntime", "numpy"],
+            registry=r,
+        )
+        self.build_info.labels(*build_labels()).set(1)
+        # The standard process_* (CPU, memory, file descriptors) and python_* families.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+    def observe_row(self, model: str, modalities: list[str], sizes: dict[str, float]) -> None:
+        """One decoded item: its modality subset and the size of each input it fed the model."""
+        self.child(self.modality_requests, model, "+".join(modalities) or "none").inc()
+        if "image" in sizes:
+            self.input_pixels.observe(sizes["image"])
+        if "audio" in sizes:
+            self.input_audio_seconds.observe(sizes["audio"])
+        if "text" in sizes:
+            self.input_text_tokens.observe(sizes["text"])
 
     def child(self, metric: MetricT, *labels: str) -> MetricT:
         """``metric.labels(*labels)``, memoised: the hot path asks for the same

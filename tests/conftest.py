@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from service.config import default_repository_dir
+from service.config import default_repository_dir, default_repository_is_current
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def free_port() -> int:
 def model_repository() -> Path:
     """The bundled default repository (digits-fusion, digits-embed), built once if missing."""
     repo = default_repository_dir()
-    if not (repo / "digits-fusion" / "config.yaml").exists() or not (repo / "digits-embed").exists():
+    if not default_repository_is_current(repo):  # missing, or built by older code: build-repo updates it
         subprocess.run(
             [sys.executable, "-m", "service", "build-repo", "--out", str(repo)], cwd=ROOT, check=True
         )

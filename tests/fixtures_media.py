@@ -151,6 +151,76 @@ def ogg_bytes(wave: np.ndarray, rate: int = 16_000, channels: int = 1) -> bytes:
     return _sound_bytes(wave, rate, "OGG", "VORBIS", channels)
 
 
+def mp3_bytes(wave: np.ndarray, rate: int = 16_000, channels: int = 1) -> bytes:
+    """MP3 written by the libsndfile bundled with soundfile (LAME)."""
+    return _sound_bytes(wave, rate, "MP3", "MPEG_LAYER_III", channels)
+
+
+def av_audio_bytes(
+    wave: np.ndarray,
+    rate: int,
+    container: str,
+    codec: str,
+    *,
+    channels: int = 1,
+    video: bool = False,
+    streaming: bool = False,
+) -> bytes:
+    """Audio encoded by ffmpeg's libraries through PyAV, in memory.
+
+    ``container``: ``"webm"``, ``"ogg"``, ``"mp4"``, ``"ipod"`` (M4A); ``codec``:
+    ``"libopus"``, ``"aac"``, ``"libvorbis"``. ``video`` adds a small video track
+    first (a phone's or browser's screen/camera recording); ``streaming`` writes
+    a WebM without a duration (as a browser's MediaRecorder does).
+    """
+    import av  # the optional media extra; callers skip without it
+
+    buf = io.BytesIO()
+    options = {"live": "1"} if streaming else {}
+    with av.open(buf, mode="w", format=container, options=options) as out:
+        vstream = None
+        if video:
+            vstream = out.add_stream("libvpx" if container == "webm" else "mpeg4", rate=10)
+            vstream.width, vstream.height, vstream.pix_fmt = 64, 48, "yuv420p"
+        layout = "mono" if channels == 1 else "stereo"
+        astream = out.add_stream(codec, rate=rate, layout=layout)
+        samples = np.asarray(wave, dtype=np.float32)
+        planar = np.repeat(samples[None, :], channels, axis=0)
+        step = astream.codec_context.frame_size or 960
+        for start in range(0, planar.shape[1], step):
+            chunk = np.ascontiguousarray(planar[:, start : start + step])
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+            frame.sample_rate = rate
+            frame.pts = start
+            for packet in astream.encode(frame):
+                out.mux(packet)
+        for packet in astream.encode(None):
+            out.mux(packet)
+        if vstream is not None:
+            for i in range(max(1, round(len(samples) / rate * 10))):
+                image = np.full((48, 64, 3), (i * 20) % 255, dtype=np.uint8)
+                vframe = av.VideoFrame.from_ndarray(image, format="rgb24")
+                vframe.pts = i
+                for packet in vstream.encode(vframe):
+                    out.mux(packet)
+            for packet in vstream.encode(None):
+                out.mux(packet)
+    return buf.getvalue()
+
+
+def heif_bytes(array: np.ndarray) -> bytes:
+    """HEIC written by pillow-heif (x265), as an iPhone would send."""
+    import pillow_heif  # the optional media extra
+
+    pillow_heif.register_heif_opener()
+    return image_bytes(array, "HEIF", quality=90)
+
+
+def avif_bytes(array: np.ndarray) -> bytes:
+    """AVIF written by Pillow's own AVIF plugin (Pillow >= 11.3)."""
+    return image_bytes(array, "AVIF", quality=90)
+
+
 # ----------------------------------------------------------------------------- text
 
 

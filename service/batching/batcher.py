@@ -29,6 +29,12 @@ latency, so the batch goes at once. A lone client then pays no batching delay
 (measured: with a 2 ms delay, batching at concurrency 1 was 3x slower than no
 batching), while concurrent rows still meet in one batch.
 
+Cost (each row's from its decoded sizes and ``Batching.costs``): a batch
+also closes, at once, when the queued rows' cost reaches ``max_batch_cost``
+(it takes the longest prefix of the queue within the bound, at least one
+row). Admission by cost (``max_queue_cost``) happens earlier, before pixels
+are decoded: :mod:`.cost_gate`, held here as ``cost_gate``.
+
 Every time is ``time.monotonic()`` seconds (injectable as ``clock`` for tests).
 """
 
@@ -42,6 +48,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from service.batching.cost_gate import CostGate
 from service.errors import DeadlineExceeded, FusionServeError, NotReady, Overloaded
 from service.metrics import Metrics
 from service.model.config import Batching
@@ -60,6 +67,8 @@ class Pending:
     future: asyncio.Future[RowOutputs]
     enqueued: float
     deadline: float
+    #: The row's cost (``Batching.costs``), for ``max_batch_cost`` / ``max_queue_cost``.
+    cost: float = 1.0
     #: Called once when the row is settled (the batcher's in-flight accounting).
     on_settle: Callable[[Pending], None] | None = field(default=None, repr=False)
     #: True once resolved or failed by the batcher's side (the caller may have left earlier).
@@ -119,6 +128,8 @@ class DynamicBatcher:
         self._idle.set()
         self._forming = asyncio.Lock()
         self._preferred = sorted(set(batching.preferred_batch_sizes))
+        #: Admission by cost (``max_queue_cost``), reserved by decode threads.
+        self.cost_gate = CostGate(batching.max_queue_cost, model)
         #: Total time rows waited before their batch was taken (V2 statistics' ``queue``).
         self.queue_ns = 0
 
@@ -132,6 +143,27 @@ class DynamicBatcher:
     def queued(self) -> int:
         """Rows waiting for an instance."""
         return len(self._queue)
+
+    @property
+    def queued_cost(self) -> float:
+        """The cost of the rows waiting for an instance."""
+        return sum(p.cost for p in self._queue)
+
+    def _within_cost(self, available: int) -> tuple[int, bool]:
+        """How many head rows fit ``max_batch_cost`` (at least 1), and whether the bound is reached."""
+        bound = self.batching.max_batch_cost
+        if bound is None:
+            return available, False
+        total = 0.0
+        for i, pending in enumerate(self._queue):
+            if i == available:
+                return available, total >= bound
+            total += pending.cost
+            if total > bound:
+                return max(1, i), True
+            if total == bound:
+                return i + 1, True
+        return available, total >= bound
 
     @property
     def inflight(self) -> int:
@@ -180,6 +212,7 @@ class DynamicBatcher:
                 model=self.model,
                 max_queue_size=self.batching.max_queue_size,
             )
+        cost = self.batching.costs.of(row.sizes)
         now = self._clock()
         if deadline <= now:
             raise self._expired_error(0.0, "before it was queued")
@@ -187,7 +220,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[RowOutputs] = loop.create_future()
         future.add_done_callback(_retrieve)
-        pending = Pending(row, future, now, deadline)
+        pending = Pending(row, future, now, deadline, cost)
         self._queue.append(pending)
         self._update()
         self._changed.set()
@@ -259,7 +292,11 @@ class DynamicBatcher:
             if available == 0:
                 return 0
             if available >= self.batching.max_batch_size:
-                return self.batching.max_batch_size
+                available = self.batching.max_batch_size
+                return self._within_cost(available)[0]
+            fitting, cost_full = self._within_cost(available)
+            if cost_full:  # the batch closes on cost, as it would on rows
+                return fitting
             remaining = self._queue[0].enqueued + delay - self._clock()
             nothing_coming = self._track_arrivals and self._expected == 0
             if remaining <= 0 or self._closed or nothing_coming:

@@ -44,13 +44,22 @@ def rows_of(items: Any) -> list[RawInputs]:
 
 
 def _prediction(p: Prediction) -> Any:
-    return NATIVE.Prediction(
+    message = NATIVE.Prediction(
         modalities=p.modalities,
         predictions=[
             NATIVE.LabelScore(label=lab, score=s) for lab, s in zip(p.labels, p.scores, strict=True)
         ],
         probabilities=p.probabilities.tolist(),
     )
+    if p.embedding is not None:
+        message.embedding.values.extend(p.embedding.tolist())
+        for m, v in (p.embeddings or {}).items():
+            message.embeddings[m].values.extend(v.tolist())
+    if p.attribution is not None:
+        message.attribution.kind = p.attribution.kind
+        for m, v in p.attribution.values.items():
+            message.attribution.values[m].values.extend(v.tolist())
+    return message
 
 
 def _embedding(e: Embedding) -> Any:
@@ -97,6 +106,7 @@ class NativeServicer:
             request.version or None,
             rows_of(request.items),
             top_k=request.top_k or DEFAULT_TOP_K,
+            include=list(request.include),
             timeout_s=remaining_seconds(context),
             protocol=PROTOCOL,
         )

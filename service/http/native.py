@@ -20,10 +20,22 @@ TIMEOUT_HEADER = "x-request-timeout-ms"
 
 
 def _prediction_json(p: Prediction) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "modalities": p.modalities,
         "predictions": [{"label": lab, "score": s} for lab, s in zip(p.labels, p.scores, strict=True)],
     }
+    if p.embedding is not None:
+        body["embedding"] = p.embedding.tolist()
+        body["embeddings"] = {m: v.tolist() for m, v in (p.embeddings or {}).items()}
+    if p.attribution is not None:
+        a = p.attribution
+        body["attribution"] = {
+            "kind": a.kind,
+            "modalities": {
+                m: (v.tolist() if a.kind == "logits" else float(v[0])) for m, v in a.values.items()
+            },
+        }
+    return body
 
 
 def _embedding_json(e: Embedding) -> dict[str, Any]:
@@ -86,6 +98,7 @@ def native_router(dataplane: DataPlane) -> APIRouter:
             version,
             parsed.rows,
             top_k=parsed.top_k or 5,
+            include=parsed.include,
             timeout_s=timeout_s,
             protocol="http",
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
@@ -20,7 +20,7 @@ from service.model.rows import RawInputs
 
 FILE_FIELDS = ("image", "audio")
 ITEM_FIELDS = ("image", "audio", "text")
-OPTION_FIELDS = ("top_k",)
+OPTION_FIELDS = ("top_k", "include")
 
 
 @dataclass
@@ -28,6 +28,8 @@ class ParsedRequest:
     rows: list[RawInputs]
     top_k: int | None
     batch: bool  # the JSON batch form ("items") was used
+    #: predict's ``include`` (checked against the allowed values by the core).
+    include: list[str] = field(default_factory=list)
 
 
 async def parse_request(request: Request, *, allow_top_k: bool, max_items: int = 64) -> ParsedRequest:
@@ -56,6 +58,7 @@ def _parse_multipart(body: bytes, content_type: str, allow_top_k: bool) -> Parse
         raise InvalidInput(f"field(s) {repeated} given more than once; give each once", fields=repeated)
     values: dict[str, Any] = {}
     top_k: int | None = None
+    include: list[str] = []
     for part in parts:
         if part.name in FILE_FIELDS:
             if part.filename is None:
@@ -70,9 +73,11 @@ def _parse_multipart(body: bytes, content_type: str, allow_top_k: bool) -> Parse
             raise InvalidInput(f"field {part.name!r}: not valid UTF-8", field=part.name) from exc
         if part.name == "text":
             values["text"] = text
+        elif part.name == "include":
+            include = _parse_include(text)
         else:
             top_k = _parse_top_k(text)
-    return ParsedRequest(rows=[_row(values, prefix="")], top_k=top_k, batch=False)
+    return ParsedRequest(rows=[_row(values, prefix="")], top_k=top_k, batch=False, include=include)
 
 
 def _parse_json(body: bytes, allow_top_k: bool, max_items: int = 64) -> ParsedRequest:
@@ -87,6 +92,7 @@ def _parse_json(body: bytes, allow_top_k: bool, max_items: int = 64) -> ParsedRe
     if not isinstance(doc, dict):
         raise InvalidInput("JSON body must be an object")
     top_k = _parse_top_k(doc.get("top_k")) if allow_top_k else None
+    include = _parse_include(doc.get("include")) if allow_top_k else []
     if "items" in doc:
         unknown = sorted(set(doc) - {"items", *options})
         if unknown:
@@ -95,9 +101,9 @@ def _parse_json(body: bytes, allow_top_k: bool, max_items: int = 64) -> ParsedRe
         if not isinstance(items, list):
             raise InvalidInput("'items' must be a list of objects")
         rows = [_json_item(item, f"items[{i}].") for i, item in enumerate(items)]
-        return ParsedRequest(rows=rows, top_k=top_k, batch=True)
+        return ParsedRequest(rows=rows, top_k=top_k, batch=True, include=include)
     item = {k: v for k, v in doc.items() if k not in options}
-    return ParsedRequest(rows=[_json_item(item, "")], top_k=top_k, batch=False)
+    return ParsedRequest(rows=[_json_item(item, "")], top_k=top_k, batch=False, include=include)
 
 
 def _json_item(item: Any, prefix: str) -> RawInputs:
@@ -135,6 +141,22 @@ def _row(values: dict[str, Any], prefix: str) -> RawInputs:
 
 #: top_k is checked against max_top_k later; this only keeps the conversion bounded.
 _TOP_K_DIGITS = 9
+
+
+def _parse_include(value: Any) -> list[str]:
+    """``"embeddings,attribution"`` (form or JSON) or a JSON list of those words."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        words = value.split(",")
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value) and len(value) <= 8:
+        words = value
+    else:
+        raise InvalidInput(
+            "include must be a comma-separated string or a list of strings, e.g. 'embeddings,attribution'",
+            field="include",
+        )
+    return [w.strip() for w in words if w.strip()]
 
 
 def _parse_top_k(value: Any) -> int | None:

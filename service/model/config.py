@@ -80,6 +80,9 @@ class AudioSpec(_Strict):
     min_samples: int = Field(default=512, gt=0, description="batches are padded to at least this")
     max_input_seconds: float = Field(default=30.0, gt=0, description="longer uploads are refused")
     max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_decode_ms: float = Field(
+        default=5000.0, gt=0, description="compressed audio taking longer to decode is refused (413)"
+    )
 
 
 class TextSpec(_Strict):
@@ -107,6 +110,15 @@ class ModalitiesSpec(_Strict):
 class OutputKind(str, Enum):
     logits = "logits"  # [B, num_labels] → softmax, top-k labels
     embedding = "embedding"  # [B, D], L2-normalised
+    attribution = "attribution"  # [B, dims]: how much each modality contributed (see ``attribution``)
+
+
+#: What an attribution output's numbers are (README "Attribution" says more):
+#: ``logits``: per listed modality, the class logits it alone gives (``[B, M*C]``,
+#: modality-major; the model's logits are their mean over present modalities);
+#: ``gate``: per listed modality, its mean update gate in [0, 1] (``[B, M]``);
+#: ``attention``: softmax weights over the listed modalities (``[B, M]``).
+AttributionKind = Literal["logits", "gate", "attention"]
 
 
 class OutputSpec(_Strict):
@@ -115,16 +127,61 @@ class OutputSpec(_Strict):
     #: For embeddings: which modality this is the embedding of, or "fused".
     source: Literal["fused", "image", "audio", "text"] = "fused"
     dims: int = Field(gt=0)
+    #: For attribution outputs: what the numbers are, and the modalities of its columns.
+    attribution: AttributionKind | None = None
+    modalities: list[Literal["image", "audio", "text"]] | None = None
+
+    @model_validator(mode="after")
+    def _attribution_declared(self) -> OutputSpec:
+        is_attribution = self.kind == OutputKind.attribution
+        if is_attribution != (self.attribution is not None) or is_attribution != bool(self.modalities):
+            raise ValueError(
+                f"output {self.name!r}: 'attribution' and 'modalities' "
+                "are given exactly for kind 'attribution'"
+            )
+        if is_attribution and self.modalities and self.dims % len(self.modalities):
+            raise ValueError(f"output {self.name!r}: dims must be a multiple of len(modalities)")
+        return self
+
+
+class Costs(_Strict):
+    """What one item costs, from the size of what it fed the model (README "Cost-aware batching").
+
+    ``row + image_megapixel * megapixels + audio_second * seconds + text_token * tokens``;
+    megapixels are the image as decoded (before resizing), seconds and tokens as fed to the model.
+    """
+
+    row: float = Field(default=1.0, ge=0)
+    image_megapixel: float = Field(default=0.0, ge=0)
+    audio_second: float = Field(default=0.0, ge=0)
+    text_token: float = Field(default=0.0, ge=0)
+
+    def of(self, sizes: dict[str, float]) -> float:
+        """The cost of one decoded item with ``sizes`` (pixels, seconds, tokens by modality)."""
+        return (
+            self.row
+            + self.image_megapixel * sizes.get("image", 0.0) / 1e6
+            + self.audio_second * sizes.get("audio", 0.0)
+            + self.text_token * sizes.get("text", 0.0)
+        )
 
 
 class Batching(_Strict):
-    """Triton's batching vocabulary."""
+    """Triton's batching vocabulary, plus cost bounds."""
 
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
     preferred_batch_sizes: list[int] = Field(default_factory=list)
     max_queue_size: int = Field(default=256, ge=1)
     default_timeout_ms: float = Field(default=30_000, gt=0)
+    costs: Costs = Costs()
+    #: A batch closes when its rows reach max_batch_size or their cost reaches this
+    #: (a row costlier than the bound still goes, alone).
+    max_batch_cost: float | None = Field(default=None, gt=0)
+    #: An item is refused (429) when the cost of the items the model version holds
+    #: (decoding, queued, computing) plus its own would pass this, unless it holds none.
+    #: Checked after the header is read, before pixels are decoded.
+    max_queue_cost: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _preferred_within_max(self) -> Batching:
@@ -193,6 +250,9 @@ class ModelConfig(_Strict):
         if self.modalities.text is not None and not self.tokenizer_file:
             raise ValueError("a model that takes text needs tokenizer_file")
         for out in self.outputs:
+            taken = [m.value for m in self.modalities.present()]
+            if out.modalities and not set(out.modalities) <= set(taken):
+                raise ValueError(f"output {out.name!r} attributes to a modality the model does not take")
             if out.source not in ("fused", *[m.value for m in self.modalities.present()]):
                 raise ValueError(
                     f"output {out.name!r} is the embedding of a modality the model does not take"
@@ -233,6 +293,10 @@ def load_model_config(path: Path) -> ModelConfig:
 
 def dump_model_config(config: ModelConfig, path: Path) -> None:
     data = json.loads(config.model_dump_json(exclude_defaults=False))
+    for output in data.get("outputs", []):  # attribution fields only where they mean something
+        for key in ("attribution", "modalities"):
+            if output.get(key) is None:
+                output.pop(key, None)
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 

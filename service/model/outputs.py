@@ -7,6 +7,7 @@ door answers. It knows the config's output roles and nothing of protocols.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,18 @@ import numpy as np
 from service.errors import InvalidInput
 from service.model.config import ModelConfig, OutputKind
 from service.model.rows import RowOutputs
+
+#: What ``predict`` can add to its answer (``include``), besides the labels.
+INCLUDE_VALUES = ("embeddings", "attribution")
+
+
+@dataclass
+class Attribution:
+    """How much each modality contributed, as the model's config declares (README "Attribution")."""
+
+    kind: str  # "logits" | "gate" | "attention"
+    #: Per present modality: its class logits ``[C]`` (kind logits) or its weight ``[1]``.
+    values: dict[str, np.ndarray]
 
 
 @dataclass
@@ -24,6 +37,11 @@ class Prediction:
     labels: list[str]  # top-k, best first
     scores: list[float]
     probabilities: np.ndarray  # float32 [C], labels.txt order
+    #: With ``include=embeddings``: the fused embedding and those of the supplied modalities.
+    embedding: np.ndarray | None = None
+    embeddings: dict[str, np.ndarray] | None = None
+    #: With ``include=attribution``.
+    attribution: Attribution | None = None
 
 
 @dataclass
@@ -33,6 +51,7 @@ class Embedding:
     modalities: list[str]
     fused: np.ndarray  # float32 [D]
     per_modality: dict[str, np.ndarray]  # only the supplied modalities
+    tokens: int = 0  # text tokens the model read (OpenAI-style usage)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -48,8 +67,10 @@ def predictions(
     outputs: list[RowOutputs],
     modalities: list[list[str]],
     top_k: int,
+    include: frozenset[str] = frozenset(),
 ) -> list[Prediction]:
-    """One :class:`Prediction` per row: probabilities in labels.txt order and the top ``top_k``."""
+    """One :class:`Prediction` per row: probabilities in labels.txt order and the top ``top_k``;
+    ``include`` adds the embeddings and/or the attribution from the same graph run."""
     if config.task != "classify":
         raise InvalidInput(f"model {config.name!r} is an embedding model: use embed, not predict")
     names = labels or []
@@ -59,33 +80,88 @@ def predictions(
     for out, used in zip(outputs, modalities, strict=True):
         probs = softmax(np.asarray(out[logits_name]).reshape(-1))
         order = np.argsort(-probs, kind="stable")[:k]
-        answers.append(
-            Prediction(
-                model=config.name,
-                version=version,
-                modalities=used,
-                labels=[names[i] for i in order],
-                scores=[float(probs[i]) for i in order],
-                probabilities=probs,
-            )
+        answer = Prediction(
+            model=config.name,
+            version=version,
+            modalities=used,
+            labels=[names[i] for i in order],
+            scores=[float(probs[i]) for i in order],
+            probabilities=probs,
         )
+        if "embeddings" in include:
+            answer.embedding, answer.embeddings = _embeddings_of(config, out, used)
+        if "attribution" in include:
+            answer.attribution = _attribution_of(config, out, used)
+        answers.append(answer)
     return answers
 
 
 def embeddings(
-    config: ModelConfig, version: str, outputs: list[RowOutputs], modalities: list[list[str]]
+    config: ModelConfig,
+    version: str,
+    outputs: list[RowOutputs],
+    modalities: list[list[str]],
+    tokens: list[int] | None = None,
 ) -> list[Embedding]:
     """One :class:`Embedding` per row: the fused vector and one per supplied modality."""
-    specs = [o for o in config.outputs if o.kind == OutputKind.embedding]
-    if not specs:
-        raise InvalidInput(f"model {config.name!r} yields no embedding: use predict")
-    fused_spec = next((o for o in specs if o.source == "fused"), None)
+    check_yields_embeddings(config)
     answers = []
-    for out, used in zip(outputs, modalities, strict=True):
-        per: dict[str, np.ndarray] = {o.source: np.asarray(out[o.name]) for o in specs if o.source in used}
-        fused = np.asarray(out[fused_spec.name]) if fused_spec else _mean_normalised(list(per.values()))
-        answers.append(Embedding(config.name, version, used, fused, per))
+    for i, (out, used) in enumerate(zip(outputs, modalities, strict=True)):
+        fused, per = _embeddings_of(config, out, used)
+        answers.append(Embedding(config.name, version, used, fused, per, tokens[i] if tokens else 0))
     return answers
+
+
+def check_yields_embeddings(config: ModelConfig) -> None:
+    if not any(o.kind == OutputKind.embedding for o in config.outputs):
+        raise InvalidInput(f"model {config.name!r} yields no embedding: use predict")
+
+
+def check_include(include: Sequence[str]) -> frozenset[str]:
+    """The ``include`` values of a predict request; a 400 naming the allowed ones otherwise."""
+    unknown = sorted(set(include) - set(INCLUDE_VALUES))
+    if unknown:
+        raise InvalidInput(
+            f"include: unknown value(s) {unknown}; allowed: {list(INCLUDE_VALUES)}", field="include"
+        )
+    return frozenset(include)
+
+
+def check_has(config: ModelConfig, wanted: frozenset[str]) -> None:
+    """400 when ``include`` asks for outputs the model's config does not declare."""
+    kinds = {o.kind for o in config.outputs}
+    rebuild = " (an entry exported before fusionserve 0.2 has none: rebuild it with build-repo)"
+    if "embeddings" in wanted and OutputKind.embedding not in kinds:
+        raise InvalidInput(
+            f"include=embeddings: model {config.name!r} yields no embedding{rebuild}", field="include"
+        )
+    if "attribution" in wanted and OutputKind.attribution not in kinds:
+        raise InvalidInput(
+            f"include=attribution: model {config.name!r} declares no per-modality attribution "
+            f"(only late, gated and attention fusion have one){rebuild}",
+            field="include",
+        )
+
+
+def _embeddings_of(
+    config: ModelConfig, out: RowOutputs, used: list[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The fused embedding and those of the modalities the row carried."""
+    specs = [o for o in config.outputs if o.kind == OutputKind.embedding]
+    per: dict[str, np.ndarray] = {o.source: np.asarray(out[o.name]) for o in specs if o.source in used}
+    fused_spec = next((o for o in specs if o.source == "fused"), None)
+    fused = np.asarray(out[fused_spec.name]) if fused_spec else _mean_normalised(list(per.values()))
+    return fused, per
+
+
+def _attribution_of(config: ModelConfig, out: RowOutputs, used: list[str]) -> Attribution:
+    spec = next(o for o in config.outputs if o.kind == OutputKind.attribution)
+    columns = list(spec.modalities or [])
+    values = np.asarray(out[spec.name], dtype=np.float32).reshape(len(columns), -1)
+    return Attribution(
+        kind=str(spec.attribution),
+        values={m: values[i] for i, m in enumerate(columns) if m in used},
+    )
 
 
 def _mean_normalised(vectors: list[np.ndarray]) -> np.ndarray:

@@ -34,6 +34,11 @@ class DecodedRow:
     text_ids: np.ndarray | None = None  # int64 [L], L <= max_tokens, L >= 1
     #: Seconds spent decoding each modality (for metrics).
     decode_seconds: dict[str, float] = field(default_factory=dict)
+    #: Size of each input as decoded (for metrics and cost): image pixels as sent,
+    #: audio seconds fed to the model, text tokens fed to the model.
+    sizes: dict[str, float] = field(default_factory=dict)
+    #: Cost this row holds in its model version's cost gate (released when answered).
+    reserved: float = 0.0
 
     def modalities(self) -> list[str]:
         present = []

@@ -16,12 +16,20 @@ use are decoded. Decisions a model author needs to know:
   OGG is refused when it yields fewer frames than its header declares, else
   what decodes is used. A stream that states no length (FLAC written to a
   pipe) is refused: its duration cannot be checked before decoding.
+- MP3 is read by the libsndfile bundled with soundfile (no extra needed).
+  Ogg/Opus and Ogg/Vorbis too. WebM/Matroska (Opus, Vorbis), MP4/M4A (AAC)
+  and the soundtrack of a short MP4/WebM video go through PyAV
+  (:mod:`.media`, the optional ``media`` extra).
+- Compressed audio is decoded in blocks with a wall-clock budget
+  (``max_decode_ms``, checked between blocks): past it the upload is refused
+  with a 413 naming the budget.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import time
 
 import numpy as np
 import soundfile as sf
@@ -29,7 +37,7 @@ import soxr
 
 from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
 from service.model.config import AudioSpec
-from service.preprocess import wav
+from service.preprocess import media, wav
 from service.preprocess.sniff import DISPLAY_NAMES, sniff
 
 RESAMPLE_QUALITY = "HQ"
@@ -38,7 +46,13 @@ MAX_CHANNELS = 64
 #: Extra input frames decoded past the crop point, so the resampler's filter
 #: sees real signal at the end of the kept window (10 ms).
 _MARGIN_SECONDS = 0.01
-_DECODABLE = frozenset({"wav", "flac", "ogg"})
+#: Read by libsndfile (bundled with soundfile).
+_SOUNDFILE_KINDS = frozenset({"wav", "flac", "ogg", "mp3"})
+#: Read by PyAV (the optional ``media`` extra).
+_AV_KINDS = frozenset(media.DEMUXERS)
+_DECODABLE = _SOUNDFILE_KINDS | _AV_KINDS
+#: Frames libsndfile decodes between two checks of the decode budget.
+_BLOCK_FRAMES = 16384
 _FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE", "VORBIS", "OPUS"})
 #: libsndfile's frame count for a stream that does not state its length (SF_COUNT_MAX).
 _UNKNOWN_LENGTH = 2**63 - 1
@@ -65,9 +79,14 @@ def decode_audio(data: bytes | np.ndarray, spec: AudioSpec, field: str = "audio"
     if kind not in _DECODABLE:
         detected = DISPLAY_NAMES.get(kind, kind) if kind else "unrecognised data"
         raise UnsupportedMediaType(
-            f"field {field!r}: not a WAV/FLAC/OGG file (detected {detected})", field=field, detected=kind
+            f"field {field!r}: not a WAV/FLAC/OGG/MP3/WebM/MP4 audio file (detected {detected})",
+            field=field,
+            detected=kind,
         )
-    frames, rate = _decode_frames(data, spec, field)
+    if kind in _AV_KINDS:
+        frames, rate = media.decode(data, kind, spec, field)
+    else:
+        frames, rate = _decode_frames(data, spec, field)
     mono = _mix_down(frames)
     return _finish(mono, rate, spec, field)
 
@@ -101,6 +120,8 @@ def _decode_with_soundfile(data: bytes, spec: AudioSpec, field: str) -> tuple[np
             frames = _read_frames(f, spec, field)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as exc:
         detail = exc.error_string if isinstance(exc, sf.LibsndfileError) else str(exc)
+        if "possibly a pipe" in detail:  # libsndfile's words for a stream it cannot parse
+            detail = "unreadable stream"
         raise InvalidInput(f"field {field!r}: corrupted or truncated audio ({detail})", field=field) from exc
     if subtype in _FLOAT_SUBTYPES:
         _check_finite(frames, field)
@@ -112,7 +133,19 @@ def _read_frames(f: sf.SoundFile, spec: AudioSpec, field: str) -> np.ndarray:
         raise InvalidInput(f"field {field!r}: truncated or empty audio (no frames)", field=field)
     _check_header(f.frames, f.samplerate, f.channels, spec, field)
     wanted = min(f.frames, _frames_needed(f.samplerate, spec))
-    frames = f.read(frames=wanted, dtype="float32", always_2d=True)
+    started = time.perf_counter()
+    blocks = []
+    have = 0
+    while have < wanted:
+        block = f.read(frames=min(_BLOCK_FRAMES, wanted - have), dtype="float32", always_2d=True)
+        if len(block) == 0:
+            break
+        blocks.append(block)
+        have += len(block)
+        media.check_budget(started, spec, field)
+    frames = (
+        blocks[0] if len(blocks) == 1 else np.concatenate(blocks or [np.zeros((0, f.channels), np.float32)])
+    )
     if len(frames) < wanted:
         raise InvalidInput(
             f"field {field!r}: corrupted or truncated audio (header declares {wanted} frames, "

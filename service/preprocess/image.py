@@ -18,6 +18,12 @@ Decisions a model author needs to know (the training pipeline should match):
 - ``stretch`` ignores aspect; ``letterbox`` keeps aspect and pads with black,
   centred; ``center_crop`` keeps aspect, fills the target and crops the centre.
 - Arrays returned may be read-only; callers copy them into a batch anyway.
+- Animated GIF, WebP and AVIF: only the **first frame** is decoded and used.
+- HEIC/HEIF (phones) needs the optional ``media`` extra (pillow-heif); AVIF
+  needs Pillow >= 11.3 (which the extra requires). Without them such uploads
+  get a 415 naming the extra. Their decoders run with one thread per call,
+  like every other codec here; the pixel bound is checked on the header
+  (``ispe``) before decoding.
 """
 
 from __future__ import annotations
@@ -35,9 +41,37 @@ from service.preprocess.sniff import IMAGE_KINDS, describe, sniff
 #: The one resampling filter of the serving path.
 RESAMPLE = Image.Resampling.BILINEAR
 
-#: Pillow plugins we let near untrusted bytes (``Image.open(formats=...)``).
-_PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
-_DECODABLE = frozenset({"jpeg", "png", "webp", "gif", "bmp"})
+#: The pip extra that brings HEIC/HEIF (and a Pillow that reads AVIF).
+MEDIA_EXTRA = "fusionserve[media]"
+#: Pillow plugins we let near untrusted bytes (``Image.open(formats=...)``), by sniffed kind.
+_PLUGINS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "bmp": "BMP"}
+#: Kinds that need the ``media`` extra.
+_MEDIA_KINDS = frozenset({"heif", "avif"})
+
+
+def _register_optional_plugins() -> None:
+    """Add HEIF (pillow-heif) and AVIF (Pillow >= 11.3) where installed, one decode thread each."""
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        pillow_heif.options.DECODE_THREADS = 1
+        _PLUGINS["heif"] = "HEIF"
+    except ImportError:
+        pass
+    try:
+        from PIL import AvifImagePlugin, features
+
+        if features.check("avif"):
+            AvifImagePlugin.DEFAULT_MAX_THREADS = 1
+            _PLUGINS["avif"] = "AVIF"
+    except ImportError:
+        pass
+
+
+_register_optional_plugins()
+_PILLOW_FORMATS = tuple(_PLUGINS.values())
+_DECODABLE = frozenset(_PLUGINS)
 
 _ORIENTATION_TAG = 0x0112
 #: EXIF orientation → the transpose that makes the image upright.
@@ -76,13 +110,19 @@ def decoded_bytes(width: int, height: int, mode: str) -> int:
     return width * height * _BYTES_PER_PIXEL.get(mode, 4)
 
 
-def decode_image(data: bytes | np.ndarray, spec: ImageSpec, field: str = "image") -> np.ndarray:
+def decode_image(
+    data: bytes | np.ndarray, spec: ImageSpec, field: str = "image", info: dict[str, int] | None = None
+) -> np.ndarray:
     """Decode and resize one image to uint8 ``[spec.height, spec.width, 3]``.
+
+    ``info``, when given, receives ``pixels``: the image's size as sent.
 
     Raises :class:`InvalidInput` (or its subclasses) naming ``field`` and the
     limit that was hit; never a codec's own exception.
     """
     if isinstance(data, np.ndarray):
+        if info is not None and data.ndim >= 2:
+            info["pixels"] = int(data.shape[0] * data.shape[1])
         return _from_array(data, spec, field)
     if len(data) == 0:
         raise InvalidInput(f"field {field!r}: empty image", field=field)
@@ -97,21 +137,48 @@ def decode_image(data: bytes | np.ndarray, spec: ImageSpec, field: str = "image"
     kind = sniff(data)
     if kind not in _DECODABLE:
         raise _unsupported(kind, field)
-    return _decode_bytes(data, spec, field)
+    return _decode_bytes(data, spec, field, info)
+
+
+def header_pixels(data: bytes | np.ndarray) -> int:
+    """The pixel count an image's header declares, without decoding it (0 when unreadable).
+
+    For admission by cost (``max_queue_cost``); the decode that follows does
+    every check and reports every problem.
+    """
+    if isinstance(data, np.ndarray):
+        return int(data.shape[0] * data.shape[1]) if data.ndim >= 2 else 0
+    if sniff(data) not in _DECODABLE:
+        return 0
+    try:
+        with Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS) as im:
+            return int(im.width * im.height)
+    except Exception:  # the decode reports it properly
+        return 0
 
 
 def _unsupported(kind: str | None, field: str) -> UnsupportedMediaType:
+    if kind in _MEDIA_KINDS:
+        return UnsupportedMediaType(
+            f"field {field!r}: {describe(kind)} needs the optional media support: "
+            f"pip install '{MEDIA_EXTRA}'",
+            field=field,
+            detected=kind,
+            extra=MEDIA_EXTRA,
+        )
     if kind in IMAGE_KINDS:
         what = f"{describe(kind)} is not supported"
     else:
         what = f"{describe(kind)} is not an image"
     return UnsupportedMediaType(
-        f"field {field!r}: {what} (send JPEG, PNG or WebP)", field=field, detected=kind
+        f"field {field!r}: {what} (send JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF)", field=field, detected=kind
     )
 
 
-def _decode_bytes(data: bytes, spec: ImageSpec, field: str) -> np.ndarray:
+def _decode_bytes(data: bytes, spec: ImageSpec, field: str, info: dict[str, int] | None = None) -> np.ndarray:
     im, orientation = _load(data, spec, field)
+    if info is not None:
+        info["pixels"] = im.width * im.height  # after a JPEG draft: the size actually decoded
     if orientation in _TRANSPOSE:
         im = im.transpose(_TRANSPOSE[orientation])
     return _resize_to_array(_to_l_or_rgb(im), spec)
@@ -135,6 +202,10 @@ def _load(data: bytes, spec: ImageSpec, field: str) -> tuple[Image.Image, int]:
         if not is_jpeg:
             orientation = _orientation(im)  # PNG may carry eXIf after the pixels
         return im, orientation
+    except UnidentifiedImageError as exc:
+        raise InvalidInput(
+            f"field {field!r}: corrupted or truncated image (unreadable header)", field=field
+        ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise LimitExceeded(
             f"field {field!r}: image has too many pixels (max_pixels {spec.max_pixels}; {exc})",
@@ -142,14 +213,25 @@ def _load(data: bytes, spec: ImageSpec, field: str) -> tuple[Image.Image, int]:
             limit="max_pixels",
             max=spec.max_pixels,
         ) from exc
-    except UnidentifiedImageError as exc:
-        raise InvalidInput(
-            f"field {field!r}: corrupted or truncated image (unreadable header)", field=field
-        ) from exc
     except (InvalidInput, MemoryError):
         raise
-    except Exception as exc:  # Pillow raises many types on hostile input; all mean "bad file"
-        raise InvalidInput(f"field {field!r}: corrupted or truncated image ({exc})", field=field) from exc
+    except Exception as exc:
+        if "Security limit" not in str(exc):  # libheif refuses huge declared sizes this way
+            raise InvalidInput(
+                f"field {field!r}: corrupted or truncated image ({_first_line(exc)})", field=field
+            ) from exc
+        raise LimitExceeded(
+            f"field {field!r}: image has too many pixels (max_pixels {spec.max_pixels}; "
+            f"the decoder's own limit refused the declared size)",
+            field=field,
+            limit="max_pixels",
+            max=spec.max_pixels,
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _check_pixels(width: int, height: int, spec: ImageSpec, field: str) -> None:

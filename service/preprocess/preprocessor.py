@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.errors import InvalidInput, UnprocessableInput
 from service.model.config import TOKENIZER_FILE, ModelConfig
 from service.model.rows import DecodedRow, RawInputs
 from service.preprocess.audio import decode_audio
-from service.preprocess.image import decode_image
+from service.preprocess.image import decode_image, header_pixels
 from service.preprocess.text import TextEncoder
+
+if TYPE_CHECKING:
+    from service.batching.cost_gate import CostGate
 
 
 class Preprocessor:
@@ -29,8 +33,30 @@ class Preprocessor:
             path = Path(model_dir) / (config.tokenizer_file or TOKENIZER_FILE)
             self._text = TextEncoder.from_file(path, spec.text)
 
-    def decode(self, raw: RawInputs) -> DecodedRow:
-        """Decode every modality ``raw`` carries; ``decode_seconds`` records each one's time."""
+    def decode(self, raw: RawInputs, gate: CostGate | None = None) -> DecodedRow:
+        """Decode every modality ``raw`` carries; ``decode_seconds`` records each one's time.
+
+        With a ``gate`` that has a bound, the row's cost is reserved there after
+        the image header is read and before anything is decoded (Overloaded when
+        it does not fit), then corrected to the decoded sizes (``row.reserved``).
+        """
+        if gate is None or gate.bound is None:
+            return self._decode(raw)
+        costs = self.config.batching.costs
+        estimate = costs.row
+        if raw.image is not None and costs.image_megapixel > 0:
+            estimate += costs.image_megapixel * header_pixels(raw.image) / 1e6
+        gate.reserve(estimate)
+        try:
+            row = self._decode(raw)
+        except BaseException:
+            gate.release(estimate)
+            raise
+        row.reserved = costs.of(row.sizes)
+        gate.adjust(row.reserved - estimate)
+        return row
+
+    def _decode(self, raw: RawInputs) -> DecodedRow:
         present = raw.modalities()
         if not present:
             raise UnprocessableInput("the request carries no modality: send image, audio or text")
@@ -44,14 +70,18 @@ class Preprocessor:
         row = DecodedRow()
         if raw.image is not None and spec.image is not None:
             start = time.perf_counter()
-            row.image = decode_image(raw.image, spec.image)
+            info: dict[str, int] = {}
+            row.image = decode_image(raw.image, spec.image, info=info)
             row.decode_seconds["image"] = time.perf_counter() - start
+            row.sizes["image"] = info.get("pixels", spec.image.height * spec.image.width)
         if raw.audio is not None and spec.audio is not None:
             start = time.perf_counter()
             row.audio = decode_audio(raw.audio, spec.audio)
             row.decode_seconds["audio"] = time.perf_counter() - start
+            row.sizes["audio"] = row.audio.shape[0] / spec.audio.sample_rate
         if raw.text is not None and self._text is not None:
             start = time.perf_counter()
             row.text_ids = self._text.encode(raw.text)
             row.decode_seconds["text"] = time.perf_counter() - start
+            row.sizes["text"] = row.text_ids.shape[0]
         return row

@@ -16,9 +16,13 @@ from service.model.rows import RawInputs
 from service.v2.classification import classify, requested_counts
 from service.v2.codec import InferRequest, Tensor
 from service.v2.mapping import (
+    LABELS,
     PROBABILITIES,
+    SCORES,
     check_requested,
     embedding_outputs,
+    extra_prediction_outputs,
+    includes_for,
     output_specs,
     prediction_outputs,
     require_config,
@@ -114,14 +118,29 @@ async def run_infer(
         raise
     if config.task == "classify":
         predictions = await dataplane.predict(
-            model, version, rows, top_k=top_k, timeout_s=timeout, protocol=protocol
+            model,
+            version,
+            rows,
+            top_k=top_k,
+            include=includes_for(config, wanted),
+            timeout_s=timeout,
+            protocol=protocol,
         )
-        outputs = prediction_outputs(
-            [p.labels for p in predictions],
-            [p.scores for p in predictions],
-            [p.probabilities for p in predictions],
-            wanted,
+        basic = [n for n in wanted if n in (PROBABILITIES, LABELS, SCORES)]
+        outputs = (
+            prediction_outputs(
+                [p.labels for p in predictions],
+                [p.scores for p in predictions],
+                [p.probabilities for p in predictions],
+                basic,
+            )
+            if basic or not wanted
+            else []
         )
+        outputs += extra_prediction_outputs(config, predictions, wanted)
+        if wanted:
+            order = {name: i for i, name in enumerate(wanted)}
+            outputs.sort(key=lambda t: order[t.name])
         served = predictions[0].version
     else:
         embeddings = await dataplane.embed(model, version, rows, timeout_s=timeout, protocol=protocol)

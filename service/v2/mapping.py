@@ -8,7 +8,10 @@ masks it for that row only, so one request may mix subsets.
 
 Outputs of a classifier: ``probabilities`` FP32 ``[B,C]`` (label order),
 ``labels`` BYTES ``[B,k]`` and ``scores`` FP32 ``[B,k]`` (top-k, best first;
-request parameter ``top_k``, default 1). Of an embedding model: each
+request parameter ``top_k``, default 1); and, only when the request names
+them, the embedding and attribution outputs its config declares
+(``fused_embedding``, ``<modality>_embedding``, ``modality_attribution``),
+computed in the same run. Of an embedding model: each
 embedding output of its config (``fused_embedding`` FP32 ``[B,D]``, and
 ``<modality>_embedding`` for the modalities the request carries; rows without
 that modality get zeros).
@@ -20,6 +23,7 @@ import base64
 import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -52,16 +56,65 @@ def input_specs(config: ModelConfig) -> list[TensorSpec]:
 
 
 def output_specs(config: ModelConfig, labels: list[str] | None) -> list[TensorSpec]:
+    """Every output a request may name. A classifier's embedding and attribution
+    outputs are answered only when named (the three classification outputs are
+    the default answer)."""
+    extra = [
+        TensorSpec(o.name, "FP32", (-1, o.dims))
+        for o in config.outputs
+        if o.kind in (OutputKind.embedding, OutputKind.attribution)
+    ]
     if config.task == "classify":
         classes = len(labels) if labels else -1
         return [
             TensorSpec(PROBABILITIES, "FP32", (-1, classes)),
             TensorSpec(LABELS, "BYTES", (-1, -1)),
             TensorSpec(SCORES, "FP32", (-1, -1)),
+            *extra,
         ]
-    return [
-        TensorSpec(o.name, "FP32", (-1, o.dims)) for o in config.outputs if o.kind == OutputKind.embedding
-    ]
+    return [s for s in extra if s.name in {o.name for o in config.outputs if o.kind == OutputKind.embedding}]
+
+
+def includes_for(config: ModelConfig, wanted: list[str]) -> list[str]:
+    """The ``include`` values of predict that the named outputs need."""
+    kinds = {o.name: o.kind for o in config.outputs}
+    include = []
+    if any(kinds.get(n) == OutputKind.embedding for n in wanted):
+        include.append("embeddings")
+    if any(kinds.get(n) == OutputKind.attribution for n in wanted):
+        include.append("attribution")
+    return include
+
+
+def extra_prediction_outputs(config: ModelConfig, predictions: list[Any], wanted: list[str]) -> list[Tensor]:
+    """A classifier's named embedding and attribution outputs, as the graph gave them.
+
+    Rows without a modality get zeros in that modality's embedding, as for an
+    embedding model; attribution rows are the graph's row (0 where absent).
+    """
+    tensors = []
+    for spec in config.outputs:
+        if spec.name not in wanted:
+            continue
+        if spec.kind == OutputKind.embedding:
+            zeros = np.zeros(spec.dims, dtype=np.float32)
+            rows = [
+                p.embedding if spec.source == "fused" else (p.embeddings or {}).get(spec.source, zeros)
+                for p in predictions
+            ]
+        elif spec.kind == OutputKind.attribution:
+            columns = list(spec.modalities or [])
+            width = spec.dims // max(1, len(columns))
+            rows = []
+            for p in predictions:
+                values = p.attribution.values if p.attribution else {}
+                zeros = np.zeros(width, dtype=np.float32)
+                rows.append(np.concatenate([values.get(m, zeros) for m in columns]))
+        else:
+            continue
+        data = np.stack(rows).astype(np.float32)
+        tensors.append(Tensor(spec.name, "FP32", tuple(data.shape), data))
+    return tensors
 
 
 #: V2 datatypes as Triton's model configuration names them.

@@ -41,6 +41,11 @@ MUST_HAVE_SAMPLES = {
     "fusionserve_model_ready",
     "fusionserve_instances",
     "fusionserve_instance_busy_seconds_total",
+    "fusionserve_modality_requests_total",
+    "fusionserve_received_bytes_total",
+    "fusionserve_input_image_pixels",
+    "fusionserve_input_audio_seconds",
+    "fusionserve_input_text_tokens",
 }
 
 

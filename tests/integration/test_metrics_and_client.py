@@ -39,6 +39,13 @@ def test_metrics_pass_promtool(running_server: RunningServer, samples: list[Samp
         assert f"# TYPE {family} " in text, family
     assert 'fusionserve_decode_duration_seconds_count{modality="image"}' in text
     assert 'outcome="success"' in text and 'protocol="http"' in text
+    # Per modality: the subset carried, bytes received, what the model was fed.
+    assert 'fusionserve_modality_requests_total{modalities="image+audio+text",model="digits-fusion"}' in text
+    assert 'fusionserve_received_bytes_total{modality="audio"}' in text
+    for family in ("input_image_pixels", "input_audio_seconds", "input_text_tokens"):
+        assert f"fusionserve_{family}_count" in text
+    assert "fusionserve_build_info{" in text and 'version="' in text
+    assert "# TYPE process_resident_memory_bytes gauge" in text
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (scripts/setup.sh --dev installs it)")

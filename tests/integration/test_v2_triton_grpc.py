@@ -53,11 +53,12 @@ def test_health_and_metadata(client: grpcclient.InferenceServerClient) -> None:
     meta = client.get_model_metadata(CLASSIFIER, as_json=True)
     assert meta["platform"] in ("onnxruntime_onnx", "pytorch_libtorch")
     assert [i["name"] for i in meta["inputs"]] == ["image", "audio", "text"]
-    assert [(o["name"], o["datatype"]) for o in meta["outputs"]] == [
+    assert [(o["name"], o["datatype"]) for o in meta["outputs"]][:3] == [
         ("probabilities", "FP32"),
         ("labels", "BYTES"),
         ("scores", "FP32"),
     ]
+    assert "modality_attribution" in [o["name"] for o in meta["outputs"]]
     embed = client.get_model_metadata(EMBEDDER, as_json=True)
     assert "fused_embedding" in [o["name"] for o in embed["outputs"]]
 
@@ -79,6 +80,11 @@ def test_model_config_describes_what_infer_accepts(
         ("probabilities", "TYPE_FP32", ["10"]),
         ("labels", "TYPE_STRING", ["-1"]),
         ("scores", "TYPE_FP32", ["-1"]),
+        ("fused_embedding", "TYPE_FP32", ["128"]),
+        ("image_embedding", "TYPE_FP32", ["64"]),
+        ("audio_embedding", "TYPE_FP32", ["64"]),
+        ("text_embedding", "TYPE_FP32", ["64"]),
+        ("modality_attribution", "TYPE_FP32", ["30"]),
     ]
     rows = samples[:2]
     inputs = []

@@ -62,6 +62,12 @@ def test_health_and_metadata(client: httpclient.InferenceServerClient) -> None:
         ("probabilities", "FP32", [-1, 10]),
         ("labels", "BYTES", [-1, -1]),
         ("scores", "FP32", [-1, -1]),
+        # answered only when named in the request (tests/integration/test_predict_include.py)
+        ("fused_embedding", "FP32", [-1, 128]),
+        ("image_embedding", "FP32", [-1, 64]),
+        ("audio_embedding", "FP32", [-1, 64]),
+        ("text_embedding", "FP32", [-1, 64]),
+        ("modality_attribution", "FP32", [-1, 30]),
     ]
 
 

@@ -136,8 +136,19 @@ def test_entry_config_is_a_valid_model_config() -> None:
         "seed": 0,
         "train_config": {},
         "strategy": "late",
+        "dim": 64,
+        "fused_dims": 128,
     }
     config = entry_config("digits-fusion", "classifier", meta, "key")
     assert config.modalities.audio is not None and config.modalities.audio.min_samples >= 400
     assert config.batching.max_batch_size == 32
     assert config.outputs[0].name == "class_logits" and config.outputs[0].dims == 10
+    by_name = {o.name: o for o in config.outputs}
+    assert by_name["fused_embedding"].dims == 128 and by_name["text_embedding"].dims == 64
+    attribution = by_name["modality_attribution"]
+    assert (attribution.attribution, attribution.modalities, attribution.dims) == (
+        "logits",
+        ["image", "audio", "text"],
+        30,
+    )
+    assert config.metadata["export_format"] == 2

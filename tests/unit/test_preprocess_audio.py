@@ -182,14 +182,14 @@ def test_wav_with_extra_chunks_before_data():
 
 
 def test_png_under_audio_is_unsupported_media():
-    said = r"field 'audio': not a WAV/FLAC/OGG file \(detected PNG\)"
+    said = r"field 'audio': not a WAV/FLAC/OGG/MP3/WebM/MP4 audio file \(detected PNG\)"
     with pytest.raises(UnsupportedMediaType, match=said):
         decode_audio(png_bytes(gradient_image()), spec())
 
 
 @pytest.mark.parametrize(
     ("payload", "detected"),
-    [(b"ID3\x04" + bytes(100), "MP3"), (b"hello", "text"), (bytes(range(128, 256)), "unrecognised data")],
+    [(b"%PDF-1.4" + bytes(100), "PDF"), (b"hello", "text"), (bytes(range(128, 256)), "unrecognised data")],
 )
 def test_other_non_audio_is_unsupported_media(payload, detected):
     with pytest.raises(UnsupportedMediaType, match=f"detected {detected}"):

@@ -114,6 +114,7 @@ class FakeDataPlane:
         rows: Sequence[RawInputs],
         *,
         top_k: int = 5,
+        include: Sequence[str] = (),
         timeout_s: float | None = None,
         protocol: str = "http",
     ) -> list[Prediction]:

@@ -24,51 +24,61 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n7service/grpc/generated/fusionserve/v1/fusionserve.proto\x12\x0e\x66usionserve.v1\"^\n\x04Item\x12\x12\n\x05image\x18\x01 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\x05\x61udio\x18\x02 \x01(\x0cH\x01\x88\x01\x01\x12\x11\n\x04text\x18\x03 \x01(\tH\x02\x88\x01\x01\x42\x08\n\x06_imageB\x08\n\x06_audioB\x07\n\x05_text\"x\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12#\n\x05items\x18\x03 \x03(\x0b\x32\x14.fusionserve.v1.Item\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"h\n\nPrediction\x12\x12\n\nmodalities\x18\x01 \x03(\t\x12/\n\x0bpredictions\x18\x02 \x03(\x0b\x32\x1a.fusionserve.v1.LabelScore\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\"r\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12+\n\x07results\x18\x03 \x03(\x0b\x32\x1a.fusionserve.v1.Prediction\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"g\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12#\n\x05items\x18\x03 \x03(\x0b\x32\x14.fusionserve.v1.Item\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xd4\x01\n\tEmbedding\x12\x12\n\nmodalities\x18\x01 \x03(\t\x12)\n\tembedding\x18\x02 \x01(\x0b\x32\x16.fusionserve.v1.Vector\x12=\n\nembeddings\x18\x03 \x03(\x0b\x32).fusionserve.v1.Embedding.EmbeddingsEntry\x1aI\n\x0f\x45mbeddingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.fusionserve.v1.Vector:\x02\x38\x01\"o\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12*\n\x07results\x18\x03 \x03(\x0b\x32\x19.fusionserve.v1.Embedding\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x93\x01\n\x15PredictStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x33\n\x08response\x18\x02 \x01(\x0b\x32\x1f.fusionserve.v1.PredictResponseH\x00\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.fusionserve.v1.StatusH\x00\x42\x08\n\x06result\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.fusionserve.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\rVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"B\n\x06Output\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04\x64ims\x18\x04 \x01(\r\"\xe6\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x08\x12/\n\x08versions\x18\x04 \x03(\x0b\x32\x1d.fusionserve.v1.VersionStatus\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x12\n\nmodalities\x18\x07 \x03(\t\x12\'\n\x07outputs\x18\x08 \x03(\x0b\x32\x16.fusionserve.v1.Output\x12\x0e\n\x06labels\x18\t \x03(\t\x12\r\n\x05\x65rror\x18\n \x01(\t2\x9e\x03\n\x0b\x46usionServe\x12L\n\x07Predict\x12\x1e.fusionserve.v1.PredictRequest\x1a\x1f.fusionserve.v1.PredictResponse\"\x00\x12\x46\n\x05\x45mbed\x12\x1c.fusionserve.v1.EmbedRequest\x1a\x1d.fusionserve.v1.EmbedResponse\"\x00\x12U\n\nListModels\x12!.fusionserve.v1.ListModelsRequest\x1a\".fusionserve.v1.ListModelsResponse\"\x00\x12\x44\n\x08GetModel\x12\x1f.fusionserve.v1.GetModelRequest\x1a\x15.fusionserve.v1.Model\"\x00\x12\\\n\rPredictStream\x12\x1e.fusionserve.v1.PredictRequest\x1a%.fusionserve.v1.PredictStreamResponse\"\x00(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n7service/grpc/generated/fusionserve/v1/fusionserve.proto\x12\x0e\x66usionserve.v1\"^\n\x04Item\x12\x12\n\x05image\x18\x01 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\x05\x61udio\x18\x02 \x01(\x0cH\x01\x88\x01\x01\x12\x11\n\x04text\x18\x03 \x01(\tH\x02\x88\x01\x01\x42\x08\n\x06_imageB\x08\n\x06_audioB\x07\n\x05_text\"\x89\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12#\n\x05items\x18\x03 \x03(\x0b\x32\x14.fusionserve.v1.Item\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x0f\n\x07include\x18\x06 \x03(\t\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xd0\x02\n\nPrediction\x12\x12\n\nmodalities\x18\x01 \x03(\t\x12/\n\x0bpredictions\x18\x02 \x03(\x0b\x32\x1a.fusionserve.v1.LabelScore\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12)\n\tembedding\x18\x04 \x01(\x0b\x32\x16.fusionserve.v1.Vector\x12>\n\nembeddings\x18\x05 \x03(\x0b\x32*.fusionserve.v1.Prediction.EmbeddingsEntry\x12\x30\n\x0b\x61ttribution\x18\x06 \x01(\x0b\x32\x1b.fusionserve.v1.Attribution\x1aI\n\x0f\x45mbeddingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.fusionserve.v1.Vector:\x02\x38\x01\"\x9b\x01\n\x0b\x41ttribution\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x37\n\x06values\x18\x02 \x03(\x0b\x32\'.fusionserve.v1.Attribution.ValuesEntry\x1a\x45\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.fusionserve.v1.Vector:\x02\x38\x01\"r\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12+\n\x07results\x18\x03 \x03(\x0b\x32\x1a.fusionserve.v1.Prediction\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"g\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12#\n\x05items\x18\x03 \x03(\x0b\x32\x14.fusionserve.v1.Item\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xd4\x01\n\tEmbedding\x12\x12\n\nmodalities\x18\x01 \x03(\t\x12)\n\tembedding\x18\x02 \x01(\x0b\x32\x16.fusionserve.v1.Vector\x12=\n\nembeddings\x18\x03 \x03(\x0b\x32).fusionserve.v1.Embedding.EmbeddingsEntry\x1aI\n\x0f\x45mbeddingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.fusionserve.v1.Vector:\x02\x38\x01\"o\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12*\n\x07results\x18\x03 \x03(\x0b\x32\x19.fusionserve.v1.Embedding\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x93\x01\n\x15PredictStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x33\n\x08response\x18\x02 \x01(\x0b\x32\x1f.fusionserve.v1.PredictResponseH\x00\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.fusionserve.v1.StatusH\x00\x42\x08\n\x06result\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.fusionserve.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\rVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"B\n\x06Output\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04\x64ims\x18\x04 \x01(\r\"\xe6\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x08\x12/\n\x08versions\x18\x04 \x03(\x0b\x32\x1d.fusionserve.v1.VersionStatus\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x12\n\nmodalities\x18\x07 \x03(\t\x12\'\n\x07outputs\x18\x08 \x03(\x0b\x32\x16.fusionserve.v1.Output\x12\x0e\n\x06labels\x18\t \x03(\t\x12\r\n\x05\x65rror\x18\n \x01(\t2\x9e\x03\n\x0b\x46usionServe\x12L\n\x07Predict\x12\x1e.fusionserve.v1.PredictRequest\x1a\x1f.fusionserve.v1.PredictResponse\"\x00\x12\x46\n\x05\x45mbed\x12\x1c.fusionserve.v1.EmbedRequest\x1a\x1d.fusionserve.v1.EmbedResponse\"\x00\x12U\n\nListModels\x12!.fusionserve.v1.ListModelsRequest\x1a\".fusionserve.v1.ListModelsResponse\"\x00\x12\x44\n\x08GetModel\x12\x1f.fusionserve.v1.GetModelRequest\x1a\x15.fusionserve.v1.Model\"\x00\x12\\\n\rPredictStream\x12\x1e.fusionserve.v1.PredictRequest\x1a%.fusionserve.v1.PredictStreamResponse\"\x00(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'service.grpc.generated.fusionserve.v1.fusionserve_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PREDICTION_EMBEDDINGSENTRY']._loaded_options = None
+  _globals['_PREDICTION_EMBEDDINGSENTRY']._serialized_options = b'8\001'
+  _globals['_ATTRIBUTION_VALUESENTRY']._loaded_options = None
+  _globals['_ATTRIBUTION_VALUESENTRY']._serialized_options = b'8\001'
   _globals['_EMBEDDING_EMBEDDINGSENTRY']._loaded_options = None
   _globals['_EMBEDDING_EMBEDDINGSENTRY']._serialized_options = b'8\001'
   _globals['_ITEM']._serialized_start=75
   _globals['_ITEM']._serialized_end=169
-  _globals['_PREDICTREQUEST']._serialized_start=171
-  _globals['_PREDICTREQUEST']._serialized_end=291
-  _globals['_LABELSCORE']._serialized_start=293
-  _globals['_LABELSCORE']._serialized_end=335
-  _globals['_PREDICTION']._serialized_start=337
-  _globals['_PREDICTION']._serialized_end=441
-  _globals['_PREDICTRESPONSE']._serialized_start=443
-  _globals['_PREDICTRESPONSE']._serialized_end=557
-  _globals['_EMBEDREQUEST']._serialized_start=559
-  _globals['_EMBEDREQUEST']._serialized_end=662
-  _globals['_VECTOR']._serialized_start=664
-  _globals['_VECTOR']._serialized_end=688
-  _globals['_EMBEDDING']._serialized_start=691
-  _globals['_EMBEDDING']._serialized_end=903
-  _globals['_EMBEDDING_EMBEDDINGSENTRY']._serialized_start=830
-  _globals['_EMBEDDING_EMBEDDINGSENTRY']._serialized_end=903
-  _globals['_EMBEDRESPONSE']._serialized_start=905
-  _globals['_EMBEDRESPONSE']._serialized_end=1016
-  _globals['_STATUS']._serialized_start=1018
-  _globals['_STATUS']._serialized_end=1057
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=1060
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=1207
-  _globals['_LISTMODELSREQUEST']._serialized_start=1209
-  _globals['_LISTMODELSREQUEST']._serialized_end=1228
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1230
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1289
-  _globals['_GETMODELREQUEST']._serialized_start=1291
-  _globals['_GETMODELREQUEST']._serialized_end=1322
-  _globals['_VERSIONSTATUS']._serialized_start=1324
-  _globals['_VERSIONSTATUS']._serialized_end=1387
-  _globals['_OUTPUT']._serialized_start=1389
-  _globals['_OUTPUT']._serialized_end=1455
-  _globals['_MODEL']._serialized_start=1458
-  _globals['_MODEL']._serialized_end=1688
-  _globals['_FUSIONSERVE']._serialized_start=1691
-  _globals['_FUSIONSERVE']._serialized_end=2105
+  _globals['_PREDICTREQUEST']._serialized_start=172
+  _globals['_PREDICTREQUEST']._serialized_end=309
+  _globals['_LABELSCORE']._serialized_start=311
+  _globals['_LABELSCORE']._serialized_end=353
+  _globals['_PREDICTION']._serialized_start=356
+  _globals['_PREDICTION']._serialized_end=692
+  _globals['_PREDICTION_EMBEDDINGSENTRY']._serialized_start=619
+  _globals['_PREDICTION_EMBEDDINGSENTRY']._serialized_end=692
+  _globals['_ATTRIBUTION']._serialized_start=695
+  _globals['_ATTRIBUTION']._serialized_end=850
+  _globals['_ATTRIBUTION_VALUESENTRY']._serialized_start=781
+  _globals['_ATTRIBUTION_VALUESENTRY']._serialized_end=850
+  _globals['_PREDICTRESPONSE']._serialized_start=852
+  _globals['_PREDICTRESPONSE']._serialized_end=966
+  _globals['_EMBEDREQUEST']._serialized_start=968
+  _globals['_EMBEDREQUEST']._serialized_end=1071
+  _globals['_VECTOR']._serialized_start=1073
+  _globals['_VECTOR']._serialized_end=1097
+  _globals['_EMBEDDING']._serialized_start=1100
+  _globals['_EMBEDDING']._serialized_end=1312
+  _globals['_EMBEDDING_EMBEDDINGSENTRY']._serialized_start=619
+  _globals['_EMBEDDING_EMBEDDINGSENTRY']._serialized_end=692
+  _globals['_EMBEDRESPONSE']._serialized_start=1314
+  _globals['_EMBEDRESPONSE']._serialized_end=1425
+  _globals['_STATUS']._serialized_start=1427
+  _globals['_STATUS']._serialized_end=1466
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=1469
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=1616
+  _globals['_LISTMODELSREQUEST']._serialized_start=1618
+  _globals['_LISTMODELSREQUEST']._serialized_end=1637
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1639
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1698
+  _globals['_GETMODELREQUEST']._serialized_start=1700
+  _globals['_GETMODELREQUEST']._serialized_end=1731
+  _globals['_VERSIONSTATUS']._serialized_start=1733
+  _globals['_VERSIONSTATUS']._serialized_end=1796
+  _globals['_OUTPUT']._serialized_start=1798
+  _globals['_OUTPUT']._serialized_end=1864
+  _globals['_MODEL']._serialized_start=1867
+  _globals['_MODEL']._serialized_end=2097
+  _globals['_FUSIONSERVE']._serialized_start=2100
+  _globals['_FUSIONSERVE']._serialized_end=2514
 # @@protoc_insertion_point(module_scope)

@@ -17,18 +17,20 @@ class Item(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., audio: _Optional[bytes] = ..., text: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "version", "items", "top_k", "request_id")
+    __slots__ = ("model", "version", "items", "top_k", "request_id", "include")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     items: _containers.RepeatedCompositeFieldContainer[Item]
     top_k: int
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    include: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., include: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "score")
@@ -39,14 +41,42 @@ class LabelScore(_message.Message):
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("modalities", "predictions", "probabilities")
+    __slots__ = ("modalities", "predictions", "probabilities", "embedding", "embeddings", "attribution")
+    class EmbeddingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Vector
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Vector, _Mapping]] = ...) -> None: ...
     MODALITIES_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     modalities: _containers.RepeatedScalarFieldContainer[str]
     predictions: _containers.RepeatedCompositeFieldContainer[LabelScore]
     probabilities: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, modalities: _Optional[_Iterable[str]] = ..., predictions: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., probabilities: _Optional[_Iterable[float]] = ...) -> None: ...
+    embedding: Vector
+    embeddings: _containers.MessageMap[str, Vector]
+    attribution: Attribution
+    def __init__(self, modalities: _Optional[_Iterable[str]] = ..., predictions: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., probabilities: _Optional[_Iterable[float]] = ..., embedding: _Optional[_Union[Vector, _Mapping]] = ..., embeddings: _Optional[_Mapping[str, Vector]] = ..., attribution: _Optional[_Union[Attribution, _Mapping]] = ...) -> None: ...
+
+class Attribution(_message.Message):
+    __slots__ = ("kind", "values")
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Vector
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Vector, _Mapping]] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    values: _containers.MessageMap[str, Vector]
+    def __init__(self, kind: _Optional[str] = ..., values: _Optional[_Mapping[str, Vector]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("model", "version", "results", "request_id")
