@@ -16,6 +16,7 @@ from service import __version__
 from service.config import Settings
 from service.dataplane import DataPlane
 from service.errors import FusionServeError, InternalError
+from service.http.disconnect import ClientGone
 from service.http.errors import error_response
 from service.http.middleware import GatewayMiddleware
 from service.http.native import native_router
@@ -71,6 +72,12 @@ def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
             dataplane.record_rejected(model, "http", asyncio.CancelledError())
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
+    @app.exception_handler(ClientGone)
+    async def _client_left(request: Request, exc: ClientGone) -> Response:
+        # Its work was cancelled (the data plane counted it as cancelled); nobody reads this.
+        log.info("client disconnected while %s was being served", request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
@@ -81,5 +88,6 @@ def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         api_token=settings.api_token,
         admin_token=settings.admin_token,
+        draining=lambda: dataplane.draining,
     )
     return app

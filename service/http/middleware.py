@@ -1,7 +1,13 @@
-"""Pure ASGI middleware: request ids, body size limit, bearer-token auth, access log.
+"""Pure ASGI middleware: request ids, body size limit, bearer-token auth, access log,
+and ``Connection: close`` while the server shuts down.
 
 Pure ASGI (not BaseHTTPMiddleware) so the body limit is enforced while the
 body streams in, before any of it is buffered.
+
+Draining: from SIGTERM on, every answer carries ``Connection: close``, so the
+client opens a fresh connection for its next request instead of sending it on
+a kept-alive one that the server may be closing at that very moment (the
+HTTP/1.1 keep-alive race: such a request is lost without an answer).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +32,9 @@ _INFERENCE = re.compile(
     r"^/(v1/models/[^/]+(/versions/[^/]+)?/(predict|embed)|v2/models/[^/]+(/versions/[^/]+)?/infer)$"
 )
 _ADMIN = re.compile(r"^/v2/repository/")
+
+
+CONNECTION_CLOSE = (b"connection", b"close")
 
 
 async def _send_json(
@@ -49,12 +59,19 @@ class GatewayMiddleware:
     """Request id in and out, a hard body limit, optional auth, one access-log line per request."""
 
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, api_token: str | None, admin_token: str | None
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        api_token: str | None,
+        admin_token: str | None,
+        draining: Callable[[], bool] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.api_token = api_token
         self.admin_token = admin_token
+        self._draining = draining or (lambda: False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,6 +84,18 @@ class GatewayMiddleware:
         id_header = (REQUEST_ID_HEADER, request_id.encode())
         started = time.perf_counter()
         status_holder = {"status": 500}
+        outer_send = send
+
+        async def send_closing(message: Message) -> None:
+            """While draining, every answer tells the client not to reuse the connection."""
+            if message["type"] == "http.response.start" and self._draining():
+                message["headers"] = [
+                    *(h for h in message.get("headers", []) if h[0].lower() != b"connection"),
+                    CONNECTION_CLOSE,
+                ]
+            await outer_send(message)
+
+        send = send_closing
         try:
             denied = self._auth_failure(scope["path"], headers)
             if denied is not None:

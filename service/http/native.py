@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from service.config import Settings
 from service.dataplane import DataPlane, Embedding, ModelInfo, Prediction
+from service.http.disconnect import unless_disconnected
 from service.http.parsing import parse_request, parse_timeout_ms
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
@@ -69,13 +70,16 @@ def native_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
 
     async def _predict(request: Request, model: str, version: str | None) -> dict[str, Any]:
         parsed = await parse_request(request, allow_top_k=True)
-        results = await dataplane.predict(
-            model,
-            version,
-            parsed.rows,
-            top_k=parsed.top_k or 5,
-            timeout_s=parse_timeout_ms(request.headers.get(TIMEOUT_HEADER)),
-            protocol="http",
+        results = await unless_disconnected(
+            request,
+            dataplane.predict(
+                model,
+                version,
+                parsed.rows,
+                top_k=parsed.top_k or 5,
+                timeout_s=parse_timeout_ms(request.headers.get(TIMEOUT_HEADER)),
+                protocol="http",
+            ),
         )
         head = {"model": results[0].model, "version": results[0].version}
         if parsed.batch:
@@ -84,12 +88,15 @@ def native_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
 
     async def _embed(request: Request, model: str, version: str | None) -> dict[str, Any]:
         parsed = await parse_request(request, allow_top_k=False)
-        results = await dataplane.embed(
-            model,
-            version,
-            parsed.rows,
-            timeout_s=parse_timeout_ms(request.headers.get(TIMEOUT_HEADER)),
-            protocol="http",
+        results = await unless_disconnected(
+            request,
+            dataplane.embed(
+                model,
+                version,
+                parsed.rows,
+                timeout_s=parse_timeout_ms(request.headers.get(TIMEOUT_HEADER)),
+                protocol="http",
+            ),
         )
         head = {"model": results[0].model, "version": results[0].version}
         if parsed.batch:
@@ -126,13 +133,18 @@ def native_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
         return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
 
     @router.get("/health/live", tags=["health"])
-    async def live() -> dict[str, bool]:
-        return {"live": dataplane.live()}
+    async def live() -> JSONResponse:
+        reason = dataplane.liveness()
+        if reason is None:
+            return JSONResponse({"live": True})
+        return JSONResponse({"live": False, "reason": reason}, status_code=503)
 
     @router.get("/health/ready", tags=["health"])
     async def ready() -> JSONResponse:
-        ok = dataplane.ready()
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        reasons = dataplane.readiness()
+        if not reasons:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "reasons": reasons}, status_code=503)
 
     @router.get("/metrics", tags=["metrics"], include_in_schema=False)
     async def metrics() -> Response:

@@ -1,0 +1,233 @@
+"""Faults other than bad input: hung and raising instances, vanishing clients,
+endless client timeouts, and a shutdown that must end. Real servers, failpoints
+(``service/failpoints.py``) instead of timing wherever a state can be awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import httpx
+
+from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
+from tests.conftest import RunningServer, Sample, copy_entry
+from tests.reliability.helpers import MODEL, PREDICT, figures, metric_value, start_gated, wait_held
+
+ONE_INSTANCE = {"instance_groups": [{"kind": "cpu", "count": 1}]}
+
+
+def text(sample: Sample) -> dict:
+    return {"text": (None, sample.text)}
+
+
+async def test_sigterm_with_a_hung_instance_exits_non_zero_within_its_budget(
+    tmp_path: Path,
+    model_repository: Path,
+    server_factory: Callable[..., RunningServer],
+    samples: list[Sample],
+) -> None:
+    """A compute call that never returns must not hold the process for ever (it did: the
+    pool joined the thread). The request gets 503; the exit code says work was failed."""
+    server, gate = start_gated(
+        server_factory,
+        model_repository,
+        tmp_path,
+        env={"FUSIONSERVE_DRAIN_TIMEOUT_S": "1", "FUSIONSERVE_SHUTDOWN_CLOSE_S": "1"},
+        batching={"max_queue_delay_ms": 0},
+        **ONE_INSTANCE,
+    )
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
+        stuck = asyncio.create_task(client.post(PREDICT, files=text(samples[0])))
+        await wait_held(gate)  # the gate is never opened: the call hangs
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        answer = await stuck
+    code = await asyncio.to_thread(server.proc.wait, 30)
+    took = time.monotonic() - started
+    figures("hung instance + SIGTERM", status=answer.status_code, exit=code, seconds=round(took, 2))
+    assert answer.status_code == 503, answer.text
+    assert code == 1, "a drain that failed work must not exit 0"
+
+
+async def test_a_hung_instance_fails_its_batch_and_is_replaced(
+    tmp_path: Path,
+    model_repository: Path,
+    server_factory: Callable[..., RunningServer],
+    samples: list[Sample],
+) -> None:
+    # Warm-up makes 2 calls (all modalities, then one per modality in one batch); the 3rd hangs.
+    repo = copy_entry(
+        model_repository,
+        tmp_path / "repo",
+        MODEL,
+        batching={"max_batch_size": 1, "max_queue_delay_ms": 0},
+        instance_groups=[{"kind": "cpu", "count": 1, "timeout_ms": 300}],
+    )
+    server = server_factory(repo, grpc=False, env={"FUSIONSERVE_FAILPOINTS": f"hang={MODEL}:3"})
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
+        first = await client.post(PREDICT, files=text(samples[0]))
+        assert first.status_code == 503, first.text
+        message = first.json()["error"]["message"]
+        assert "timeout_ms=300" in message and "replaced" in message
+        assert first.headers["retry-after"]
+        for _ in range(600):  # the replacement loads and warms up
+            if (await client.get("/health/ready")).status_code == 200:
+                break
+            await asyncio.sleep(0.05)
+        answers = [await client.post(PREDICT, files=text(s)) for s in samples[:6]]
+        metrics = (await client.get("/metrics")).text
+        live = await client.get("/health/live")
+    restarts = metric_value(metrics, "fusionserve_instance_restarts_total", model=MODEL, reason="timeout")
+    stuck = metric_value(metrics, "fusionserve_stuck_threads")
+    figures(
+        "hung instance replaced",
+        first=first.status_code,
+        after=[a.status_code for a in answers],
+        restarts=restarts,
+        stuck_threads=stuck,
+    )
+    assert [a.status_code for a in answers] == [200] * 6
+    assert restarts == 1 and stuck == 1
+    assert live.status_code == 200  # one stuck thread is within max_stuck_threads
+    assert server.stop() == 1  # a thread had to be abandoned at exit
+
+
+async def test_stuck_threads_past_the_bound_turn_liveness_false(
+    tmp_path: Path,
+    model_repository: Path,
+    server_factory: Callable[..., RunningServer],
+    samples: list[Sample],
+) -> None:
+    repo = copy_entry(
+        model_repository,
+        tmp_path / "repo",
+        MODEL,
+        batching={"max_batch_size": 1, "max_queue_delay_ms": 0},
+        instance_groups=[{"kind": "cpu", "count": 1, "timeout_ms": 300}],
+    )
+    server = server_factory(
+        repo,
+        grpc=False,
+        env={"FUSIONSERVE_FAILPOINTS": f"hang={MODEL}:3", "FUSIONSERVE_MAX_STUCK_THREADS": "0"},
+    )
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
+        assert (await client.get("/health/live")).status_code == 200
+        assert (await client.post(PREDICT, files=text(samples[0]))).status_code == 503
+        live = await client.get("/health/live")
+    figures("liveness with a stuck thread", status=live.status_code, body=live.json())
+    assert live.status_code == 503 and "stuck" in live.json()["reason"]
+
+
+async def test_v2_timeout_parameter_is_bounded_by_the_server(
+    tmp_path: Path,
+    model_repository: Path,
+    server_factory: Callable[..., RunningServer],
+    samples: list[Sample],
+) -> None:
+    """``"timeout": 9000000000000`` (µs, 104 days) held a slot until the compute came back."""
+    server, gate = start_gated(
+        server_factory,
+        model_repository,
+        tmp_path,
+        env={"FUSIONSERVE_MAX_TIMEOUT_S": "0.5"},
+        batching={"max_queue_delay_ms": 0, "max_batch_size": 1},
+        **ONE_INSTANCE,
+    )
+    body = {
+        "parameters": {"timeout": 9000000000000},
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["seven"]}],
+    }
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
+        blocker = asyncio.create_task(client.post(PREDICT, files=text(samples[0])))
+        await wait_held(gate)
+        late = await client.post(f"/v2/models/{MODEL}/infer", json=body)
+        figures("V2 timeout 9e12 us, server max 0.5 s", status=late.status_code)
+        assert late.status_code == 504, late.text
+        gate.touch()
+        # The blocker's own (default) timeout is bounded too: it passed while it computed.
+        assert (await blocker).status_code == 504
+
+
+async def test_http_client_that_disconnects_while_queued_is_never_computed(
+    tmp_path: Path,
+    model_repository: Path,
+    server_factory: Callable[..., RunningServer],
+    samples: list[Sample],
+) -> None:
+    server, gate = start_gated(
+        server_factory,
+        model_repository,
+        tmp_path,
+        batching={"max_queue_delay_ms": 0, "max_batch_size": 1},
+        **ONE_INSTANCE,
+    )
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
+        blocker = asyncio.create_task(client.post(PREDICT, files=text(samples[0])))
+        await wait_held(gate)
+        async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as leaving:
+            queued = asyncio.create_task(leaving.post(PREDICT, files=text(samples[1])))
+            for _ in range(2000):
+                depth = metric_value((await client.get("/metrics")).text, "fusionserve_queue_depth")
+                if depth == 1:
+                    break
+                await asyncio.sleep(0.005)
+            assert depth == 1
+            queued.cancel()  # the client gives up: its connection closes
+        for _ in range(2000):
+            metrics = (await client.get("/metrics")).text
+            if metric_value(metrics, "fusionserve_requests_total", model=MODEL, outcome="cancelled") == 1:
+                break
+            await asyncio.sleep(0.005)
+        depth = metric_value(metrics, "fusionserve_queue_depth")
+        gate.touch()
+        assert (await blocker).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    cancelled = metric_value(metrics, "fusionserve_requests_total", model=MODEL, outcome="cancelled")
+    computed = metric_value(metrics, "fusionserve_batch_size_sum", model=MODEL)
+    successes = metric_value(metrics, "fusionserve_requests_total", model=MODEL, outcome="success")
+    figures("HTTP client gone while queued", cancelled=cancelled, rows_computed=computed, successes=successes)
+    assert cancelled == 1 and depth == 0
+    assert computed == 1 and successes == 1, "the abandoned row was computed"
+
+
+async def test_grpc_calls_cancelled_between_decode_and_queue_leave_no_announced_rows(
+    model_repository: Path,
+    server_factory: Callable[..., RunningServer],
+    samples: list[Sample],
+) -> None:
+    """Two-item Predict calls with a client deadline of 2 ms: many are cancelled mid-way.
+    Announced rows must all be withdrawn (they leaked, and every later lone request then
+    waited max_queue_delay_ms)."""
+    server = server_factory(model_repository, grpc=True)
+    item = pb.Item(text=samples[0].text)
+    calls = 300
+    outcomes: dict[str, int] = {}
+    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.FusionServeStub(channel)
+        await stub.Predict(pb.PredictRequest(model=MODEL, items=[item]), timeout=30)
+
+        async def one() -> None:
+            try:
+                await stub.Predict(pb.PredictRequest(model=MODEL, items=[item, item]), timeout=0.002)
+                key = "OK"
+            except grpc.aio.AioRpcError as exc:
+                key = exc.code().name
+            outcomes[key] = outcomes.get(key, 0) + 1
+
+        for start in range(0, calls, 50):
+            await asyncio.gather(*(one() for _ in range(min(50, calls - start))))
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=30) as client:
+        announced = -1.0
+        for _ in range(400):  # calls still finishing server-side settle within moments
+            metrics = (await client.get("/metrics")).text
+            announced = metric_value(metrics, "fusionserve_batcher_announced_rows", model=MODEL)
+            if announced == 0:
+                break
+            await asyncio.sleep(0.01)
+    figures("gRPC 2-item calls with 2 ms deadlines", calls=calls, outcomes=outcomes, announced_left=announced)
+    assert announced == 0
