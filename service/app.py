@@ -43,6 +43,7 @@ from service.dataplane import DataPlane
 from service.failpoints import parse_failpoints
 from service.gpu_metrics import sample_gpus
 from service.http.app import create_http_app
+from service.http.listener import refuse_new_connections
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.repository import ModelRepository
@@ -135,6 +136,7 @@ class FusionServer:
         log.info("models loaded in %.1f s; ready=%s", time.monotonic() - started, self.dataplane.ready())
         await self._stop.wait()
         clean = await self._drain()
+        await self._close_listeners(http)
         http.should_exit = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(http_task, self.settings.shutdown_close_s + 1.0)
@@ -168,6 +170,17 @@ class FusionServer:
         remaining = max(0.0, budget - (time.monotonic() - started))
         closed = await self.registry.close(remaining, thread_grace_s=s.shutdown_close_s)
         return clean and closed
+
+    async def _close_listeners(self, http: uvicorn.Server) -> None:
+        """Take no new connection, but answer those already made before closing them.
+
+        A connection the kernel completed (or the server accepted) just now
+        carries a request that would be cut by a plain close; for a moment it
+        is still accepted and answered (503 + Connection: close), while new
+        handshakes go unanswered and later meet a clean refusal.
+        """
+        refuse_new_connections(http.servers)
+        await asyncio.sleep(min(0.5, self.settings.shutdown_close_s / 2))
 
     def _uvicorn_config(self) -> uvicorn.Config:
         s = self.settings
