@@ -16,6 +16,7 @@ from service import __version__
 from service.config import Settings
 from service.dataplane import DataPlane
 from service.errors import FusionServeError, InternalError
+from service.http.budget import MemoryBudget, MemoryBudgetMiddleware, default_budget
 from service.http.disconnect import ClientGone
 from service.http.errors import error_response
 from service.http.middleware import GatewayMiddleware
@@ -83,7 +84,9 @@ def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
         log.exception("unhandled error on %s", request.url.path)
         return error_response(InternalError(f"internal error: {type(exc).__name__}"), request_id_var.get())
 
-    app.add_middleware(
+    limit = settings.max_inflight_bytes or default_budget()
+    app.add_middleware(MemoryBudgetMiddleware, budget=MemoryBudget(limit, dataplane.metrics))
+    app.add_middleware(  # outermost: request ids, access log and Connection: close cover everything
         GatewayMiddleware,
         max_body_bytes=settings.max_body_bytes,
         api_token=settings.api_token,
