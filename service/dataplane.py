@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -56,6 +56,8 @@ class Prediction:
     labels: list[str]  # top-k, best first
     scores: list[float]
     probabilities: np.ndarray  # float32 [C], labels.txt order
+    #: Inputs cut to the model's bounds: modality -> (given, kept); empty when none.
+    truncated: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,6 +67,8 @@ class Embedding:
     modalities: list[str]
     fused: np.ndarray  # float32 [D]
     per_modality: dict[str, np.ndarray]  # only the supplied modalities
+    #: Inputs cut to the model's bounds: modality -> (given, kept); empty when none.
+    truncated: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -429,6 +433,7 @@ class DataPlane:
                 lv.batcher.withdraw(announcement)
             post_start = time.monotonic()
             answers = await finish(lv, outputs, [row.modalities() for row in decoded])
+            self._report_truncation(lv, decoded, answers)
             self.metrics.child(self.metrics.postprocess_seconds, lv.name, lv.version).observe(
                 time.monotonic() - post_start
             )
@@ -444,6 +449,16 @@ class DataPlane:
             raise InternalError(f"internal error: {type(exc).__name__}: {exc}") from exc
         finally:
             self._leave(protocol, model, lv, error, len(rows), time.monotonic() - started)
+
+    def _report_truncation(self, lv: LoadedVersion, decoded: list[DecodedRow], answers: list[Any]) -> None:
+        """No silent cut: count each truncated input, and put it in its row's answer."""
+        for row in decoded:
+            for modality in row.truncated:
+                self.metrics.child(self.metrics.truncations, lv.name, modality).inc()
+        if len(answers) == len(decoded):
+            for answer, row in zip(answers, decoded, strict=True):
+                if row.truncated and hasattr(answer, "truncated"):
+                    answer.truncated = dict(row.truncated)
 
     def _check_rows(self, rows: Sequence[RawInputs]) -> None:
         if not rows:

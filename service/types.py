@@ -34,6 +34,9 @@ class DecodedRow:
     text_ids: np.ndarray | None = None  # int64 [L], L <= max_tokens, L >= 1
     #: Seconds spent decoding each modality (for metrics).
     decode_seconds: dict[str, float] = field(default_factory=dict)
+    #: Inputs cut to the model's bound: modality -> (length given, length kept)
+    #: (text in tokens, audio in samples at the model's rate). Reported in the answer.
+    truncated: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def modalities(self) -> list[str]:
         present = []

@@ -19,19 +19,30 @@ from service.http.parsing import parse_request, parse_timeout_ms
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
 
+def truncated_json(truncated: dict[str, tuple[int, int]]) -> dict[str, dict[str, int]]:
+    """What was cut, per modality: ``{"text": {"given": 40, "kept": 16}}`` (tokens; audio: samples)."""
+    return {m: {"given": given, "kept": kept} for m, (given, kept) in truncated.items()}
+
+
 def _prediction_json(p: Prediction) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "modalities": p.modalities,
         "predictions": [{"label": lab, "score": s} for lab, s in zip(p.labels, p.scores, strict=True)],
     }
+    if p.truncated:
+        body["truncated"] = truncated_json(p.truncated)
+    return body
 
 
 def _embedding_json(e: Embedding) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "modalities": e.modalities,
         "embedding": e.fused.tolist(),
         "embeddings": {m: v.tolist() for m, v in e.per_modality.items()},
     }
+    if e.truncated:
+        body["truncated"] = truncated_json(e.truncated)
+    return body
 
 
 def model_json(info: ModelInfo) -> dict[str, Any]:
