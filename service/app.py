@@ -44,6 +44,7 @@ from service.failpoints import parse_failpoints
 from service.gpu_metrics import sample_gpus
 from service.http.app import create_http_app
 from service.http.listener import refuse_new_connections
+from service.http.middleware import Activity
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.repository import ModelRepository
@@ -80,7 +81,8 @@ class FusionServer:
             max_top_k=settings.max_top_k,
             max_timeout_s=settings.max_timeout_s,
         )
-        self.http_app = create_http_app(self.dataplane, settings)
+        self.http_activity = Activity()
+        self.http_app = create_http_app(self.dataplane, settings, self.http_activity)
         self._stop = asyncio.Event()
         self._grpc: Any = None
         self._grpc_health: Any = None
@@ -156,11 +158,16 @@ class FusionServer:
             log.info("grace period: taking new work for %.1f s more, readiness false", s.shutdown_grace_s)
             await asyncio.sleep(s.shutdown_grace_s)
         self.dataplane.stop_accepting()
+        log.info("drain: new work gets 503 now; waiting for %d requests", self.dataplane.inflight)
         if self._grpc is not None:  # GOAWAY now; calls in flight get the drain's time
             self._grpc_stopping = asyncio.ensure_future(self._grpc.stop(grace=s.drain_timeout_s))
         budget = s.drain_timeout_s
         started = time.monotonic()
         clean = await self.dataplane.wait_idle(budget)
+        # Requests still being received or parsed never reached the data plane:
+        # they get their 503 now, before anything closes.
+        left = max(0.0, budget - (time.monotonic() - started))
+        clean = await self.http_activity.wait_idle(left) and clean
         if not clean:
             log.warning(
                 "drain timeout (%.1f s) reached with %d requests still in flight",
@@ -177,10 +184,23 @@ class FusionServer:
         A connection the kernel completed (or the server accepted) just now
         carries a request that would be cut by a plain close; for a moment it
         is still accepted and answered (503 + Connection: close), while new
-        handshakes go unanswered and later meet a clean refusal.
+        handshakes go unanswered and later meet a clean refusal. Bounded by
+        half of ``shutdown_close_s``.
         """
-        refuse_new_connections(http.servers)
-        await asyncio.sleep(min(0.5, self.settings.shutdown_close_s / 2))
+        filtered = refuse_new_connections(http.servers)
+        log.info("close: new connections refused (%d listeners filtered); answering those made", filtered)
+        # A connection already made may not have sent its request yet (its
+        # client is slow to write it): closing it then cuts that request. Every
+        # answer now says Connection: close, so wait for the connections to be
+        # closed by their answers; only those still silent after half the close
+        # budget (idle kept-alive clients) are closed under them.
+        close = self.settings.shutdown_close_s
+        connections: set[Any] = getattr(getattr(http, "server_state", None), "connections", set())
+        deadline = time.monotonic() + close / 2
+        for _ in range(int(close / 2 / 0.02) + 1):
+            if not (connections or self.http_activity.active) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.02)
 
     def _uvicorn_config(self) -> uvicorn.Config:
         s = self.settings

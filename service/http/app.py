@@ -19,7 +19,7 @@ from service.errors import FusionServeError, InternalError
 from service.http.budget import MemoryBudget, MemoryBudgetMiddleware, default_budget
 from service.http.disconnect import ClientGone
 from service.http.errors import error_response
-from service.http.middleware import GatewayMiddleware
+from service.http.middleware import Activity, GatewayMiddleware
 from service.http.native import native_router
 from service.logs import request_id_var
 
@@ -36,7 +36,7 @@ Serve multimodal fusion models. POST any subset of **image** (file), **audio**
 """
 
 
-def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
+def create_http_app(dataplane: DataPlane, settings: Settings, activity: Activity | None = None) -> FastAPI:
     app = FastAPIOffline(title="fusionserve", version=__version__, description=DESCRIPTION)
     app.include_router(native_router(dataplane, settings))
     try:  # the V2 door is optional while it is being built
@@ -92,5 +92,6 @@ def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
         api_token=settings.api_token,
         admin_token=settings.admin_token,
         draining=lambda: dataplane.draining,
+        activity=activity,
     )
     return app

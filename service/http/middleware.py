@@ -12,6 +12,7 @@ HTTP/1.1 keep-alive race: such a request is lost without an answer).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -35,6 +36,34 @@ _ADMIN = re.compile(r"^/v2/repository/")
 
 
 CONNECTION_CLOSE = (b"connection", b"close")
+
+
+class Activity:
+    """HTTP requests in progress, from their first byte to their last answer byte.
+
+    The data plane counts only requests that reached it; a drain must also
+    wait for those still being received or parsed, or they are cut.
+    """
+
+    def __init__(self) -> None:
+        self.active = 0
+
+    async def wait_idle(self, timeout_s: float, settle_s: float = 0.0) -> bool:
+        """Until no request is in progress (and none for ``settle_s``); False at the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        quiet_since: float | None = None
+        while True:
+            now = loop.time()
+            if self.active == 0:
+                quiet_since = now if quiet_since is None else quiet_since
+                if now - quiet_since >= settle_s:
+                    return True
+            else:
+                quiet_since = None
+            if now >= deadline:
+                return False
+            await asyncio.sleep(0.02)
 
 
 async def _send_json(
@@ -66,8 +95,10 @@ class GatewayMiddleware:
         api_token: str | None,
         admin_token: str | None,
         draining: Callable[[], bool] | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.app = app
+        self.activity = activity or Activity()
         self.max_body_bytes = max_body_bytes
         self.api_token = api_token
         self.admin_token = admin_token
@@ -96,6 +127,7 @@ class GatewayMiddleware:
             await outer_send(message)
 
         send = send_closing
+        self.activity.active += 1
         try:
             denied = self._auth_failure(scope["path"], headers)
             if denied is not None:
@@ -114,6 +146,7 @@ class GatewayMiddleware:
                 return
             await self._forward(scope, receive, send, id_header, status_holder, request_id)
         finally:
+            self.activity.active -= 1
             log.info(
                 "request",
                 extra={

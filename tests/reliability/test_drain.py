@@ -38,6 +38,10 @@ async def _client(url: str, files: dict, tally: Counter[str], stop: asyncio.Even
             except httpx.TransportError as exc:
                 tally["dropped"] += 1
                 tally[f"dropped:{type(exc).__name__}"] += 1
+                cause = exc.__cause__ or exc.__context__
+                tally[f"cause:{type(cause).__name__}:{cause}"[:120]] += 1
+                if stop.is_set():
+                    tally[f"at:{round(asyncio.get_running_loop().time() - stop.at, 1)}"] += 1  # type: ignore[attr-defined]
                 return
             tally[str(answer.status_code)] += 1
             if stop.is_set():
@@ -56,6 +60,7 @@ async def drain_under_load(server: RunningServer, sample: Sample, clients: int) 
         await asyncio.sleep(0.02)
         assert not all(t.done() for t in tasks), tally
     server.proc.send_signal(signal.SIGTERM)
+    sigterm.at = asyncio.get_running_loop().time()  # type: ignore[attr-defined]
     sigterm.set()
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
     code = await asyncio.to_thread(server.proc.wait, 60)
