@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,26 +194,53 @@ class ModelRegistry:
             log.warning("model repository %s holds no model", self.repository.root)
         await asyncio.gather(*(self.load(name) for name in names))
 
-    async def load(self, name: str) -> ModelState:
-        """(Re)load an entry from disk. Failures are recorded, never raised (but unknown names are)."""
+    async def load(self, name: str, drain_timeout_s: float = 30.0) -> ModelState:
+        """(Re)load an entry from disk. Failures are recorded, never raised (but unknown names are).
+
+        Under traffic: the versions being served keep serving while the new
+        ones load and warm up; then every new request goes to the new set at
+        once, and the old versions drain (what they hold is answered) and stop.
+        A client's answers therefore switch version exactly once, and none fails.
+        """
         async with self._lock(name):
             entry = await asyncio.to_thread(self.repository.read, name)
-            await self._unload_locked(name)
+            old = self._loaded.get(name, {})
             state = ModelState(name=name, config=entry.config, labels=entry.labels, error=entry.error)
-            self._states[name] = state
             if entry.error or entry.config is None:
+                await self._unload_locked(name, drain_timeout_s)
+                self._states[name] = state
                 log.error("model %s cannot be served: %s", name, entry.error)
                 self.metrics.load_failures.labels(name).inc()
                 return state
+            previous = self._states.get(name)
             for vf in entry.versions:
                 state.versions[vf.version] = VersionState(LOADING)
+            if previous is not None and old:  # still served meanwhile: keep their states visible
+                for version in old:
+                    state.versions.setdefault(version, previous.versions.get(version, VersionState(READY)))
+            self._states[name] = state
+            fresh: dict[str, LoadedVersion] = {}
             for vf in entry.versions:
-                await self._load_version(entry, vf.version, vf.path, state)
+                loaded = await self._load_version(entry, vf.version, vf.path, state)
+                if loaded is not None:
+                    fresh[vf.version] = loaded
+            self._loaded[name] = fresh  # the switch: new requests now go to the new set
+            wanted = {vf.version for vf in entry.versions}
+            for version in list(state.versions):
+                if version not in wanted:
+                    del state.versions[version]
+            for version, loaded in old.items():
+                await self._stop_version(loaded, drain_timeout_s)
+                if version in fresh:  # same number reloaded: the new one serves
+                    self.metrics.model_ready.labels(name, version).set(1)
+            if not fresh and name in self._loaded and not self._loaded[name]:
+                del self._loaded[name]
             return state
 
     async def _load_version(
         self, entry: RepositoryEntry, version: str, path: Path, state: ModelState
-    ) -> None:
+    ) -> LoadedVersion | None:
+        """Load and warm up one version; returns it (not yet serving), or None when it failed."""
         assert entry.config is not None
         config = entry.config
         backends: list[Backend] = []
@@ -259,8 +287,8 @@ class ModelRegistry:
             self.metrics.load_failures.labels(entry.name).inc()
             self.metrics.model_ready.labels(entry.name, version).set(0)
             log.error("model %s version %s failed to load: %s", entry.name, version, reason)
-            return
-        self._loaded.setdefault(entry.name, {})[version] = LoadedVersion(
+            return None
+        loaded = LoadedVersion(
             name=entry.name,
             version=version,
             config=config,
@@ -273,6 +301,7 @@ class ModelRegistry:
         self.metrics.model_ready.labels(entry.name, version).set(1)
         self.metrics.queue_capacity.labels(entry.name, version).set(config.batching.max_queue_size)
         log.info("model %s version %s ready (%d instance(s))", entry.name, version, len(backends))
+        return loaded
 
     async def unload(self, name: str, drain_timeout_s: float = 30.0) -> None:
         self.known(name)
@@ -290,7 +319,16 @@ class ModelRegistry:
     async def _stop_version(
         self, loaded: LoadedVersion, drain_timeout_s: float, thread_grace_s: float = 1.0
     ) -> bool:
-        """Drain and stop one version; False when work was left or a thread was abandoned."""
+        """Drain and stop one version; False when work was left or a thread was abandoned.
+
+        Requests that chose this version and are still decoding (announced
+        rows) are let in first: closing under them would fail them.
+        """
+        deadline = time.monotonic() + drain_timeout_s
+        for _ in range(int(drain_timeout_s / 0.005) + 1):
+            if loaded.batcher.expected == 0 or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.005)
         loaded.batcher.close()
         drained = await loaded.batcher.drain(drain_timeout_s)
         stopped = await loaded.pool.stop(timeout_s=thread_grace_s)
