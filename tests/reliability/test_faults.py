@@ -5,6 +5,7 @@ endless client timeouts, and a shutdown that must end. Real servers, failpoints
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -68,8 +69,14 @@ async def test_a_hung_instance_fails_its_batch_and_is_replaced(
         batching={"max_batch_size": 1, "max_queue_delay_ms": 0},
         instance_groups=[{"kind": "cpu", "count": 1, "timeout_ms": 300}],
     )
-    server = server_factory(repo, grpc=False, env={"FUSIONSERVE_FAILPOINTS": f"hang={MODEL}:3"})
+    # No stuck thread tolerated: the one left behind turns liveness false (restart me).
+    server = server_factory(
+        repo,
+        grpc=False,
+        env={"FUSIONSERVE_FAILPOINTS": f"hang={MODEL}:3", "FUSIONSERVE_MAX_STUCK_THREADS": "0"},
+    )
     async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
+        assert (await client.get("/health/live")).status_code == 200
         first = await client.post(PREDICT, files=text(samples[0]))
         assert first.status_code == 503, first.text
         message = first.json()["error"]["message"]
@@ -90,37 +97,12 @@ async def test_a_hung_instance_fails_its_batch_and_is_replaced(
         after=[a.status_code for a in answers],
         restarts=restarts,
         stuck_threads=stuck,
+        live=(live.status_code, live.json().get("reason")),
     )
     assert [a.status_code for a in answers] == [200] * 6
     assert restarts == 1 and stuck == 1
-    assert live.status_code == 200  # one stuck thread is within max_stuck_threads
-    assert server.stop() == 1  # a thread had to be abandoned at exit
-
-
-async def test_stuck_threads_past_the_bound_turn_liveness_false(
-    tmp_path: Path,
-    model_repository: Path,
-    server_factory: Callable[..., RunningServer],
-    samples: list[Sample],
-) -> None:
-    repo = copy_entry(
-        model_repository,
-        tmp_path / "repo",
-        MODEL,
-        batching={"max_batch_size": 1, "max_queue_delay_ms": 0},
-        instance_groups=[{"kind": "cpu", "count": 1, "timeout_ms": 300}],
-    )
-    server = server_factory(
-        repo,
-        grpc=False,
-        env={"FUSIONSERVE_FAILPOINTS": f"hang={MODEL}:3", "FUSIONSERVE_MAX_STUCK_THREADS": "0"},
-    )
-    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
-        assert (await client.get("/health/live")).status_code == 200
-        assert (await client.post(PREDICT, files=text(samples[0]))).status_code == 503
-        live = await client.get("/health/live")
-    figures("liveness with a stuck thread", status=live.status_code, body=live.json())
     assert live.status_code == 503 and "stuck" in live.json()["reason"]
+    assert server.stop() == 1  # a thread had to be abandoned at exit
 
 
 async def test_v2_timeout_parameter_is_bounded_by_the_server(
@@ -231,3 +213,58 @@ async def test_grpc_calls_cancelled_between_decode_and_queue_leave_no_announced_
             await asyncio.sleep(0.01)
     figures("gRPC 2-item calls with 2 ms deadlines", calls=calls, outcomes=outcomes, announced_left=announced)
     assert announced == 0
+
+
+async def test_slow_warmup_broken_model_file_and_vanishing_repository(
+    tmp_path: Path,
+    model_repository: Path,
+    server_factory: Callable[..., RunningServer],
+    samples: list[Sample],
+) -> None:
+    """One server, three faults: a model that takes long to load (ready says why and
+    liveness holds), a model file that does not load (the other model serves), and the
+    repository directory removed under a running server (serving goes on; a load call
+    gets a clear error)."""
+    repo = copy_entry(model_repository, tmp_path / "repo", MODEL)
+    copy_entry(model_repository, repo, "digits-embed")
+    (repo / "digits-embed" / "1" / "model.onnx").write_bytes(b"not an onnx graph")
+    server = server_factory(
+        repo, grpc=False, wait=False, env={"FUSIONSERVE_FAILPOINTS": f"slow_load={MODEL}:1500"}
+    )
+    server.wait_live()
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
+        loading = await client.get("/health/ready")
+        live_while_loading = (await client.get("/health/live")).status_code
+        for _ in range(1200):
+            if (await client.get(f"/v1/models/{MODEL}/ready")).status_code == 200:
+                break
+            await asyncio.sleep(0.05)
+        ready = await client.get("/health/ready")
+        broken = (await client.get("/v1/models/digits-embed")).json()
+        served = await client.post(PREDICT, files=text(samples[0]))
+        refused = await client.post("/v1/models/digits-embed/embed", files=text(samples[0]))
+        shutil.rmtree(repo)
+        after_vanish = await client.post(PREDICT, files=text(samples[1]))
+        reload = await client.post(f"/v2/repository/models/{MODEL}/load", json={})
+        still = await client.post(PREDICT, files=text(samples[2]))
+        live = await client.get("/health/live")
+    figures(
+        "slow warm-up, broken model file, vanished repository",
+        loading=(loading.status_code, loading.json().get("reasons")),
+        live_while_loading=live_while_loading,
+        ready_reasons=ready.json().get("reasons"),
+        served=served.status_code,
+        broken_model=refused.status_code,
+        after_vanish=after_vanish.status_code,
+        load_after_vanish=(reload.status_code, reload.text[:120]),
+        still=still.status_code,
+        live=live.status_code,
+    )
+    assert loading.status_code == 503 and live_while_loading == 200
+    assert any("loading" in r for r in loading.json()["reasons"])
+    assert ready.status_code == 503 and any("digits-embed" in r for r in ready.json()["reasons"])
+    assert "FAILED" in {v["state"] for v in broken["versions"]}
+    assert served.status_code == 200 and refused.status_code == 503
+    assert after_vanish.status_code == 200
+    assert 400 <= reload.status_code < 600 and reload.status_code != 500, reload.text
+    assert still.status_code in (200, 503) and live.status_code == 200
