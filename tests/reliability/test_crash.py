@@ -119,7 +119,7 @@ async def crash_under_load(supervisor: Supervisor, clients: int, kills: int, per
 
 
 async def test_sigkill_under_load_loses_no_answer(supervised: Supervisor) -> None:
-    await crash_under_load(supervised, clients=8, kills=1, per_client=40)
+    await crash_under_load(supervised, clients=8, kills=1, per_client=25)
 
 
 @pytest.mark.slow
