@@ -185,19 +185,19 @@ class FusionServer:
         carries a request that would be cut by a plain close; for a moment it
         is still accepted and answered (503 + Connection: close), while new
         handshakes go unanswered and later meet a clean refusal. Bounded by
-        half of ``shutdown_close_s``.
+        ``shutdown_close_s`` less half a second (for uvicorn's own close).
         """
         filtered = refuse_new_connections(http.servers)
         log.info("close: new connections refused (%d listeners filtered); answering those made", filtered)
         # A connection already made may not have sent its request yet (its
         # client is slow to write it): closing it then cuts that request. Every
         # answer now says Connection: close, so wait for the connections to be
-        # closed by their answers; only those still silent after half the close
-        # budget (idle kept-alive clients) are closed under them.
-        close = self.settings.shutdown_close_s
+        # closed by their answers; only those still silent at the end of the
+        # close budget (idle kept-alive clients) are closed under them.
+        wait = max(0.0, self.settings.shutdown_close_s - 0.5)
         connections: set[Any] = getattr(getattr(http, "server_state", None), "connections", set())
-        deadline = time.monotonic() + close / 2
-        for _ in range(int(close / 2 / 0.02) + 1):
+        deadline = time.monotonic() + wait
+        for _ in range(int(wait / 0.02) + 1):
             if not (connections or self.http_activity.active) or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.02)

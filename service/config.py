@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="SIGTERM: time to finish accepted work")
     shutdown_close_s: float = Field(
-        default=2.0,
+        default=3.0,
         ge=0,
         description="after the drain: time for connections to close and compute threads to return; "
         "the process exits at grace + drain + close + 1 s at the latest",
