@@ -10,11 +10,11 @@ import numpy as np
 import soundfile
 
 from service.errors import InvalidInput, UnprocessableInput
-from service.model_config import TOKENIZER_FILE, AudioSpec, ModelConfig
+from service.model.config import TOKENIZER_FILE, AudioSpec, ModelConfig
+from service.model.rows import DecodedRow, RawInputs
 from service.preprocess.audio import decode_audio
 from service.preprocess.image import decode_image
 from service.preprocess.text import TextEncoder
-from service.types import DecodedRow, RawInputs
 
 
 class Preprocessor:

@@ -15,9 +15,9 @@ from service.batching import DynamicBatcher
 from service.dataplane import DataPlane
 from service.errors import DeadlineExceeded, Overloaded
 from service.metrics import Metrics
-from service.model_config import Batching, ModelConfig
+from service.model.config import Batching, ModelConfig
+from service.model.rows import DecodedRow, RawInputs
 from service.registry import VersionCounters
-from service.types import DecodedRow, RawInputs
 
 CONFIG = ModelConfig.model_validate(
     {
