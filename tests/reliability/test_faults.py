@@ -135,46 +135,69 @@ async def test_v2_timeout_parameter_is_bounded_by_the_server(
         assert (await blocker).status_code == 504
 
 
-async def test_http_client_that_disconnects_while_queued_is_never_computed(
+async def test_clients_that_leave_while_queued_are_never_computed(
     tmp_path: Path,
     model_repository: Path,
     server_factory: Callable[..., RunningServer],
     samples: list[Sample],
 ) -> None:
+    """An HTTP client that disconnects and a gRPC call that is cancelled while their rows
+    wait in the queue: both rows are withdrawn, never computed, counted as cancelled
+    (over HTTP the row was computed and counted a success)."""
     server, gate = start_gated(
         server_factory,
         model_repository,
         tmp_path,
+        grpc=True,
         batching={"max_queue_delay_ms": 0, "max_batch_size": 1},
         **ONE_INSTANCE,
     )
+
+    async def depth_reaches(client: httpx.AsyncClient, value: float) -> float:
+        depth = -1.0
+        for _ in range(2000):
+            depth = metric_value((await client.get("/metrics")).text, "fusionserve_queue_depth")
+            if depth == value:
+                break
+            await asyncio.sleep(0.005)
+        return depth
+
     async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
         blocker = asyncio.create_task(client.post(PREDICT, files=text(samples[0])))
         await wait_held(gate)
         async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as leaving:
             queued = asyncio.create_task(leaving.post(PREDICT, files=text(samples[1])))
+            assert await depth_reaches(client, 1) == 1
+            queued.cancel()  # the client gives up: its connection closes
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            stub = pb_grpc.FusionServeStub(channel)
+            call = stub.Predict(pb.PredictRequest(model=MODEL, items=[pb.Item(text=samples[2].text)]))
             for _ in range(2000):
-                depth = metric_value((await client.get("/metrics")).text, "fusionserve_queue_depth")
-                if depth == 1:
+                metrics = (await client.get("/metrics")).text
+                if metric_value(metrics, "fusionserve_inflight_requests", protocol="grpc") == 1:
                     break
                 await asyncio.sleep(0.005)
-            assert depth == 1
-            queued.cancel()  # the client gives up: its connection closes
+            call.cancel()
         for _ in range(2000):
             metrics = (await client.get("/metrics")).text
-            if metric_value(metrics, "fusionserve_requests_total", model=MODEL, outcome="cancelled") == 1:
+            if metric_value(metrics, "fusionserve_requests_total", model=MODEL, outcome="cancelled") == 2:
                 break
             await asyncio.sleep(0.005)
         depth = metric_value(metrics, "fusionserve_queue_depth")
         gate.touch()
         assert (await blocker).status_code == 200
         metrics = (await client.get("/metrics")).text
-    cancelled = metric_value(metrics, "fusionserve_requests_total", model=MODEL, outcome="cancelled")
+    cancelled = {
+        door: metric_value(
+            metrics, "fusionserve_requests_total", model=MODEL, protocol=door, outcome="cancelled"
+        )
+        for door in ("http", "grpc")
+    }
     computed = metric_value(metrics, "fusionserve_batch_size_sum", model=MODEL)
     successes = metric_value(metrics, "fusionserve_requests_total", model=MODEL, outcome="success")
-    figures("HTTP client gone while queued", cancelled=cancelled, rows_computed=computed, successes=successes)
-    assert cancelled == 1 and depth == 0
-    assert computed == 1 and successes == 1, "the abandoned row was computed"
+    figures("clients gone while queued", cancelled=cancelled, rows_computed=computed, successes=successes)
+    assert cancelled == {"http": 1, "grpc": 1} and depth == 0
+    assert computed == 1 and successes == 1, "an abandoned row was computed"
 
 
 async def test_grpc_calls_cancelled_between_decode_and_queue_leave_no_announced_rows(
