@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -68,7 +69,7 @@ class FusionServer:
         self.settings = settings
         self.metrics = Metrics()
         self.registry = ModelRegistry(
-            ModelRepository(repository),
+            ModelRepository(repository, allow_torchscript=settings.allow_torchscript),
             self.metrics,
             parse_failpoints(settings.failpoints),
             max_stuck_threads=settings.max_stuck_threads,
@@ -140,11 +141,11 @@ class FusionServer:
         clean = await self._drain()
         await self._close_listeners(http)
         http.should_exit = True
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(http_task, self.settings.shutdown_close_s + 1.0)
         gpu_task.cancel()
         if self._grpc_stopping is not None:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._grpc_stopping, self.settings.shutdown_close_s + 1.0)
         self.dataplane.shutdown()
         code = 0 if clean else 1
@@ -214,6 +215,10 @@ class FusionServer:
             http="httptools",
             ssl_certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
             ssl_keyfile=str(s.tls_key_file) if s.tls_key_file else None,
+            # mTLS: with a client CA, a client without a certificate it signed
+            # cannot complete the handshake (same rule as the gRPC door).
+            ssl_ca_certs=str(s.tls_client_ca_file) if s.tls_client_ca_file else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if s.tls_client_ca_file else ssl.CERT_NONE,
             # By then the drain is over: only idle connections are left to close.
             timeout_graceful_shutdown=max(1, int(s.shutdown_close_s)),
             backlog=2048,

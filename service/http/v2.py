@@ -23,6 +23,7 @@ from service.errors import FusionServeError, InvalidInput, NotReady, Overloaded
 from service.http.content_coding import compress, decompress, request_coding, response_coding
 from service.http.disconnect import unless_disconnected
 from service.http.errors import http_status
+from service.model_control import require_model_control
 from service.v2.codec import (
     HEADER_LENGTH,
     InferRequest,
@@ -242,6 +243,7 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
 
     @router.post("/v2/repository/models/{model}/load")
     async def load(request: Request, model: str) -> dict[str, Any]:
+        require_model_control(settings.model_control, "load", model)
         document = await _json_body(request)
         parameters = document.get("parameters") or {}
         if not isinstance(parameters, dict):
@@ -252,6 +254,7 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
 
     @router.post("/v2/repository/models/{model}/unload")
     async def unload(request: Request, model: str) -> dict[str, Any]:
+        require_model_control(settings.model_control, "unload", model)
         await _json_body(request)
         await dataplane.unload(model)
         return {}

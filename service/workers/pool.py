@@ -423,7 +423,7 @@ class WorkerPool:
         else:
             try:
                 outputs = await asyncio.wait_for(future, inst.timeout_s)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # TimeoutError misses it on Python 3.10
                 raise InstanceStuck(
                     f"instance {inst.index} did not finish a batch of {len(rows)} within "
                     f"timeout_ms={inst.timeout_s * 1000:g}; the instance is being replaced, retry"

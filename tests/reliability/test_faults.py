@@ -252,7 +252,10 @@ async def test_slow_warmup_broken_model_file_and_vanishing_repository(
     copy_entry(model_repository, repo, "digits-embed")
     (repo / "digits-embed" / "1" / "model.onnx").write_bytes(b"not an onnx graph")
     server = server_factory(
-        repo, grpc=False, wait=False, env={"FUSIONSERVE_FAILPOINTS": f"slow_load={MODEL}:1500"}
+        repo,
+        grpc=False,
+        wait=False,
+        env={"FUSIONSERVE_FAILPOINTS": f"slow_load={MODEL}:1500", "FUSIONSERVE_MODEL_CONTROL": "explicit"},
     )
     server.wait_live()
     async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:

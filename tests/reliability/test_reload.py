@@ -23,7 +23,7 @@ async def reload_under_traffic(
     factory: Callable[..., RunningServer], repository: Path, tmp_path: Path, clients: int
 ) -> None:
     repo = copy_entry(repository, tmp_path / "repo", MODEL)
-    server = factory(repo, grpc=False)
+    server = factory(repo, grpc=False, env={"FUSIONSERVE_MODEL_CONTROL": "explicit"})
     seen: list[list[str]] = [[] for _ in range(clients)]
     failed: list[str] = []
     stop = asyncio.Event()
