@@ -160,14 +160,16 @@ class DynamicBatcher:
     def admit(self, rows: int) -> None:
         """Refuse, before any decoding, a request whose rows cannot all be queued.
 
-        Rows already announced (decoding) count as queued: they will be. A
+        Rows already announced (decoding) count as queued: they will be, less
+        one per free instance, which takes a row as soon as it arrives. A
         request is admitted all or nothing, so a batch-form request never
         leaves some rows computing for nobody after its later rows are shed.
         """
         if self._closed:
             raise NotReady(f"model {self.model} version {self.version} is not taking new requests (draining)")
         limit = self.batching.max_queue_size
-        if len(self._queue) + self._expected + rows > limit:
+        # A free instance (waiting in next_batch) takes an arriving row at once.
+        if len(self._queue) + self._expected + rows > limit + self._waiting:
             raise Overloaded(
                 f"queue of model {self.model} is full (max_queue_size={limit}; "
                 f"{len(self._queue)} queued, {self._expected} arriving, {rows} asked)",
