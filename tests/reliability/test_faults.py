@@ -120,15 +120,26 @@ async def test_v2_timeout_parameter_is_bounded_by_the_server(
         batching={"max_queue_delay_ms": 0, "max_batch_size": 1},
         **ONE_INSTANCE,
     )
-    body = {
-        "parameters": {"timeout": 9000000000000},
-        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["seven"]}],
-    }
+
+    def body(timeout_us: int) -> dict:
+        return {
+            "parameters": {"timeout": timeout_us},
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["seven"]}],
+        }
+
     async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
         blocker = asyncio.create_task(client.post(PREDICT, files=text(samples[0])))
         await wait_held(gate)
-        late = await client.post(f"/v2/models/{MODEL}/infer", json=body)
-        figures("V2 timeout 9e12 us, server max 0.5 s", status=late.status_code)
+        absurd = await client.post(f"/v2/models/{MODEL}/infer", json=body(9000000000000))
+        late = await client.post(f"/v2/models/{MODEL}/infer", json=body(3_000_000_000))  # 50 min
+        figures(
+            "V2 timeout 9e12 us and 3e9 us, server max 0.5 s",
+            absurd=(absurd.status_code, absurd.text[:100]),
+            late=late.status_code,
+        )
+        # Past what any client may ask (1 h, the parameter's bound): refused at once.
+        assert absurd.status_code == 400, absurd.text
+        # Within it but past the server's max_timeout_s: answered at the server's bound.
         assert late.status_code == 504, late.text
         gate.touch()
         # The blocker's own (default) timeout is bounded too: it passed while it computed.
