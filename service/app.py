@@ -13,8 +13,9 @@ server reads gets an answer:
    ``Connection: close``, so no kept-alive connection is left idle to be cut
    under a client's next request;
 2. drain (``drain_timeout_s``): new work gets 503 + ``Retry-After`` (gRPC:
-   GOAWAY, then UNAVAILABLE), everything queued and in flight finishes;
-3. close (``shutdown_close_s``): listeners and idle connections close,
+   UNAVAILABLE, health NOT_SERVING), everything queued and in flight finishes;
+3. close (``shutdown_close_s``): gRPC sends GOAWAY and stops; the HTTP
+   listener stops taking handshakes, connections close after their answers,
    compute threads get that long to return;
 4. exit: 0 when everything finished, 1 when the drain timed out with work
    left or a compute thread had to be abandoned. A watchdog ends the process
@@ -143,6 +144,8 @@ class FusionServer:
         log.info("models loaded in %.1f s; ready=%s", time.monotonic() - started, self.dataplane.ready())
         await self._stop.wait()
         clean = await self._drain()
+        if self._grpc is not None:  # GOAWAY: the drain is over, health said NOT_SERVING meanwhile
+            self._grpc_stopping = asyncio.ensure_future(self._grpc.stop(grace=self.settings.shutdown_close_s))
         await self._close_listeners(http)
         http.should_exit = True
         with contextlib.suppress(asyncio.TimeoutError):
@@ -164,8 +167,6 @@ class FusionServer:
             await asyncio.sleep(s.shutdown_grace_s)
         self.dataplane.stop_accepting()
         log.info("drain: new work gets 503 now; waiting for %d requests", self.dataplane.inflight)
-        if self._grpc is not None:  # GOAWAY now; calls in flight get the drain's time
-            self._grpc_stopping = asyncio.ensure_future(self._grpc.stop(grace=s.drain_timeout_s))
         budget = s.drain_timeout_s
         started = time.monotonic()
         clean = await self.dataplane.wait_idle(budget)
