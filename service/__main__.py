@@ -27,6 +27,8 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--http-port", type=int)
     p.add_argument("--grpc-port", type=int, help="0 picks a free port; -1 disables gRPC")
     p.add_argument("--drain-timeout", type=float, dest="drain_timeout_s")
+    p.add_argument("--shutdown-grace", type=float, dest="shutdown_grace_s")
+    p.add_argument("--max-inflight-bytes", type=int, dest="max_inflight_bytes")
     p.add_argument("--decode-threads", type=int)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "text"])
@@ -80,8 +82,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not repository.is_dir():
         log.error("model repository %s does not exist", repository)
         return 2
-    serve(settings, repository)
-    return 0
+    return serve(settings, repository)
 
 
 def _add_predict(sub: Any) -> None:

@@ -2,9 +2,25 @@
 
 Order of life: the HTTP (and gRPC) listeners come up first so liveness
 answers while models load; readiness turns true once every model that should
-load has loaded and warmed up. On SIGTERM/SIGINT the server stops accepting
-(503 / UNAVAILABLE), finishes everything queued and in flight within the
-drain timeout, then exits 0.
+load has loaded and warmed up.
+
+Shutdown (SIGTERM/SIGINT), in four bounded steps, so that every request the
+server reads gets an answer:
+
+1. grace (``shutdown_grace_s``): readiness false at once, gRPC health
+   NOT_SERVING, but new work is still taken (a load balancer routes here for
+   a moment after the endpoint is removed); every HTTP answer carries
+   ``Connection: close``, so no kept-alive connection is left idle to be cut
+   under a client's next request;
+2. drain (``drain_timeout_s``): new work gets 503 + ``Retry-After`` (gRPC:
+   UNAVAILABLE, health NOT_SERVING), everything queued and in flight finishes;
+3. close (``shutdown_close_s``): gRPC sends GOAWAY and stops; the HTTP
+   listener stops taking handshakes, connections close after their answers,
+   compute threads get that long to return;
+4. exit: 0 when everything finished, 1 when the drain timed out with work
+   left or a compute thread had to be abandoned. A watchdog ends the process
+   at grace + drain + close + 1 s whatever happens (docs/deployment.md has
+   the arithmetic against Kubernetes' grace period).
 """
 
 from __future__ import annotations
@@ -12,8 +28,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
+import sys
+import threading
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -27,11 +46,14 @@ from service.dataplane import DataPlane
 from service.failpoints import parse_failpoints
 from service.gpu_metrics import sample_gpus
 from service.http.app import create_http_app
+from service.http.listener import refuse_new_connections
+from service.http.middleware import Activity
 from service.http.transport import TransportLimits, bounded_protocol
 from service.metrics import Metrics
 from service.model.repository import ModelRepository
 from service.preprocess.image import set_max_decoded_bytes
 from service.registry import ModelRegistry
+from service.workers.pool import stuck_threads
 
 log = logging.getLogger("fusionserve.app")
 
@@ -55,6 +77,7 @@ class FusionServer:
             ModelRepository(repository, allow_torchscript=settings.allow_torchscript),
             self.metrics,
             parse_failpoints(settings.failpoints),
+            max_stuck_threads=settings.max_stuck_threads,
         )
         self.dataplane = DataPlane(
             self.registry,
@@ -62,17 +85,39 @@ class FusionServer:
             decode_threads=settings.decode_threads or available_cpus(),
             max_batch_items=settings.max_batch_items,
             max_top_k=settings.max_top_k,
+            max_timeout_s=settings.max_timeout_s,
         )
-        self.http_app = create_http_app(self.dataplane, settings)
+        self.http_activity = Activity()
+        self.http_app = create_http_app(self.dataplane, settings, self.http_activity)
         self._stop = asyncio.Event()
         self._grpc: Any = None
         self._grpc_health: Any = None
+        self._grpc_stopping: asyncio.Future[Any] | None = None
 
     def request_stop(self) -> None:
+        if self._stop.is_set():
+            return
         log.info("shutdown requested: draining")
+        self.dataplane.begin_drain()  # readiness false at once
+        self._set_grpc_serving(False)
+        self._start_watchdog()
         self._stop.set()
 
-    async def run(self) -> None:
+    def _start_watchdog(self) -> None:
+        """End the process if the orderly shutdown overruns its budget (a hang we did not foresee)."""
+        s = self.settings
+        budget = s.shutdown_grace_s + s.drain_timeout_s + s.shutdown_close_s + 1.0
+
+        def overrun() -> None:
+            log.error("shutdown took longer than its budget of %.1f s: exiting now", budget)
+            _exit_now(1)
+
+        timer = threading.Timer(budget, overrun)
+        timer.daemon = True
+        timer.start()
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit code (0: every accepted request answered)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -98,24 +143,70 @@ class FusionServer:
         self._set_grpc_serving(True)
         log.info("models loaded in %.1f s; ready=%s", time.monotonic() - started, self.dataplane.ready())
         await self._stop.wait()
-        await self._drain()
+        clean = await self._drain()
+        if self._grpc is not None:  # GOAWAY: the drain is over, health said NOT_SERVING meanwhile
+            self._grpc_stopping = asyncio.ensure_future(self._grpc.stop(grace=self.settings.shutdown_close_s))
+        await self._close_listeners(http)
         http.should_exit = True
-        await http_task
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(http_task, self.settings.shutdown_close_s + 1.0)
         gpu_task.cancel()
-        if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
+        if self._grpc_stopping is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._grpc_stopping, self.settings.shutdown_close_s + 1.0)
         self.dataplane.shutdown()
-        log.info("stopped")
+        code = 0 if clean else 1
+        log.info("stopped (exit %d)", code)
+        return code
 
-    async def _drain(self) -> None:
+    async def _drain(self) -> bool:
+        """Grace, then drain; True when every accepted request was answered."""
+        s = self.settings
+        if s.shutdown_grace_s > 0:
+            log.info("grace period: taking new work for %.1f s more, readiness false", s.shutdown_grace_s)
+            await asyncio.sleep(s.shutdown_grace_s)
         self.dataplane.stop_accepting()
-        self._set_grpc_serving(False)
-        budget = self.settings.drain_timeout_s
+        log.info("drain: new work gets 503 now; waiting for %d requests", self.dataplane.inflight)
+        budget = s.drain_timeout_s
         started = time.monotonic()
-        if not await self.dataplane.wait_idle(budget):
-            log.warning("drain timeout (%.1f s) reached with requests still in flight", budget)
+        clean = await self.dataplane.wait_idle(budget)
+        # Requests still being received or parsed never reached the data plane:
+        # they get their 503 now, before anything closes.
+        left = max(0.0, budget - (time.monotonic() - started))
+        clean = await self.http_activity.wait_idle(left) and clean
+        if not clean:
+            log.warning(
+                "drain timeout (%.1f s) reached with %d requests still in flight",
+                budget,
+                self.dataplane.inflight,
+            )
         remaining = max(0.0, budget - (time.monotonic() - started))
-        await self.registry.close(remaining)
+        closed = await self.registry.close(remaining, thread_grace_s=s.shutdown_close_s)
+        return clean and closed
+
+    async def _close_listeners(self, http: uvicorn.Server) -> None:
+        """Take no new connection, but answer those already made before closing them.
+
+        A connection the kernel completed (or the server accepted) just now
+        carries a request that would be cut by a plain close; for a moment it
+        is still accepted and answered (503 + Connection: close), while new
+        handshakes go unanswered and later meet a clean refusal. Bounded by
+        ``shutdown_close_s`` less half a second (for uvicorn's own close).
+        """
+        filtered = refuse_new_connections(http.servers)
+        log.info("close: new connections refused (%d listeners filtered); answering those made", filtered)
+        # A connection already made may not have sent its request yet (its
+        # client is slow to write it): closing it then cuts that request. Every
+        # answer now says Connection: close, so wait for the connections to be
+        # closed by their answers; only those still silent at the end of the
+        # close budget (idle kept-alive clients) are closed under them.
+        wait = max(0.0, self.settings.shutdown_close_s - 0.5)
+        connections: set[Any] = getattr(getattr(http, "server_state", None), "connections", set())
+        deadline = time.monotonic() + wait
+        for _ in range(int(wait / 0.02) + 1):
+            if not (connections or self.http_activity.active) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.02)
 
     def _uvicorn_config(self) -> uvicorn.Config:
         s = self.settings
@@ -141,7 +232,8 @@ class FusionServer:
             # cannot complete the handshake (same rule as the gRPC door).
             ssl_ca_certs=str(s.tls_client_ca_file) if s.tls_client_ca_file else None,
             ssl_cert_reqs=ssl.CERT_REQUIRED if s.tls_client_ca_file else ssl.CERT_NONE,
-            timeout_graceful_shutdown=max(1, int(s.drain_timeout_s)),
+            # By then the drain is over: only idle connections are left to close.
+            timeout_graceful_shutdown=max(1, int(s.shutdown_close_s)),
             backlog=2048,
         )
 
@@ -157,12 +249,25 @@ class FusionServer:
             self._grpc_health.set_serving(serving)
 
 
-def serve(settings: Settings, repository: Path) -> None:
-    """Run until SIGTERM/SIGINT; returns after a clean drain."""
+def _exit_now(code: int) -> None:
+    """Leave without joining threads (a stuck compute thread would hold the exit for ever)."""
+    logging.shutdown()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def serve(settings: Settings, repository: Path) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code after the drain."""
     server = FusionServer(settings, repository)
     try:
         import uvloop
     except ImportError:  # pragma: no cover
-        asyncio.run(server.run())
+        code = asyncio.run(server.run())
     else:
-        uvloop.run(server.run())
+        code = uvloop.run(server.run())
+    if stuck_threads():
+        log.error("%d compute threads are stuck in calls that never returned: exiting", stuck_threads())
+        _exit_now(1)
+    return code

@@ -36,6 +36,23 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="largest request body")
     max_batch_items: int = Field(default=64, ge=1, description="rows in one request (batch form)")
     max_top_k: int = Field(default=100, ge=1)
+    max_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="the longest a client may ask to wait (timeout header, V2 timeout, gRPC deadline)",
+    )
+    max_inflight_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="memory budget for request bodies being received, decoded and queued; past it "
+        "new requests get 503 + Retry-After before their bodies are read. 0 = the smaller of "
+        "512 MiB and a quarter of the memory the process may use (cgroup limit included)",
+    )
+    max_stuck_threads: int = Field(
+        default=8,
+        ge=0,
+        description="compute threads stuck in calls that never return before /health/live turns false",
+    )
     max_tensor_rank: int = Field(default=8, ge=1, le=32, description="dimensions of one V2 tensor")
     max_tensor_elements: int = Field(
         default=64 * 1024 * 1024,
@@ -85,7 +102,19 @@ class Settings(BaseSettings):
     )
 
     # Lifecycle
+    shutdown_grace_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="SIGTERM: keep taking new work this long (readiness already false, "
+        "'Connection: close' on every answer) while load balancers stop routing here",
+    )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="SIGTERM: time to finish accepted work")
+    shutdown_close_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="after the drain: time for connections to close and compute threads to return; "
+        "the process exits at grace + drain + close + 1 s at the latest",
+    )
     strict_readiness: bool = Field(
         default=True, description="ready only when every model that should load has loaded"
     )

@@ -186,13 +186,18 @@ class DataPlane:
         decode_threads: int,
         max_batch_items: int = 64,
         max_top_k: int = 100,
+        max_timeout_s: float = 300.0,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.max_batch_items = max_batch_items
         self.max_top_k = max_top_k
+        #: The longest a client may ask the server to wait (header, V2 parameter, gRPC deadline).
+        self.max_timeout_s = max_timeout_s
         self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
         self._accepting = False
+        #: SIGTERM seen: readiness is false, though work may still be accepted (the grace period).
+        self.draining = False
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -201,9 +206,23 @@ class DataPlane:
     def start_accepting(self) -> None:
         self._accepting = True
 
+    def begin_drain(self) -> None:
+        """SIGTERM: readiness false at once; new work is still taken until :meth:`stop_accepting`."""
+        self.draining = True
+
     def stop_accepting(self) -> None:
         """Draining: new requests get NotReady; accepted ones finish."""
+        self.draining = True
         self._accepting = False
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def inflight(self) -> int:
+        """Requests inside the data plane now."""
+        return self._inflight
 
     async def wait_idle(self, timeout_s: float) -> bool:
         try:
@@ -217,17 +236,32 @@ class DataPlane:
 
     # -- health and metadata ----------------------------------------------
     def live(self) -> bool:
-        return True
+        """False only when the process cannot recover by itself (an orchestrator should restart it)."""
+        return self.liveness() is None
+
+    def liveness(self) -> str | None:
+        """Why the process is not live, or None."""
+        return self.registry.unrecoverable()
 
     def ready(self) -> bool:
-        return self._accepting and self.registry.all_ready()
+        return not self.readiness()
+
+    def readiness(self) -> list[str]:
+        """Why the server is not ready (empty when it is)."""
+        reasons: list[str] = []
+        if self.draining:
+            reasons.append("draining: shutting down")
+        elif not self._accepting:
+            reasons.append("starting: models are loading")
+        reasons.extend(self.registry.not_ready_reasons())
+        return reasons
 
     def model_ready(self, model: str, version: str | None = None) -> bool:
         try:
             self.registry.get(model, version)
         except NotReady:
             return False
-        return self._accepting
+        return self._accepting and not self.draining
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "fusionserve", "version": __version__, "extensions": list(EXTENSIONS)}
@@ -397,26 +431,32 @@ class DataPlane:
                 check(lv)
             self._check_rows(rows)
             timeout = timeout_s if timeout_s is not None else lv.config.batching.default_timeout_ms / 1000
+            timeout = min(timeout, self.max_timeout_s)  # a client may not hold a slot for ever
             if timeout <= 0:
                 raise DeadlineExceeded("the request's deadline had already passed on arrival")
             deadline = started + timeout
+            # Admission before any decoding: a request that cannot be queued
+            # whole costs no CPU (and a batch-form request is all or nothing).
+            lv.batcher.admit(len(rows))
             # Announce the rows so the batcher waits for them rather than
-            # dispatching a smaller batch a moment before they arrive.
+            # dispatching a smaller batch a moment before they arrive. The
+            # announcement is always withdrawn, even when the caller is
+            # cancelled between decoding and submitting.
             self._count_received(rows)
-            lv.batcher.expect(len(rows))
+            announcement = lv.batcher.expect(len(rows))
             try:
                 decoded = await self._decode_all(lv, rows, deadline)
-            except BaseException:
-                lv.batcher.retract(len(rows))
-                raise
-            try:
-                outputs = await _await_all(
-                    [lv.batcher.submit(row, deadline, announced=True) for row in decoded]
-                )
-            finally:  # answered or failed: the rows' cost is no longer held
-                lv.batcher.cost_gate.release(sum(row.reserved for row in decoded))
+                try:
+                    outputs = await _await_all(
+                        [lv.batcher.submit(row, deadline, announcement=announcement) for row in decoded]
+                    )
+                finally:  # answered or failed: the rows' cost is no longer held
+                    lv.batcher.cost_gate.release(sum(row.reserved for row in decoded))
+            finally:
+                lv.batcher.withdraw(announcement)
             post_start = time.monotonic()
             answers = await finish(lv, outputs, decoded)
+            self._report_truncation(lv, decoded, answers)
             self.metrics.child(self.metrics.postprocess_seconds, lv.name, lv.version).observe(
                 time.monotonic() - post_start
             )
@@ -445,6 +485,16 @@ class DataPlane:
                     else int(getattr(value, "nbytes", 0) or len(value))
                 )
                 self.metrics.child(self.metrics.received_bytes, modality).inc(size)
+
+    def _report_truncation(self, lv: LoadedVersion, decoded: list[DecodedRow], answers: list[Any]) -> None:
+        """No silent cut: count each truncated input, and put it in its row's answer."""
+        for row in decoded:
+            for modality in row.truncated:
+                self.metrics.child(self.metrics.truncations, lv.name, modality).inc()
+        if len(answers) == len(decoded):
+            for answer, row in zip(answers, decoded, strict=True):
+                if row.truncated and hasattr(answer, "truncated"):
+                    answer.truncated = dict(row.truncated)
 
     def _check_rows(self, rows: Sequence[RawInputs]) -> None:
         if not rows:

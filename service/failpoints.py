@@ -9,6 +9,10 @@ list; nothing here runs unless it is set:
   relying on timing.
 - ``fail=MODEL:N``: the N-th compute call of MODEL (1-based, warm-up calls
   included) raises, as a crashing instance would; the calls after it succeed.
+- ``hang=MODEL:N``: the N-th compute call of MODEL never returns (a runtime
+  stuck in a kernel); the calls after it run normally.
+- ``slow_load=MODEL:MS``: creating each backend of MODEL takes MS ms more (a
+  slow warm-up: the model stays LOADING that long).
 
 They wrap a backend (``wrap_backend``), so the worker pool and the runtimes
 carry no test code.
@@ -34,6 +38,8 @@ class InjectedFault(RuntimeError):
 class Failpoints:
     gate: Path | None = None
     fail_call: dict[str, int] = field(default_factory=dict)
+    hang_call: dict[str, int] = field(default_factory=dict)
+    slow_load_ms: dict[str, float] = field(default_factory=dict)
     _calls: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -48,6 +54,13 @@ class Failpoints:
             self._calls[model] = call = self._calls.get(model, 0) + 1
         if self.fail_call.get(model) == call:
             raise InjectedFault(f"failpoint: injected compute failure for {model} (call {call})")
+        if self.hang_call.get(model) == call:
+            threading.Event().wait()  # never set: this call never returns
+
+    def before_load(self, model: str) -> None:
+        delay = self.slow_load_ms.get(model)
+        if delay:
+            time.sleep(delay / 1000)
 
 
 def parse_failpoints(spec: str | None) -> Failpoints | None:
@@ -58,9 +71,12 @@ def parse_failpoints(spec: str | None) -> Failpoints | None:
         key, _, value = item.partition("=")
         if key == "gate":
             points.gate = Path(value)
-        elif key == "fail":
+        elif key in ("fail", "hang"):
             model, _, call = value.rpartition(":")
-            points.fail_call[model] = int(call)
+            (points.fail_call if key == "fail" else points.hang_call)[model] = int(call)
+        elif key == "slow_load":
+            model, _, ms = value.rpartition(":")
+            points.slow_load_ms[model] = float(ms)
         else:
             raise ValueError(f"unknown failpoint {key!r} in FUSIONSERVE_FAILPOINTS")
     return points
@@ -86,4 +102,7 @@ class FailpointBackend:
 
 
 def wrap_backend(backend: Backend, points: Failpoints | None, model: str) -> Backend:
-    return backend if points is None else FailpointBackend(backend, points, model)
+    if points is None:
+        return backend
+    points.before_load(model)
+    return FailpointBackend(backend, points, model)

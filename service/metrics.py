@@ -252,6 +252,46 @@ class Metrics:
             registry=r,
         )
 
+        # Reliability (issue 12): announced rows, stuck instances, memory held, truncation.
+        self.announced_rows = Gauge(
+            "fusionserve_batcher_announced_rows",
+            "Rows announced to the batcher (decoding) and not yet queued; returns to 0 when idle.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.instance_restarts = Counter(
+            "fusionserve_instance_restarts_total",
+            "Instances taken out of the pool and replaced, by reason (timeout, loop_died).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.healthy_instances = Gauge(
+            "fusionserve_healthy_instances",
+            "Instances of a model version able to take a batch (not stuck, not being replaced).",
+            ["model", "version"],
+            registry=r,
+        )
+        self.stuck_threads = Gauge(
+            "fusionserve_stuck_threads",
+            "Compute threads abandoned inside a call that never returned (they cannot be killed).",
+            registry=r,
+        )
+        self.inflight_bytes = Gauge(
+            "fusionserve_inflight_bytes",
+            "Request body bytes held by requests being received, decoded or queued.",
+            registry=r,
+        )
+        self.inflight_bytes_limit = Gauge(
+            "fusionserve_inflight_bytes_limit",
+            "The memory budget for request bytes in flight (max_inflight_bytes).",
+            registry=r,
+        )
+        self.truncations = Counter(
+            "fusionserve_truncations_total",
+            "Inputs cut to the model's bound (text at max_tokens, audio at max_samples).",
+            ["model", "modality"],
+            registry=r,
+        )
         # Per modality: what clients send and what the models are fed.
         self.modality_requests = Counter(
             "fusionserve_modality_requests_total",

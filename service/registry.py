@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from service.model.repository import ModelRepository, RepositoryEntry, check_ver
 from service.preprocess import Preprocessor
 from service.runtimes import Backend, DeviceSpec, load_backend
 from service.workers import WorkerPool
+from service.workers.pool import stuck_threads
 
 log = logging.getLogger("fusionserve.registry")
 
@@ -79,13 +81,30 @@ def instance_devices(config: ModelConfig) -> list[DeviceSpec]:
     return devices
 
 
+def instance_timeouts(config: ModelConfig) -> list[float | None]:
+    """Each instance's batch timeout in seconds, in :func:`instance_devices` order."""
+    return [
+        group.timeout_ms / 1000
+        for group in config.instance_groups
+        for _ in group.devices or [0]
+        for _ in range(group.count)
+    ]
+
+
 class ModelRegistry:
     def __init__(
-        self, repository: ModelRepository, metrics: Metrics, failpoints: Failpoints | None = None
+        self,
+        repository: ModelRepository,
+        metrics: Metrics,
+        failpoints: Failpoints | None = None,
+        *,
+        max_stuck_threads: int = 8,
     ) -> None:
         self.repository = repository
         self.metrics = metrics
         self.failpoints = failpoints
+        #: More compute threads stuck than this and the process is not live (it cannot recover).
+        self.max_stuck_threads = max_stuck_threads
         self._states: dict[str, ModelState] = {}
         self._loaded: dict[str, dict[str, LoadedVersion]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -132,10 +151,43 @@ class ModelRegistry:
         return [v for versions in self._loaded.values() for v in versions.values()]
 
     def all_ready(self) -> bool:
-        return bool(self._states) and all(
-            s.error is None and s.versions and all(v.state == READY for v in s.versions.values())
-            for s in self._states.values()
-        )
+        return bool(self._states) and not self.not_ready_reasons()
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why not every model is ready (empty when all are): ``/health/ready`` says it."""
+        if not self._states:
+            return ["no model loaded"]
+        reasons = []
+        for name in sorted(self._states):
+            state = self._states[name]
+            if state.error is not None:
+                reasons.append(f"model {name}: {state.error}")
+                continue
+            if not state.versions:
+                reasons.append(f"model {name}: no version")
+            for version, vs in sorted(state.versions.items()):
+                if vs.state != READY:
+                    reasons.append(
+                        f"model {name} version {version} is {vs.state.lower()}"
+                        + (f": {vs.reason}" if vs.reason else "")
+                    )
+        for lv in self.loaded_versions():
+            if lv.pool.healthy == 0:
+                reasons.append(
+                    f"model {lv.name} version {lv.version}: no healthy instance "
+                    "(every instance is stuck or being replaced)"
+                )
+        return reasons
+
+    def unrecoverable(self) -> str | None:
+        """Why the process cannot recover by itself (``/health/live`` false), or None."""
+        stuck = stuck_threads()
+        if stuck > self.max_stuck_threads:
+            return (
+                f"{stuck} compute threads are stuck in calls that never returned "
+                f"(more than max_stuck_threads={self.max_stuck_threads}); restart the process"
+            )
+        return None
 
     # -- load / unload -----------------------------------------------------
     def _lock(self, name: str) -> asyncio.Lock:
@@ -214,13 +266,19 @@ class ModelRegistry:
     async def _load_version(
         self, entry: RepositoryEntry, version: str, path: Path, state: ModelState
     ) -> LoadedVersion | None:
+        """Load and warm up one version; returns it (not yet serving), or None when it failed."""
         assert entry.config is not None
         config = entry.config
         backends: list[Backend] = []
+        devices = instance_devices(config)
+
+        def make_backend(index: int) -> Backend:
+            """A fresh backend for instance ``index`` (also replaces a stuck one)."""
+            return wrap_backend(load_backend(config, path, devices[index]), self.failpoints, entry.name)
+
         try:
-            for device in instance_devices(config):
-                backend = await asyncio.to_thread(load_backend, config, path, device)
-                backends.append(wrap_backend(backend, self.failpoints, entry.name))
+            for index in range(len(devices)):
+                backends.append(await asyncio.to_thread(make_backend, index))
             preprocessor = await asyncio.to_thread(Preprocessor, config, entry.path)
             batcher = DynamicBatcher(
                 config.batching,
@@ -230,14 +288,22 @@ class ModelRegistry:
                 track_arrivals=True,
             )
             pool = WorkerPool(
-                batcher, backends, config, model=entry.name, version=version, metrics=self.metrics
+                batcher,
+                backends,
+                config,
+                model=entry.name,
+                version=version,
+                metrics=self.metrics,
+                timeouts_s=instance_timeouts(config),
+                factory=make_backend,
             )
             pool.start()
             try:
                 await pool.warmup()
             except BaseException:
                 batcher.close()
-                await pool.stop()
+                await pool.stop(timeout_s=1.0)  # closes the backends (or abandons a stuck one)
+                backends = []
                 raise
         except Exception as exc:  # a broken model must not stop the others
             for backend in backends:
@@ -274,18 +340,42 @@ class ModelRegistry:
             await self._stop_version(loaded, drain_timeout_s)
 
     async def _stop_version(
-        self, loaded: LoadedVersion, drain_timeout_s: float, *, publish: bool = True
-    ) -> None:
+        self,
+        loaded: LoadedVersion,
+        drain_timeout_s: float,
+        thread_grace_s: float = 1.0,
+        *,
+        publish: bool = True,
+    ) -> bool:
+        """Drain and stop one version; False when work was left or a thread was abandoned.
+
+        Requests that chose this version and are still decoding (announced
+        rows) are let in first: closing under them would fail them.
+        """
+        deadline = time.monotonic() + drain_timeout_s
+        for _ in range(int(drain_timeout_s / 0.005) + 1):
+            if loaded.batcher.expected == 0 or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.005)
         loaded.batcher.close()
-        await loaded.batcher.drain(drain_timeout_s)
-        await loaded.pool.stop()
+        drained = await loaded.batcher.drain(drain_timeout_s)
+        stopped = await loaded.pool.stop(timeout_s=thread_grace_s)
         if publish:
             self.metrics.model_ready.labels(loaded.name, loaded.version).set(0)
+        return drained and stopped
 
-    async def close(self, drain_timeout_s: float) -> None:
-        """Stop taking work, finish what is queued and in flight, release every instance."""
+    async def close(self, drain_timeout_s: float, thread_grace_s: float = 1.0) -> bool:
+        """Stop taking work, finish what is queued and in flight, release every instance.
+
+        Bounded: ``drain_timeout_s`` for the work, then ``thread_grace_s`` for
+        the threads to leave their calls. Returns False when work was failed
+        or a thread had to be abandoned.
+        """
         loaded = self.loaded_versions()
         for lv in loaded:
             lv.batcher.close()
-        await asyncio.gather(*(self._stop_version(lv, drain_timeout_s) for lv in loaded))
+        results = await asyncio.gather(
+            *(self._stop_version(lv, drain_timeout_s, thread_grace_s) for lv in loaded)
+        )
         self._loaded.clear()
+        return all(results)

@@ -138,7 +138,14 @@ def launch_server(
         "--grpc-port",
         str(grpc_port if grpc else -1),
     ]
-    full_env = {**os.environ, "FUSIONSERVE_LOG_FORMAT": "json", **(env or {})}
+    # No shutdown grace period unless a test asks for one: most tests stop their
+    # server with nobody sending, and the grace would only add seconds.
+    full_env = {
+        **os.environ,
+        "FUSIONSERVE_LOG_FORMAT": "json",
+        "FUSIONSERVE_SHUTDOWN_GRACE_S": "0",
+        **(env or {}),
+    }
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
     server = RunningServer(proc, http_port, grpc_port, log_path)

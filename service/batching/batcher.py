@@ -22,12 +22,14 @@ compute is already paid for; a caller whose deadline passes during compute
 still gets ``DeadlineExceeded`` at its deadline, and the result is discarded.
 
 Arrivals (``track_arrivals=True``): the data plane announces rows with
-:meth:`expect` when their request starts decoding, and :meth:`submit` (or
-:meth:`retract`, when decoding fails) settles the announcement. When no
-announced row is on its way, waiting for ``max_queue_delay_ms`` can only add
-latency, so the batch goes at once. A lone client then pays no batching delay
-(measured: with a 2 ms delay, batching at concurrency 1 was 3x slower than no
-batching), while concurrent rows still meet in one batch.
+:meth:`expect` when their request starts decoding; each :meth:`submit` settles
+one announced row and :meth:`withdraw` settles whatever is left when the
+request ends (a failed decode, a client that gave up between decoding and
+submitting). The count is exported as ``fusionserve_batcher_announced_rows``
+and always returns to 0. When no announced row is on its way, waiting for
+``max_queue_delay_ms`` can only add latency, so the batch goes at once. A
+lone client then pays no batching delay (measured: with a 2 ms delay,
+batching at concurrency 1 was 3x slower than no batching), while concurrent rows still meet in one batch.
 
 Cost (each row's from its decoded sizes and ``Batching.costs``): a batch
 also closes, at once, when the queued rows' cost reaches ``max_batch_cost``
@@ -57,6 +59,13 @@ from service.model.rows import DecodedRow, RowOutputs
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+
+@dataclass(eq=False)
+class Announcement:
+    """Rows one request announced with :meth:`DynamicBatcher.expect` and not yet settled."""
+
+    rows: int
 
 
 @dataclass(eq=False)
@@ -180,29 +189,70 @@ class DynamicBatcher:
 
     # -- callers -----------------------------------------------------------
 
-    def expect(self, rows: int) -> None:
-        """Announce rows that are being decoded and will be submitted soon."""
+    def admit(self, rows: int) -> None:
+        """Refuse, before any decoding, a request whose rows cannot all be queued.
+
+        Rows already announced (decoding) count as queued: they will be, less
+        one per free instance, which takes a row as soon as it arrives. A
+        request is admitted all or nothing, so a batch-form request never
+        leaves some rows computing for nobody after its later rows are shed.
+        """
+        if self._closed:
+            raise NotReady(f"model {self.model} version {self.version} is not taking new requests (draining)")
+        limit = self.batching.max_queue_size
+        # A free instance (waiting in next_batch) takes an arriving row at once.
+        if len(self._queue) + self._expected + rows > limit + self._waiting:
+            raise Overloaded(
+                f"queue of model {self.model} is full (max_queue_size={limit}; "
+                f"{len(self._queue)} queued, {self._expected} arriving, {rows} asked)",
+                model=self.model,
+                max_queue_size=limit,
+            )
+
+    def expect(self, rows: int) -> Announcement:
+        """Announce rows that are being decoded and will be submitted soon.
+
+        The caller must :meth:`withdraw` the returned announcement when its
+        request ends, however it ends (a ``finally``).
+        """
         self._expected += rows
+        self._export_expected()
+        return Announcement(rows)
+
+    def withdraw(self, announcement: Announcement) -> None:
+        """Settle the announced rows that were never submitted (idempotent)."""
+        if announcement.rows:
+            self._expected = max(0, self._expected - announcement.rows)
+            announcement.rows = 0
+            self._export_expected()
+            self._changed.set()
 
     def retract(self, rows: int) -> None:
-        """Withdraw announced rows that will never be submitted (their request failed)."""
-        self._expected = max(0, self._expected - rows)
-        self._changed.set()
+        """Withdraw ``rows`` announced rows that will never be submitted."""
+        self.withdraw(Announcement(rows))
+
+    def _export_expected(self) -> None:
+        if self._metrics is not None:
+            self._metrics.child(self._metrics.announced_rows, self.model, self.version).set(self._expected)
 
     @property
     def expected(self) -> int:
         return self._expected
 
-    async def submit(self, row: DecodedRow, deadline: float, *, announced: bool = False) -> RowOutputs:
+    async def submit(
+        self, row: DecodedRow, deadline: float, *, announcement: Announcement | None = None
+    ) -> RowOutputs:
         """Queue one row and wait for its outputs.
 
-        ``announced``: the row was announced with :meth:`expect`; submitting
-        settles that. Raises :class:`NotReady` when closed, :class:`Overloaded`
-        when the queue is full, and :class:`DeadlineExceeded` when ``deadline``
-        passes first.
+        ``announcement``: the row was announced with :meth:`expect`; submitting
+        settles one of its rows. Raises :class:`NotReady` when closed,
+        :class:`Overloaded` when the queue is full, and
+        :class:`DeadlineExceeded` when ``deadline`` passes first.
         """
-        if announced:
+        if announcement is not None and announcement.rows:
+            announcement.rows -= 1
             self._expected = max(0, self._expected - 1)
+            self._export_expected()
             self._changed.set()
         if self._closed:
             raise NotReady(f"model {self.model} version {self.version} is not taking new requests (draining)")

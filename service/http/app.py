@@ -16,8 +16,10 @@ from service import __version__
 from service.config import Settings
 from service.dataplane import DataPlane
 from service.errors import FusionServeError, InternalError
+from service.http.budget import MemoryBudget, MemoryBudgetMiddleware, default_budget
+from service.http.disconnect import ClientGone
 from service.http.errors import error_response
-from service.http.middleware import GatewayMiddleware
+from service.http.middleware import Activity, GatewayMiddleware
 from service.http.native import native_router
 from service.http.openai import openai_router
 from service.http.v2 import v2_router
@@ -36,7 +38,7 @@ Serve multimodal fusion models. POST any subset of **image** (file), **audio**
 """
 
 
-def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
+def create_http_app(dataplane: DataPlane, settings: Settings, activity: Activity | None = None) -> FastAPI:
     app = FastAPIOffline(title="fusionserve", version=__version__, description=DESCRIPTION)
     app.include_router(native_router(dataplane))
     app.include_router(openai_router(dataplane))
@@ -69,15 +71,25 @@ def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
             dataplane.record_rejected(model, "http", asyncio.CancelledError())
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
+    @app.exception_handler(ClientGone)
+    async def _client_left(request: Request, exc: ClientGone) -> Response:
+        # Its work was cancelled (the data plane counted it as cancelled); nobody reads this.
+        log.info("client disconnected while %s was being served", request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         return error_response(InternalError(f"internal error: {type(exc).__name__}"), request_id_var.get())
 
-    app.add_middleware(
+    limit = settings.max_inflight_bytes or default_budget()
+    app.add_middleware(MemoryBudgetMiddleware, budget=MemoryBudget(limit, dataplane.metrics))
+    app.add_middleware(  # outermost: request ids, access log and Connection: close cover everything
         GatewayMiddleware,
         max_body_bytes=settings.max_body_bytes,
         api_token=settings.api_token,
         admin_token=settings.admin_token,
+        draining=lambda: dataplane.draining,
+        activity=activity,
     )
     return app

@@ -1,16 +1,24 @@
-"""Pure ASGI middleware: request ids, body size limit, bearer-token auth, access log.
+"""Pure ASGI middleware: request ids, body size limit, bearer-token auth, access log,
+and ``Connection: close`` while the server shuts down.
 
 Pure ASGI (not BaseHTTPMiddleware) so the body limit is enforced while the
 body streams in, before any of it is buffered.
+
+Draining: from SIGTERM on, every answer carries ``Connection: close``, so the
+client opens a fresh connection for its next request instead of sending it on
+a kept-alive one that the server may be closing at that very moment (the
+HTTP/1.1 keep-alive race: such a request is lost without an answer).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +33,37 @@ _INFERENCE = re.compile(
     r"^/(v1/models/[^/]+(/versions/[^/]+)?/(predict|embed)|v2/models/[^/]+(/versions/[^/]+)?/infer)$"
 )
 _ADMIN = re.compile(r"^/v2/repository/")
+
+
+CONNECTION_CLOSE = (b"connection", b"close")
+
+
+class Activity:
+    """HTTP requests in progress, from their first byte to their last answer byte.
+
+    The data plane counts only requests that reached it; a drain must also
+    wait for those still being received or parsed, or they are cut.
+    """
+
+    def __init__(self) -> None:
+        self.active = 0
+
+    async def wait_idle(self, timeout_s: float, settle_s: float = 0.0) -> bool:
+        """Until no request is in progress (and none for ``settle_s``); False at the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        quiet_since: float | None = None
+        while True:
+            now = loop.time()
+            if self.active == 0:
+                quiet_since = now if quiet_since is None else quiet_since
+                if now - quiet_since >= settle_s:
+                    return True
+            else:
+                quiet_since = None
+            if now >= deadline:
+                return False
+            await asyncio.sleep(0.02)
 
 
 async def _send_json(
@@ -49,12 +88,21 @@ class GatewayMiddleware:
     """Request id in and out, a hard body limit, optional auth, one access-log line per request."""
 
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, api_token: str | None, admin_token: str | None
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        api_token: str | None,
+        admin_token: str | None,
+        draining: Callable[[], bool] | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.app = app
+        self.activity = activity or Activity()
         self.max_body_bytes = max_body_bytes
         self.api_token = api_token
         self.admin_token = admin_token
+        self._draining = draining or (lambda: False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,6 +115,19 @@ class GatewayMiddleware:
         id_header = (REQUEST_ID_HEADER, request_id.encode())
         started = time.perf_counter()
         status_holder = {"status": 500}
+        outer_send = send
+
+        async def send_closing(message: Message) -> None:
+            """While draining, every answer tells the client not to reuse the connection."""
+            if message["type"] == "http.response.start" and self._draining():
+                message["headers"] = [
+                    *(h for h in message.get("headers", []) if h[0].lower() != b"connection"),
+                    CONNECTION_CLOSE,
+                ]
+            await outer_send(message)
+
+        send = send_closing
+        self.activity.active += 1
         try:
             denied = self._auth_failure(scope["path"], headers)
             if denied is not None:
@@ -85,6 +146,7 @@ class GatewayMiddleware:
                 return
             await self._forward(scope, receive, send, id_header, status_holder, request_id)
         finally:
+            self.activity.active -= 1
             log.info(
                 "request",
                 extra={

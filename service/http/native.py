@@ -13,10 +13,16 @@ from fastapi.responses import JSONResponse
 
 from service.dataplane import DataPlane, ModelInfo
 from service.errors import FusionServeError
+from service.http.disconnect import unless_disconnected
 from service.http.parsing import ParsedRequest, parse_request, parse_timeout_ms
 from service.model.outputs import Embedding, Prediction
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
+
+
+def truncated_json(truncated: dict[str, tuple[int, int]]) -> dict[str, dict[str, int]]:
+    """What was cut, per modality: ``{"text": {"given": 40, "kept": 16}}`` (tokens; audio: samples)."""
+    return {m: {"given": given, "kept": kept} for m, (given, kept) in truncated.items()}
 
 
 def _prediction_json(p: Prediction) -> dict[str, Any]:
@@ -35,15 +41,20 @@ def _prediction_json(p: Prediction) -> dict[str, Any]:
                 m: (v.tolist() if a.kind == "logits" else float(v[0])) for m, v in a.values.items()
             },
         }
+    if p.truncated:
+        body["truncated"] = truncated_json(p.truncated)
     return body
 
 
 def _embedding_json(e: Embedding) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "modalities": e.modalities,
         "embedding": e.fused.tolist(),
         "embeddings": {m: v.tolist() for m, v in e.per_modality.items()},
     }
+    if e.truncated:
+        body["truncated"] = truncated_json(e.truncated)
+    return body
 
 
 def model_json(info: ModelInfo) -> dict[str, Any]:
@@ -93,14 +104,17 @@ def native_router(dataplane: DataPlane) -> APIRouter:
 
     async def _predict(request: Request, model: str, version: str | None) -> dict[str, Any]:
         parsed, timeout_s = await _parse(request, model, allow_top_k=True)
-        results = await dataplane.predict(
-            model,
-            version,
-            parsed.rows,
-            top_k=parsed.top_k or 5,
-            include=parsed.include,
-            timeout_s=timeout_s,
-            protocol="http",
+        results = await unless_disconnected(
+            request,
+            dataplane.predict(
+                model,
+                version,
+                parsed.rows,
+                top_k=parsed.top_k or 5,
+                include=parsed.include,
+                timeout_s=timeout_s,
+                protocol="http",
+            ),
         )
         head = {"model": results[0].model, "version": results[0].version}
         if parsed.batch:
@@ -109,12 +123,15 @@ def native_router(dataplane: DataPlane) -> APIRouter:
 
     async def _embed(request: Request, model: str, version: str | None) -> dict[str, Any]:
         parsed, timeout_s = await _parse(request, model, allow_top_k=False)
-        results = await dataplane.embed(
-            model,
-            version,
-            parsed.rows,
-            timeout_s=timeout_s,
-            protocol="http",
+        results = await unless_disconnected(
+            request,
+            dataplane.embed(
+                model,
+                version,
+                parsed.rows,
+                timeout_s=timeout_s,
+                protocol="http",
+            ),
         )
         head = {"model": results[0].model, "version": results[0].version}
         if parsed.batch:
@@ -151,13 +168,18 @@ def native_router(dataplane: DataPlane) -> APIRouter:
         return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
 
     @router.get("/health/live", tags=["health"])
-    async def live() -> dict[str, bool]:
-        return {"live": dataplane.live()}
+    async def live() -> JSONResponse:
+        reason = dataplane.liveness()
+        if reason is None:
+            return JSONResponse({"live": True})
+        return JSONResponse({"live": False, "reason": reason}, status_code=503)
 
     @router.get("/health/ready", tags=["health"])
     async def ready() -> JSONResponse:
-        ok = dataplane.ready()
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        reasons = dataplane.readiness()
+        if not reasons:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "reasons": reasons}, status_code=503)
 
     @router.get("/metrics", tags=["metrics"], include_in_schema=False)
     async def metrics() -> Response:

@@ -21,6 +21,7 @@ from service.config import Settings
 from service.dataplane import DataPlaneApi, VersionStats
 from service.errors import FusionServeError, InvalidInput, NotReady, Overloaded
 from service.http.content_coding import compress, decompress, request_coding, response_coding
+from service.http.disconnect import unless_disconnected
 from service.http.errors import http_status
 from service.model_control import require_model_control
 from service.v2.codec import (
@@ -164,7 +165,9 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
             header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(data))
             return parse_infer_request(data, header_length, limits)
 
-        result = await run_infer(dataplane, model, version, parse, timeout_s=None, protocol=PROTOCOL)
+        result = await unless_disconnected(
+            request, run_infer(dataplane, model, version, parse, timeout_s=None, protocol=PROTOCOL)
+        )
         asked = result.request
         binary = _binary_outputs(asked.parameters, asked.outputs, [t.name for t in result.outputs])
         head: dict[str, Any] = {"model_name": result.model, "model_version": result.version}

@@ -195,6 +195,11 @@ class InstanceGroup(_Strict):
     kind: Literal["cpu", "gpu"] = "cpu"
     count: int = Field(default=1, ge=1, le=64)
     devices: list[int] = Field(default_factory=list, description="GPU ids; empty = [0]")
+    timeout_ms: float = Field(
+        default=30_000,
+        gt=0,
+        description="a batch running longer fails (503) and its instance is replaced by a fresh one",
+    )
 
 
 class OnnxOptions(_Strict):

@@ -8,7 +8,7 @@ door answers. It knows the config's output roles and nothing of protocols.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,6 +42,8 @@ class Prediction:
     embeddings: dict[str, np.ndarray] | None = None
     #: With ``include=attribution``.
     attribution: Attribution | None = None
+    #: Inputs cut to the model's bounds: modality -> (given, kept); empty when none.
+    truncated: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,6 +54,8 @@ class Embedding:
     fused: np.ndarray  # float32 [D]
     per_modality: dict[str, np.ndarray]  # only the supplied modalities
     tokens: int = 0  # text tokens the model read (OpenAI-style usage)
+    #: Inputs cut to the model's bounds: modality -> (given, kept); empty when none.
+    truncated: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -39,6 +39,9 @@ class DecodedRow:
     sizes: dict[str, float] = field(default_factory=dict)
     #: Cost this row holds in its model version's cost gate (released when answered).
     reserved: float = 0.0
+    #: Inputs cut to the model's bound: modality -> (length given, length kept)
+    #: (text in tokens, audio in samples at the model's rate). Reported in the answer.
+    truncated: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def modalities(self) -> list[str]:
         present = []

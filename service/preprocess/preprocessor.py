@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import soundfile
+
 from service.errors import InvalidInput, UnprocessableInput
-from service.model.config import TOKENIZER_FILE, ModelConfig
+from service.model.config import TOKENIZER_FILE, AudioSpec, ModelConfig
 from service.model.rows import DecodedRow, RawInputs
 from service.preprocess.audio import decode_audio
 from service.preprocess.image import decode_image, header_pixels
@@ -79,9 +83,35 @@ class Preprocessor:
             row.audio = decode_audio(raw.audio, spec.audio)
             row.decode_seconds["audio"] = time.perf_counter() - start
             row.sizes["audio"] = row.audio.shape[0] / spec.audio.sample_rate
+            given = audio_length(raw.audio, row.audio, spec.audio)
+            if given > row.audio.shape[0]:
+                row.truncated["audio"] = (given, int(row.audio.shape[0]))
         if raw.text is not None and self._text is not None:
             start = time.perf_counter()
-            row.text_ids = self._text.encode(raw.text)
+            row.text_ids, tokens = self._text.encode_counted(raw.text)
             row.decode_seconds["text"] = time.perf_counter() - start
             row.sizes["text"] = row.text_ids.shape[0]
+            if tokens > row.text_ids.shape[0]:
+                row.truncated["text"] = (tokens, int(row.text_ids.shape[0]))
         return row
+
+
+def audio_length(raw: bytes | np.ndarray, kept: np.ndarray, spec: AudioSpec) -> int:
+    """Samples (at the model's rate) of the audio as given, to tell a crop at ``max_samples``.
+
+    Only asked when the decoded audio filled ``max_samples``. The header is
+    read again (no decoding); a format whose header does not say its length
+    counts as cropped (it filled the bound).
+    """
+    if kept.shape[0] < spec.max_samples:
+        return int(kept.shape[0])
+    if isinstance(raw, np.ndarray):
+        return int(raw.shape[0])
+    try:
+        info = soundfile.info(io.BytesIO(raw))
+        frames, rate = int(info.frames), int(info.samplerate)
+    except Exception:  # not a format libsndfile reads: it filled the bound
+        return int(kept.shape[0]) + 1
+    if frames <= 0 or rate <= 0 or frames >= 2**62:
+        return int(kept.shape[0]) + 1
+    return frames * spec.sample_rate // rate  # floor: a resampling round-off is no crop

@@ -43,6 +43,10 @@ class TextEncoder:
 
     def encode(self, text: str, field: str = "text") -> np.ndarray:
         """Token ids as int64 ``[L]``, ``1 <= L <= max_tokens``."""
+        return self.encode_counted(text, field)[0]
+
+    def encode_counted(self, text: str, field: str = "text") -> tuple[np.ndarray, int]:
+        """Token ids as :meth:`encode`, and how many tokens the text had before the cut."""
         if not isinstance(text, str):
             raise InvalidInput(f"field {field!r}: text must be a string", field=field)
         if len(text) > self._spec.max_chars:
@@ -58,4 +62,4 @@ class TextEncoder:
         ids = self._tokenizer.encode(text, add_special_tokens=False).ids
         if not ids:
             raise InvalidInput(f"field {field!r}: text has no tokens the model knows", field=field)
-        return np.array(ids[: self._spec.max_tokens], dtype=np.int64)
+        return np.array(ids[: self._spec.max_tokens], dtype=np.int64), len(ids)

@@ -12,15 +12,26 @@ count) fails exactly that batch's futures with :class:`InternalError` and the
 loop carries on; a loop that dies anyway is logged and restarted. No future
 is ever left hanging: a batch interrupted by :meth:`WorkerPool.stop` fails
 with :class:`NotReady`.
+
+Stuck instances: a batch that runs past its instance's ``timeout_ms`` fails
+with :class:`NotReady` (503, "being replaced"), and the instance leaves the
+pool: its thread cannot be killed, so it is abandoned (counted in
+``fusionserve_stuck_threads``; its backend is closed if the call ever
+returns) and a fresh backend from ``factory`` is loaded, warmed up and put in
+its place (``fusionserve_instance_restarts_total{reason="timeout"}``). The
+other instances keep serving meanwhile; with none healthy the version is not
+ready, and the registry says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +48,52 @@ log = logging.getLogger(__name__)
 
 #: Backoff cap when an instance loop keeps dying (it should never die at all).
 _MAX_RESTART_DELAY = 1.0
+
+#: Loads a fresh backend for instance ``index`` (runs on a worker thread).
+BackendFactory = Callable[[int], Backend]
+
+#: Threads stuck in a call that never returned, over every pool of the process.
+_stuck_lock = threading.Lock()
+_stuck_threads = 0
+
+
+def stuck_threads() -> int:
+    """Compute threads abandoned inside a call that has not returned (process-wide)."""
+    return _stuck_threads
+
+
+def _count_stuck(delta: int) -> None:
+    global _stuck_threads
+    with _stuck_lock:
+        _stuck_threads += delta
+
+
+class InstanceStuck(Exception):
+    """A batch ran past its instance's ``timeout_ms``."""
+
+
+class _Call:
+    """One compute call on an instance's thread; knows when it has returned."""
+
+    def __init__(self) -> None:
+        self.returned = threading.Event()
+        self.on_return: Callable[[], None] | None = None
+        self._lock = threading.Lock()
+
+    def finish(self) -> None:
+        with self._lock:
+            self.returned.set()
+            callback, self.on_return = self.on_return, None
+        if callback is not None:
+            callback()
+
+    def when_returned(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when the call returns (at once if it has)."""
+        with self._lock:
+            if not self.returned.is_set():
+                self.on_return = callback
+                return
+        callback()
 
 
 @dataclass(frozen=True)
@@ -62,10 +119,15 @@ class Instance:
     index: int
     backend: Backend
     executor: ThreadPoolExecutor
+    timeout_s: float | None = None
     task: asyncio.Task[None] | None = None
     batches: int = 0
     failures: int = 0
     restarts: int = 0
+    #: False while the instance is stuck or being replaced.
+    healthy: bool = True
+    #: The compute call running on the instance's thread, if any.
+    call: _Call | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -84,6 +146,8 @@ class WorkerPool:
         model: str,
         version: str,
         metrics: Metrics | None = None,
+        timeouts_s: list[float | None] | None = None,
+        factory: BackendFactory | None = None,
     ) -> None:
         if not backends:
             raise ValueError("a worker pool needs at least one backend")
@@ -92,11 +156,15 @@ class WorkerPool:
         self.model = model
         self.version = version
         self._metrics = metrics
+        self._factory = factory
+        timeouts = timeouts_s or [None] * len(backends)
         self.instances = [
-            Instance(i, b, ThreadPoolExecutor(1, thread_name_prefix=f"{model}-v{version}-i{i}"))
-            for i, b in enumerate(backends)
+            Instance(i, b, self._executor(i), timeout_s=timeouts[i]) for i, b in enumerate(backends)
         ]
         self._stopping = False
+        #: Threads of this pool abandoned inside a call that never returned.
+        self.stuck = 0
+        self._export_health()
         #: Served batches only; warm-up is not counted.
         self.stats = PoolStats()
 
@@ -111,28 +179,80 @@ class WorkerPool:
                 )
                 self._count_instance(inst, +1)
 
-    async def stop(self) -> None:
+    def _executor(self, index: int) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(1, thread_name_prefix=f"{self.model}-v{self.version}-i{index}")
+
+    @property
+    def healthy(self) -> int:
+        """Instances able to take a batch now."""
+        return sum(1 for inst in self.instances if inst.healthy)
+
+    def _export_health(self) -> None:
+        if self._metrics is not None:
+            self._metrics.healthy_instances.labels(self.model, self.version).set(self.healthy)
+
+    async def stop(self, timeout_s: float | None = None) -> bool:
         """Stop the instances: call after ``batcher.drain`` so nothing is lost.
 
         Cancels the tasks (a batch still running fails with ``NotReady``),
-        waits for each thread to finish its call, then closes the backends.
+        waits up to ``timeout_s`` in all for each thread to finish its call,
+        then closes the backends. A thread still inside a call after that is
+        abandoned (it cannot be killed; its backend is closed if it ever
+        returns). Returns False when one was.
         """
         self._stopping = True
         tasks = [inst.task for inst in self.instances if inst.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        clean = True
         for inst in self.instances:
             if inst.task is not None:
                 self._count_instance(inst, -1)
                 inst.task = None
-            await asyncio.to_thread(inst.executor.shutdown, wait=True)
-            try:
-                inst.backend.close()
-            except Exception:
-                log.exception(
-                    "model %s v%s: instance %d failed to close", self.model, self.version, inst.index
-                )
+            call = inst.call
+            if call is not None and not call.returned.is_set():
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not await _wait_event(call.returned, left):
+                    log.error(
+                        "model %s v%s: instance %d is still inside a call; abandoning its thread",
+                        self.model,
+                        self.version,
+                        inst.index,
+                    )
+                    self._abandon(inst, call)
+                    clean = False
+                    continue
+            inst.executor.shutdown(wait=False)
+            self._close_backend(inst.backend, inst.index)
+        self._export_health()
+        return clean
+
+    def _close_backend(self, backend: Backend, index: int) -> None:
+        try:
+            backend.close()
+        except Exception:
+            log.exception("model %s v%s: instance %d failed to close", self.model, self.version, index)
+
+    def _abandon(self, inst: Instance, call: _Call) -> None:
+        """Leave a thread stuck in ``call``; close its backend if the call ever returns."""
+        inst.healthy = False
+        self.stuck += 1
+        _count_stuck(+1)
+        if self._metrics is not None:
+            self._metrics.stuck_threads.set(stuck_threads())
+        backend, index, executor = inst.backend, inst.index, inst.executor
+        executor.shutdown(wait=False)
+
+        def returned() -> None:
+            self.stuck -= 1
+            _count_stuck(-1)
+            if self._metrics is not None:
+                self._metrics.stuck_threads.set(stuck_threads())
+            self._close_backend(backend, index)
+
+        call.when_returned(returned)
 
     def _count_instance(self, inst: Instance, delta: int) -> None:
         if self._metrics is not None:
@@ -141,15 +261,22 @@ class WorkerPool:
     # -- the instance loop -------------------------------------------------
 
     async def _supervise(self, inst: Instance) -> None:
-        """Keep the instance's loop alive: an escaped exception is logged, then it restarts."""
+        """Keep the instance's loop alive: an escaped exception is logged, then it restarts.
+
+        A stuck instance is replaced by a fresh backend before its loop goes on.
+        """
         delay = 0.0
         while not self._stopping:
             try:
                 await self._serve(inst)
             except asyncio.CancelledError:
                 raise
+            except InstanceStuck:
+                await self._replace(inst)
             except Exception:
                 inst.restarts += 1
+                if self._metrics is not None:
+                    self._metrics.instance_restarts.labels(self.model, "loop_died").inc()
                 log.exception(
                     "model %s v%s: instance %d loop died; restarting", self.model, self.version, inst.index
                 )
@@ -173,10 +300,75 @@ class WorkerPool:
                 [p for p in batch if not p.settled], InternalError, f"model {self.model}: internal fault"
             )
 
+    async def _replace(self, inst: Instance) -> None:
+        """Swap a stuck instance's backend for a fresh, warmed-up one (retrying with backoff)."""
+        inst.healthy = False
+        self._export_health()
+        if inst.call is not None and not inst.call.returned.is_set():
+            self._abandon(inst, inst.call)
+            inst.call = None
+        inst.restarts += 1
+        if self._metrics is not None:
+            self._metrics.instance_restarts.labels(self.model, "timeout").inc()
+        factory = self._factory
+        if factory is None:
+            log.error("model %s v%s: instance %d cannot be replaced", self.model, self.version, inst.index)
+            await asyncio.Event().wait()  # out of the pool until stop()
+            return
+        delay = 0.1
+        while not self._stopping:
+            executor = self._executor(inst.index)
+            try:
+                backend = await offload(executor, factory, inst.index)
+            except Exception as exc:
+                executor.shutdown(wait=False)
+                log.error(
+                    "model %s v%s: replacing instance %d failed: %s",
+                    self.model,
+                    self.version,
+                    inst.index,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            inst.backend, inst.executor = backend, executor
+            try:
+                await self._warm_instance(inst)
+            except InstanceStuck:
+                if inst.call is not None:
+                    self._abandon(inst, inst.call)
+                inst.call = None
+                continue
+            except Exception as exc:
+                log.error(
+                    "model %s v%s: warm-up of the replacement of instance %d failed: %s",
+                    self.model,
+                    self.version,
+                    inst.index,
+                    exc,
+                )
+                executor.shutdown(wait=False)
+                self._close_backend(backend, inst.index)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            inst.healthy = True
+            self._export_health()
+            log.warning(
+                "model %s v%s: instance %d replaced and serving", self.model, self.version, inst.index
+            )
+            return
+
     async def _compute_and_settle(self, inst: Instance, batch: list[Pending]) -> None:
         try:
             outputs, timing = await self._compute(inst, [p.row for p in batch])
         except asyncio.CancelledError:
+            raise
+        except InstanceStuck as exc:
+            inst.failures += 1
+            log.error("model %s v%s: %s", self.model, self.version, exc)
+            self._fail(batch, NotReady, f"model {self.model}: {exc}")
             raise
         except Exception as exc:
             inst.failures += 1
@@ -209,10 +401,34 @@ class WorkerPool:
             pending.fail(kind(message))
 
     async def _compute(self, inst: Instance, rows: list[DecodedRow]) -> tuple[list[RowOutputs], Timing]:
-        """Collate, run on the instance's thread, split (raises on any fault)."""
+        """Collate, run on the instance's thread, split (raises on any fault).
+
+        Raises :class:`InstanceStuck` when the call outlives the instance's
+        ``timeout_s``; the call is left running (``inst.call`` says when it returns).
+        """
         feeds, padding = collate(rows, self.config)
+        call = inst.call = _Call()
+        backend = inst.backend
+
+        def run() -> dict[str, np.ndarray]:
+            try:
+                return backend.run(feeds)
+            finally:
+                call.finish()
+
         start = time.perf_counter()
-        outputs = await offload(inst.executor, inst.backend.run, feeds)
+        future = offload(inst.executor, run)
+        if inst.timeout_s is None:
+            outputs = await future
+        else:
+            try:
+                outputs = await asyncio.wait_for(future, inst.timeout_s)
+            except asyncio.TimeoutError:  # TimeoutError misses it on Python 3.10
+                raise InstanceStuck(
+                    f"instance {inst.index} did not finish a batch of {len(rows)} within "
+                    f"timeout_ms={inst.timeout_s * 1000:g}; the instance is being replaced, retry"
+                ) from None
+        inst.call = None
         seconds = time.perf_counter() - start
         return split_outputs(outputs, len(rows)), Timing(seconds, padding)
 
@@ -237,17 +453,20 @@ class WorkerPool:
         ready only after this succeeds. Warm-up batches stay out of the
         metrics, so the batch-size histogram shows only served traffic.
         """
-        batches = [[self._synthetic(self._modalities())], [self._synthetic([m]) for m in self._modalities()]]
         for inst in self.instances:
-            for rows in batches:
-                try:
-                    await self._compute(inst, rows)
-                except Exception as exc:
-                    raise InternalError(
-                        f"warm-up of model {self.model} version {self.version} failed on instance "
-                        f"{inst.index} ({inst.backend.device}): {exc}",
-                        model=self.model,
-                    ) from exc
+            try:
+                await self._warm_instance(inst)
+            except Exception as exc:
+                raise InternalError(
+                    f"warm-up of model {self.model} version {self.version} failed on instance "
+                    f"{inst.index} ({inst.backend.device}): {exc}",
+                    model=self.model,
+                ) from exc
+
+    async def _warm_instance(self, inst: Instance) -> None:
+        batches = [[self._synthetic(self._modalities())], [self._synthetic([m]) for m in self._modalities()]]
+        for rows in batches:
+            await self._compute(inst, rows)
 
     def _modalities(self) -> list[str]:
         return [m.value for m in self.config.modalities.present()]
@@ -263,3 +482,16 @@ class WorkerPool:
         if "text" in modalities and spec.text is not None:
             row.text_ids = np.ones(min(spec.text.max_tokens, 8), dtype=np.int64)  # [UNK] ids
         return row
+
+
+async def _wait_event(event: threading.Event, timeout_s: float | None) -> bool:
+    """Wait for a thread-side event without blocking the loop or holding a thread."""
+    step = 0.005
+    waited = 0.0
+    while not event.is_set():
+        if timeout_s is not None and waited >= timeout_s:
+            return False
+        await asyncio.sleep(step)
+        waited += step
+        step = min(step * 2, 0.1)
+    return True

@@ -303,8 +303,8 @@ def make_tracking(**batching: object) -> DynamicBatcher:
 async def test_lone_row_goes_at_once_when_nothing_is_announced() -> None:
     """With no row on its way, the (endless) queue delay is skipped."""
     b = make_tracking(max_batch_size=8)
-    b.expect(1)
-    caller = asyncio.create_task(b.submit(row(1), FAR, announced=True))
+    a = b.expect(1)
+    caller = asyncio.create_task(b.submit(row(1), FAR, announcement=a))
     batch = await asyncio.wait_for(b.next_batch(), timeout=5)
     assert ids(batch) == [1] and b.expected == 0
     answer(batch)
@@ -313,14 +313,14 @@ async def test_lone_row_goes_at_once_when_nothing_is_announced() -> None:
 
 async def test_announced_rows_are_waited_for() -> None:
     b = make_tracking(max_batch_size=8)
-    b.expect(2)
-    first = asyncio.create_task(b.submit(row(1), FAR, announced=True))
+    a = b.expect(2)
+    first = asyncio.create_task(b.submit(row(1), FAR, announcement=a))
     former = asyncio.create_task(b.next_batch())
     await until(lambda: b.queued == 1)
     for _ in range(20):
         await asyncio.sleep(0)
     assert not former.done(), "dispatched while an announced row was still decoding"
-    second = asyncio.create_task(b.submit(row(2), FAR, announced=True))
+    second = asyncio.create_task(b.submit(row(2), FAR, announcement=a))
     batch = await asyncio.wait_for(former, timeout=5)
     assert ids(batch) == [1, 2]
     answer(batch)
@@ -329,11 +329,11 @@ async def test_announced_rows_are_waited_for() -> None:
 
 async def test_retracted_rows_release_the_batch() -> None:
     b = make_tracking(max_batch_size=8)
-    b.expect(2)
-    first = asyncio.create_task(b.submit(row(1), FAR, announced=True))
+    a = b.expect(2)
+    first = asyncio.create_task(b.submit(row(1), FAR, announcement=a))
     former = asyncio.create_task(b.next_batch())
     await until(lambda: b.queued == 1)
-    b.retract(1)  # the other request failed to decode
+    b.withdraw(a)  # the other request failed to decode: its row is settled
     batch = await asyncio.wait_for(former, timeout=5)
     assert ids(batch) == [1]
     answer(batch)
@@ -343,9 +343,9 @@ async def test_retracted_rows_release_the_batch() -> None:
 async def test_rows_are_shared_between_free_instances() -> None:
     """Two free instances, four rows that are not a full batch: two rows each, not four on one."""
     b = make_tracking(max_batch_size=8)
-    b.expect(4)
+    a = b.expect(4)
     formers = [asyncio.create_task(b.next_batch()) for _ in range(2)]
-    callers = [asyncio.create_task(b.submit(row(i), FAR, announced=True)) for i in range(4)]
+    callers = [asyncio.create_task(b.submit(row(i), FAR, announcement=a)) for i in range(4)]
     batches = await asyncio.wait_for(asyncio.gather(*formers), timeout=5)
     assert sorted(len(batch) for batch in batches) == [2, 2]
     assert sorted(ids(batches[0]) + ids(batches[1])) == [0, 1, 2, 3]
@@ -365,3 +365,40 @@ async def test_a_full_batch_is_never_split() -> None:
     await asyncio.gather(*callers)
     for former in formers:
         former.cancel()
+
+
+async def test_admission_is_all_or_nothing_and_counts_rows_on_their_way() -> None:
+    b = make_tracking(max_batch_size=8, max_queue_size=4)
+    b.admit(4)  # fits whole
+    a = b.expect(3)  # three rows decoding count as queued
+    with pytest.raises(Overloaded, match="max_queue_size=4"):
+        b.admit(2)  # 3 + 2 > 4: refused whole, before any decoding
+    b.admit(1)
+    b.withdraw(a)
+    b.close()
+    with pytest.raises(NotReady):
+        b.admit(1)
+
+
+async def test_withdraw_settles_rows_never_submitted_and_exports_the_count() -> None:
+    metrics = Metrics()
+    b = DynamicBatcher(
+        Batching.model_validate({"max_queue_delay_ms": FAR}),
+        model="m",
+        version="1",
+        metrics=metrics,
+        clock=FakeClock(),
+        track_arrivals=True,
+    )
+    gauge = metrics.announced_rows.labels("m", "1")
+    a = b.expect(2)
+    assert b.expected == 2 and gauge._value.get() == 2
+    caller = asyncio.create_task(b.submit(row(1), FAR, announcement=a))
+    await until(lambda: b.queued == 1)
+    assert b.expected == 1
+    b.withdraw(a)  # the second row's caller went away before submitting
+    b.withdraw(a)  # idempotent
+    assert b.expected == 0 and gauge._value.get() == 0
+    batch = await asyncio.wait_for(b.next_batch(), timeout=5)  # nothing on its way: goes at once
+    answer(batch)
+    await caller
