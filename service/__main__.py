@@ -28,6 +28,9 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--grpc-port", type=int, help="0 picks a free port; -1 disables gRPC")
     p.add_argument("--drain-timeout", type=float, dest="drain_timeout_s")
     p.add_argument("--decode-threads", type=int)
+    p.add_argument(
+        "--workers", type=int, help="server processes sharing the ports (default: one per available core)"
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "text"])
     p.set_defaults(func=_serve)
@@ -55,8 +58,15 @@ def _serve(args: argparse.Namespace) -> int:
     if not repository.is_dir():
         log.error("model repository %s does not exist", repository)
         return 2
-    serve(settings, repository)
-    return 0
+    from service.cpus import available_cpus
+
+    workers = settings.workers or available_cpus()
+    if workers == 1:
+        serve(settings, repository)
+        return 0
+    from service.supervisor import Supervisor
+
+    return Supervisor(settings, repository, workers).run()
 
 
 def _add_predict(sub: Any) -> None:

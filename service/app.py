@@ -5,6 +5,11 @@ answers while models load; readiness turns true once every model that should
 load has loaded and warmed up. On SIGTERM/SIGINT the server stops accepting
 (503 / UNAVAILABLE), finishes everything queued and in flight within the
 drain timeout, then exits 0.
+
+With ``--workers N`` (N > 1) this module runs in each of N worker processes
+started by ``service/supervisor.py``: the HTTP listener is the supervisor's
+socket (inherited), gRPC binds the same port with ``SO_REUSEPORT``, and
+``service/peers.py`` makes readiness and load/unload hold for all of them.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -27,6 +33,7 @@ from service.failpoints import parse_failpoints
 from service.gpu_metrics import sample_gpus
 from service.http.app import create_http_app
 from service.metrics import Metrics
+from service.peers import Peers, WorkerPlace
 from service.registry import ModelRegistry
 from service.repository import ModelRepository
 
@@ -44,12 +51,17 @@ class _UvicornServer(uvicorn.Server):
 class FusionServer:
     """One process serving one model repository over HTTP and (optionally) gRPC."""
 
-    def __init__(self, settings: Settings, repository: Path) -> None:
+    def __init__(self, settings: Settings, repository: Path, place: WorkerPlace | None = None) -> None:
+        self.place = place
+        if place is not None and place.grpc_port is not None:
+            settings = settings.model_copy(update={"grpc_port": place.grpc_port})
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(instance_prefix=f"w{place.index}-" if place else "")
         self.registry = ModelRegistry(
             ModelRepository(repository), self.metrics, parse_failpoints(settings.failpoints)
         )
+        if place is not None:
+            self.registry.process_count = place.count
         self.dataplane = DataPlane(
             self.registry,
             self.metrics,
@@ -58,6 +70,8 @@ class FusionServer:
             max_top_k=settings.max_top_k,
         )
         self.http_app = create_http_app(self.dataplane, settings)
+        self.peers = Peers(place) if place is not None else None
+        self.dataplane.peers = self.peers
         self._stop = asyncio.Event()
         self._grpc: Any = None
         self._grpc_health: Any = None
@@ -72,7 +86,12 @@ class FusionServer:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         http = _UvicornServer(self._uvicorn_config())
-        http_task = asyncio.create_task(http.serve(), name="http")
+        sockets = None
+        if self.place is not None:
+            sockets = [socket.socket(fileno=self.place.http_fd)]
+        http_task = asyncio.create_task(http.serve(sockets=sockets), name="http")
+        if self.peers is not None:
+            await self.peers.serve_control(self.dataplane.apply_peer_change)
         gpu_task = asyncio.create_task(sample_gpus(self.metrics), name="gpu-metrics")
         await self._start_grpc()
         while not http.started:
@@ -88,6 +107,7 @@ class FusionServer:
         )
         started = time.monotonic()
         await self.registry.load_all()
+        await self.dataplane.replay_peer_changes()
         self.dataplane.start_accepting()
         self._set_grpc_serving(True)
         log.info("models loaded in %.1f s; ready=%s", time.monotonic() - started, self.dataplane.ready())
@@ -99,6 +119,8 @@ class FusionServer:
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         self.dataplane.shutdown()
+        if self.peers is not None:
+            self.peers.close()
         log.info("stopped")
 
     async def _drain(self) -> None:
@@ -142,9 +164,9 @@ class FusionServer:
             self._grpc_health.set_serving(serving)
 
 
-def serve(settings: Settings, repository: Path) -> None:
+def serve(settings: Settings, repository: Path, place: WorkerPlace | None = None) -> None:
     """Run until SIGTERM/SIGINT; returns after a clean drain."""
-    server = FusionServer(settings, repository)
+    server = FusionServer(settings, repository, place)
     try:
         import uvloop
     except ImportError:  # pragma: no cover

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 
+    # Processes (service/supervisor.py, docs/performance.md)
+    workers: int = Field(
+        default=0, ge=0, le=256, description="server processes; 0 = one per available core (cgroup-aware)"
+    )
+
     # Work limits
     decode_threads: int = Field(default=0, ge=0, description="decoder threads; 0 = one per core")
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="largest request body")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from service.model_config import ModelConfig, OutputKind
 from service.offload import offload
 from service.registry import LoadedVersion, ModelRegistry, VersionState
 from service.types import DecodedRow, RawInputs, RowOutputs
+
+if TYPE_CHECKING:
+    from service.peers import Peers
 
 T = TypeVar("T")
 
@@ -165,14 +168,20 @@ class DataPlane:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        #: The other worker processes of this server (``--workers N``), if any.
+        self.peers: Peers | None = None
 
     # -- lifecycle ---------------------------------------------------------
     def start_accepting(self) -> None:
         self._accepting = True
+        if self.peers is not None:
+            self.peers.set_ready(True)
 
     def stop_accepting(self) -> None:
         """Draining: new requests get NotReady; accepted ones finish."""
         self._accepting = False
+        if self.peers is not None:
+            self.peers.set_ready(False)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         try:
@@ -189,7 +198,10 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return self._accepting and self.registry.all_ready()
+        """Every model loaded here, accepting, and (several processes) every process ready."""
+        return (
+            self._accepting and self.registry.all_ready() and (self.peers is None or self.peers.all_ready())
+        )
 
     def model_ready(self, model: str, version: str | None = None) -> bool:
         try:
@@ -238,12 +250,40 @@ class DataPlane:
                 index.append({"name": name, "version": version, "state": vs.state, "reason": vs.reason})
         return index
 
-    async def load(self, model: str) -> None:
+    async def load(self, model: str, *, broadcast: bool = True) -> None:
+        """(Re)load ``model`` here and, with several processes, in every other one."""
         self.registry.repository.entry_dir(model)  # ModelNotFound for unknown/unsafe names
         await self.registry.load(model)
+        if broadcast and self.peers is not None:
+            await self.peers.broadcast("load", model)
 
-    async def unload(self, model: str) -> None:
+    async def unload(self, model: str, *, broadcast: bool = True) -> None:
         await self.registry.unload(model)
+        if broadcast and self.peers is not None:
+            await self.peers.broadcast("unload", model)
+
+    async def apply_peer_change(self, op: str, model: str) -> None:
+        """A load/unload another worker process received (``service.peers``)."""
+        if op == "load":
+            await self.load(model, broadcast=False)
+        elif op == "unload":
+            await self.unload(model, broadcast=False)
+        else:
+            raise ValueError(f"unknown repository operation {op!r}")
+
+    async def replay_peer_changes(self) -> None:
+        """A worker started after load/unload calls: end in the state the others are in."""
+        if self.peers is None:
+            return
+        last: dict[str, str] = {}
+        for op, model in self.peers.recorded():
+            last[model] = op
+        for model, op in last.items():
+            loaded = any(lv.name == model for lv in self.registry.loaded_versions())
+            if op == "unload" and loaded:
+                await self.registry.unload(model)
+            elif op == "load" and not loaded:
+                await self.registry.load(model)
 
     def statistics(self, model: str | None = None, version: str | None = None) -> list[VersionStats]:
         if model is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from service.batching import DynamicBatcher
 from service.errors import FusionServeError, ModelNotFound, NotReady
 from service.failpoints import Failpoints, wrap_backend
 from service.metrics import Metrics
-from service.model_config import ModelConfig
+from service.model_config import Batching, ModelConfig
 from service.preprocess import Preprocessor
 from service.repository import ModelRepository, RepositoryEntry, check_version_name
 from service.runtimes import Backend, DeviceSpec, load_backend
@@ -78,6 +79,20 @@ def instance_devices(config: ModelConfig) -> list[DeviceSpec]:
     return devices
 
 
+def process_share(batching: Batching, process_count: int) -> Batching:
+    """This process's part of a queue bound that holds for the whole server.
+
+    With N processes each one queues at most ``ceil(max_queue_size / N)`` rows,
+    so the server never holds more than the bound rounded up to a multiple of N
+    (not N times the bound); a process whose share is full answers 429 even if
+    another has room (docs/model-config.md).
+    """
+    if process_count <= 1:
+        return batching
+    share = max(1, math.ceil(batching.max_queue_size / process_count))
+    return batching.model_copy(update={"max_queue_size": share})
+
+
 class ModelRegistry:
     def __init__(
         self, repository: ModelRepository, metrics: Metrics, failpoints: Failpoints | None = None
@@ -88,6 +103,8 @@ class ModelRegistry:
         self._states: dict[str, ModelState] = {}
         self._loaded: dict[str, dict[str, LoadedVersion]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Server processes sharing the model's queue bound (docs/model-config.md).
+        self.process_count = 1
 
     # -- queries -----------------------------------------------------------
     def states(self) -> list[ModelState]:
@@ -170,8 +187,9 @@ class ModelRegistry:
                 backend = await asyncio.to_thread(load_backend, config, path, device)
                 backends.append(wrap_backend(backend, self.failpoints, entry.name))
             preprocessor = await asyncio.to_thread(Preprocessor, config, entry.path)
+            batching = process_share(config.batching, self.process_count)
             batcher = DynamicBatcher(
-                config.batching,
+                batching,
                 model=entry.name,
                 version=version,
                 metrics=self.metrics,
@@ -207,7 +225,7 @@ class ModelRegistry:
         )
         state.versions[version] = VersionState(READY)
         self.metrics.model_ready.labels(entry.name, version).set(1)
-        self.metrics.queue_capacity.labels(entry.name, version).set(config.batching.max_queue_size)
+        self.metrics.queue_capacity.labels(entry.name, version).set(batching.max_queue_size)
         log.info("model %s version %s ready (%d instance(s))", entry.name, version, len(backends))
 
     async def unload(self, name: str, drain_timeout_s: float = 30.0) -> None:

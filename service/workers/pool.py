@@ -180,7 +180,9 @@ class WorkerPool:
         except Exception as exc:
             inst.failures += 1
             if self._metrics is not None:
-                self._metrics.instance_failures.labels(self.model, self.version, str(inst.index)).inc()
+                self._metrics.instance_failures.labels(
+                    self.model, self.version, self._metrics.instance_label(inst.index)
+                ).inc()
             log.error(
                 "model %s v%s: instance %d failed a batch of %d: %s",
                 self.model,
@@ -222,7 +224,9 @@ class WorkerPool:
             return
         m.child(m.batch_size, self.model, self.version).observe(size)
         m.child(m.compute_seconds, self.model, self.version).observe(timing.seconds)
-        m.child(m.instance_busy_seconds, self.model, self.version, str(inst.index)).inc(timing.seconds)
+        m.child(m.instance_busy_seconds, self.model, self.version, m.instance_label(inst.index)).inc(
+            timing.seconds
+        )
         for modality, ratio in timing.padding.items():
             m.child(m.padding_ratio, self.model, self.version, modality).observe(ratio)
 
