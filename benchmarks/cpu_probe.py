@@ -1,13 +1,14 @@
-"""CPU per request, by stage: where a server's cores go, from outside and from its own metrics.
+"""CPU per request, by thread role: where a server's cores go.
 
-Total CPU is read from ``/proc`` (utime + stime of the server process and every
-descendant: the supervisor's worker processes included) before and after a
-load run, and divided by the requests answered. The server's own histograms
-give the stages it times on one thread each: decoding (per input, on the
-decoder pool), compute (per batch, on an instance thread, single-threaded
-sessions: wall ≈ CPU) and post-processing. What is left — HTTP parsing,
-routing, the answer, thread hand-offs, batching, metrics — is the door and
-the plumbing, the part issue 11 wants cut.
+Read from ``/proc`` before and after a load run and divided by the requests
+answered: the CPU time (utime + stime) of the server process and every
+descendant (the supervisor's worker processes included), and of each thread
+by its kernel name — fusionserve names its decoder threads ``fs-decode`` and
+its model-instance threads ``fs-model`` (``service/threadnames.py``). What is
+left is the event loop (HTTP parsing, routing, batching, post-processing, the
+answer, metrics) plus gRPC's and the runtime's own threads: the door and the
+plumbing, the part issue 11 wants cut. CPU, not wall time: on a shared
+machine a stage's wall time includes waiting for a core.
 """
 
 from __future__ import annotations
@@ -16,96 +17,80 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 _TICK = os.sysconf("SC_CLK_TCK")
+ROLES = {"fs-decode": "decode", "fs-model": "model"}
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds of the process's own threads) or None when it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
+def _cpu(stat: str) -> tuple[int, float]:
+    """(parent pid, CPU seconds) from a ``/proc/.../stat`` line."""
+    fields = stat[stat.rindex(")") + 2 :].split()
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds used so far by ``root`` and every live descendant."""
+def _tree(root: int) -> list[int]:
     parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            found = _stat(int(entry.name))
-            if found is not None:
-                parents[int(entry.name)], cpu[int(entry.name)] = found
-    total, todo = 0.0, [root]
+            try:
+                parents[int(entry.name)] = _cpu((entry / "stat").read_text())[0]
+            except (OSError, ValueError, IndexError):
+                continue
+    pids, todo = [], [root]
     while todo:
         pid = todo.pop()
-        total += cpu.get(pid, 0.0)
+        pids.append(pid)
         todo.extend(child for child, parent in parents.items() if parent == pid)
-    return total
-
-
-def _sums(url: str) -> dict[str, float]:
-    """Sums and counts of the stage histograms (all labels added up)."""
-    wanted = (
-        "fusionserve_decode_duration_seconds_sum",
-        "fusionserve_compute_duration_seconds_sum",
-        "fusionserve_postprocess_duration_seconds_sum",
-        "fusionserve_requests_total",
-    )
-    out = dict.fromkeys(wanted, 0.0)
-    try:
-        text = httpx.get(f"{url}/metrics", timeout=10).text
-    except httpx.HTTPError:
-        return out
-    for line in text.splitlines():
-        for name in wanted:
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                out[name] += float(line.rsplit(" ", 1)[1])
-    return out
+    return pids
 
 
 @dataclass
 class Snapshot:
-    cpu_s: float
-    stages: dict[str, float]
+    """CPU seconds so far: ``total`` for the process tree, and by thread role."""
+
+    total: float
+    roles: dict[str, float]
+
+
+def snapshot(root: int) -> Snapshot:
+    total = 0.0
+    roles = dict.fromkeys(ROLES.values(), 0.0)
+    for pid in _tree(root):
+        try:
+            total += _cpu(Path(f"/proc/{pid}/stat").read_text())[1]
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except (OSError, ValueError, IndexError):
+            continue
+        for task in tasks:
+            try:
+                role = ROLES.get((task / "comm").read_text().strip())
+                if role:
+                    roles[role] += _cpu((task / "stat").read_text())[1]
+            except (OSError, ValueError, IndexError):
+                continue
+    return Snapshot(total, roles)
 
 
 @dataclass
 class StageCpu:
-    """Microseconds of CPU per request: total and by stage (stages only for fusionserve)."""
+    """Microseconds of CPU per request: total, decoder threads, model threads, the rest."""
 
     total_us: float
-    decode_us: float | None = None
-    compute_us: float | None = None
-    postprocess_us: float | None = None
+    decode_us: float
+    model_us: float
 
     @property
-    def door_us(self) -> float | None:
-        """Everything outside decode, model and post-processing."""
-        if self.decode_us is None or self.compute_us is None or self.postprocess_us is None:
-            return None
-        return self.total_us - self.decode_us - self.compute_us - self.postprocess_us
-
-
-def snapshot(pid: int, url: str) -> Snapshot:
-    return Snapshot(tree_cpu_seconds(pid), _sums(url))
+    def rest_us(self) -> float:
+        """Event loop (door, batching, answers) and every other thread."""
+        return self.total_us - self.decode_us - self.model_us
 
 
 def per_request(before: Snapshot, after: Snapshot, requests: int) -> StageCpu:
     """CPU per request between two snapshots that ``requests`` answers lie between."""
     if requests <= 0:
-        return StageCpu(0.0)
-    total = (after.cpu_s - before.cpu_s) / requests * 1e6
-    delta = {k: after.stages[k] - before.stages[k] for k in after.stages}
-    if not delta.get("fusionserve_requests_total"):
-        return StageCpu(total)  # not fusionserve (the naive baseline has no metrics)
+        return StageCpu(0.0, 0.0, 0.0)
+    scale = 1e6 / requests
     return StageCpu(
-        total_us=total,
-        decode_us=delta["fusionserve_decode_duration_seconds_sum"] / requests * 1e6,
-        compute_us=delta["fusionserve_compute_duration_seconds_sum"] / requests * 1e6,
-        postprocess_us=delta["fusionserve_postprocess_duration_seconds_sum"] / requests * 1e6,
+        total_us=(after.total - before.total) * scale,
+        decode_us=(after.roles["decode"] - before.roles["decode"]) * scale,
+        model_us=(after.roles["model"] - before.roles["model"]) * scale,
     )

@@ -335,19 +335,13 @@ def measure_level(
     and CPU per request by stage when the server's ``pid`` is given."""
     path = f"/v1/models/{model}/predict"
     before = batch_stats(url, model)
-    cpu_before = snapshot(pid, url) if pid else None
+    cpu_before = snapshot(pid) if pid else None
     w = run_wrk(url, path, bodies_dir, n_bodies, boundary, concurrency, seconds, script)
     cpu: dict[str, float] = {}
     if pid and cpu_before is not None:
-        stages = per_request(cpu_before, snapshot(pid, url), int(w["requests"]))
-        cpu = {"total": stages.total_us}
-        if stages.door_us is not None:
-            cpu.update(
-                decode=stages.decode_us or 0.0,
-                model=stages.compute_us or 0.0,
-                postprocess=stages.postprocess_us or 0.0,
-                door=stages.door_us,
-            )
+        stages = per_request(cpu_before, snapshot(pid), int(w["requests"]))
+        cpu = {"total": stages.total_us, "decode": stages.decode_us, "model": stages.model_us}
+        cpu["rest"] = stages.rest_us
     after = batch_stats(url, model)
     batches = after[1] - before[1]
     return LoadResult(
@@ -530,15 +524,19 @@ def print_table(loads: list[LoadResult], raw: RawResult, rounds: Rounds | None =
     print()
     print("CPU per request (µs, all processes of the server; median over rounds):")
     print()
-    print("| setup | concurrency | total | decode | model | post-process | door and plumbing |")
-    print("|---" * 7 + "|")
+    print("| setup | concurrency | total | decoder threads | model threads | event loop and the rest |")
+    print("|---" * 6 + "|")
     for r in loads:
         c = r.cpu_us
         if not c:
             continue
-        stages = [c.get(k) for k in ("decode", "model", "postprocess", "door")]
-        cells = " | ".join("" if v is None else f"{v:.0f}" for v in stages)
-        print(f"| {r.setup} | {r.concurrency} | {c['total']:.0f} | {cells} |")
+        if r.setup == "naive":  # its threads carry no role names
+            print(f"| {r.setup} | {r.concurrency} | {c['total']:.0f} | | | |")
+            continue
+        print(
+            f"| {r.setup} | {r.concurrency} | {c['total']:.0f} | {c['decode']:.0f} | "
+            f"{c['model']:.0f} | {c['rest']:.0f} |"
+        )
     main = {r.concurrency: r for r in loads if r.setup == MAIN}
     print()
     if main:

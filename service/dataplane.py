@@ -33,6 +33,7 @@ from service.metrics import Metrics
 from service.model_config import ModelConfig, OutputKind
 from service.offload import offload
 from service.registry import LoadedVersion, ModelRegistry, VersionState
+from service.threadnames import name_os_thread
 from service.types import DecodedRow, RawInputs, RowOutputs
 
 if TYPE_CHECKING:
@@ -163,7 +164,12 @@ class DataPlane:
         self.metrics = metrics
         self.max_batch_items = max_batch_items
         self.max_top_k = max_top_k
-        self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+        self._decoder = ThreadPoolExecutor(
+            max_workers=decode_threads,
+            thread_name_prefix="decode",
+            initializer=name_os_thread,
+            initargs=("fs-decode",),
+        )
         self._accepting = False
         self._inflight = 0
         self._idle = asyncio.Event()

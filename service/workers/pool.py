@@ -30,6 +30,7 @@ from service.metrics import Metrics
 from service.model_config import ModelConfig
 from service.offload import offload
 from service.runtimes.base import Backend
+from service.threadnames import name_os_thread
 from service.types import DecodedRow, RowOutputs
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,16 @@ class WorkerPool:
         self.version = version
         self._metrics = metrics
         self.instances = [
-            Instance(i, b, ThreadPoolExecutor(1, thread_name_prefix=f"{model}-v{version}-i{i}"))
+            Instance(
+                i,
+                b,
+                ThreadPoolExecutor(
+                    1,
+                    thread_name_prefix=f"{model}-v{version}-i{i}",
+                    initializer=name_os_thread,
+                    initargs=("fs-model",),
+                ),
+            )
             for i, b in enumerate(backends)
         ]
         self._stopping = False
