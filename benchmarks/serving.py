@@ -460,14 +460,20 @@ def best_of(first: RawResult, second: RawResult) -> RawResult:
     return merged
 
 
-def batching_off_copy(repository: Path, model: str, dest: Path) -> Path:
+def config_copy(repository: Path, model: str, dest: Path, section: str, changes: dict[str, object]) -> Path:
+    """A one-model repository at ``dest`` whose config has ``changes`` in ``section``."""
     shutil.copytree(repository / model, dest / model)
     cfg_path = dest / model / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg.setdefault("batching", {})["max_batch_size"] = 1
-    cfg["batching"]["preferred_batch_sizes"] = []
+    cfg.setdefault(section, {}).update(changes)
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return dest
+
+
+def batching_off_copy(repository: Path, model: str, dest: Path) -> Path:
+    return config_copy(
+        repository, model, dest, "batching", {"max_batch_size": 1, "preferred_batch_sizes": []}
+    )
 
 
 # -- report ----------------------------------------------------------------
@@ -587,7 +593,7 @@ def start_setup(
         return ServerProcess(repository, workers=1)
     if name == "naive":
         return NaiveProcess(repository, model)
-    raise SystemExit(f"unknown setup {name!r} (fusionserve, batching-off, one-process, naive)")
+    raise SystemExit(f"unknown setup {name!r} (fusionserve, batching-off, fixed-threads, one-process, naive)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -647,14 +653,13 @@ def main(argv: list[str] | None = None) -> int:
             (bodies / f"body_{i}").write_bytes(multipart_body(p, boundary))
         script = tmp / "bench.lua"
         script.write_text(WRK_SCRIPT)
-        off_repo = batching_off_copy(repository, model, tmp / "off")
         batch_sizes = [1, 4, 8, 16, 32, 64]
         raw_seconds = args.seconds / 2
         print("raw limit, before the load:", flush=True)
         raw_before = raw_limit(repository, model, payloads, raw_seconds, batch_sizes)
         # Every setup's server runs at once (an idle one costs nothing) and they
         # take turns at each level, so drift of a shared machine hits all alike.
-        servers = {name: start_setup(name, repository, model, off_repo, args.workers) for name in names}
+        servers = {name: start_setup(name, repository, model, tmp, args.workers) for name in names}
         try:
             for server in servers.values():
                 server.wait_ready()

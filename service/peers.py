@@ -7,7 +7,8 @@ must still look like one server:
 * **Readiness** — a board of N bytes in a shared file (``ready``), one per
   worker slot: the worker sets its byte once its models are loaded and it
   accepts work, clears it when it drains; the supervisor clears the byte of a
-  process that died. ``/health/ready`` (and the gRPC and V2 health checks) is
+  process that died. N more bytes say which processes are computing a batch
+  (adaptive intra-op threads, ``service/runtimes/occupancy.py``). ``/health/ready`` (and the gRPC and V2 health checks) is
   true only when the local process is ready *and* every byte is set.
 * **Repository load/unload** — the process that receives the call does it
   locally, then sends it to every other worker over its control socket
@@ -29,6 +30,8 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from service.runtimes.occupancy import OCCUPANCY
 
 log = logging.getLogger("fusionserve.peers")
 
@@ -75,16 +78,19 @@ class WorkerPlace:
 
 
 def create_board(control_dir: Path, count: int) -> Path:
-    """The supervisor's side: an all-zero readiness board of ``count`` slots."""
+    """The supervisor's side: an all-zero board of ``count`` readiness bytes, then
+    ``count`` busy bytes (``service/runtimes/occupancy.py``)."""
     path = control_dir / "ready"
-    path.write_bytes(bytes(count))
+    path.write_bytes(bytes(2 * count))
     return path
 
 
-def clear_slot(control_dir: Path, index: int) -> None:
-    """The supervisor's side: mark worker ``index`` not ready (it died)."""
+def clear_slot(control_dir: Path, index: int, count: int) -> None:
+    """The supervisor's side: mark worker ``index`` not ready and not busy (it died)."""
     with (control_dir / "ready").open("r+b") as f:
         f.seek(index)
+        f.write(b"\0")
+        f.seek(count + index)
         f.write(b"\0")
 
 
@@ -94,8 +100,9 @@ class Peers:
     def __init__(self, place: WorkerPlace) -> None:
         self.place = place
         self._file = (place.control_dir / "ready").open("r+b")
-        self._board = mmap.mmap(self._file.fileno(), place.count)
+        self._board = mmap.mmap(self._file.fileno(), 2 * place.count)
         self._server: asyncio.AbstractServer | None = None
+        OCCUPANCY.share(self._board, place.count, place.index, place.count)
 
     # -- readiness ---------------------------------------------------------
     def set_ready(self, ready: bool) -> None:
@@ -181,6 +188,7 @@ class Peers:
             self._socket(self.place.index).unlink()
         with contextlib.suppress(ValueError, BufferError):
             self._board[self.place.index] = 0
+        OCCUPANCY.unshare()
         with contextlib.suppress(BufferError):
             self._board.close()
         self._file.close()

@@ -138,7 +138,7 @@ class Supervisor:
         w.proc = None
         with contextlib.suppress(OSError):
             multiprocess.mark_process_dead(pid, str(self.metrics_dir))
-        clear_slot(self.control_dir, w.index)
+        clear_slot(self.control_dir, w.index, self.count)
         if self._stopping:
             log.info("worker %d (pid %d) exited (%s)", w.index, pid, code)
             return

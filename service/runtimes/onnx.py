@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from service.cpus import available_cpus
 from service.errors import ConfigError
 from service.model_config import ModelConfig
 from service.runtimes.base import INPUT_DTYPES, DeviceSpec, check_input_names, check_output_names
+from service.runtimes.occupancy import OCCUPANCY
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +81,22 @@ def _provider_name(p: str | tuple[str, dict[str, Any]]) -> str:
     return p if isinstance(p, str) else p[0]
 
 
-def session_options(config: ModelConfig) -> ort.SessionOptions:
+def lone_batch_threads(config: ModelConfig, device: DeviceSpec) -> int:
+    """Intra-op threads of the wide session a lone batch runs on; 0 = no wide session.
+
+    Only for CPU instances whose own sessions are single-threaded (the default
+    layout: several instances side by side), and only with cores to spare.
+    """
+    if device.kind != "cpu" or not config.onnx.adaptive_intra_op or config.onnx.intra_op_threads != 1:
+        return 0
+    cores = available_cpus()
+    return cores if cores > 1 else 0
+
+
+def session_options(config: ModelConfig, intra_op_threads: int | None = None) -> ort.SessionOptions:
     """Thread counts and optimisation level from ``config.onnx`` (0 = ORT default)."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = config.onnx.intra_op_threads
+    opts.intra_op_num_threads = config.onnx.intra_op_threads if intra_op_threads is None else intra_op_threads
     opts.inter_op_num_threads = config.onnx.inter_op_threads
     opts.graph_optimization_level = _OPT_LEVELS[config.onnx.graph_optimization]
     spin = "1" if config.onnx.allow_spinning else "0"
@@ -102,8 +116,15 @@ class OnnxBackend:
         self.providers: list[str] = list(self.session.get_providers())
         self.device = self._real_device(device)
         self._check_graph()
+        #: A second session on every core for a batch that computes alone (occupancy.py).
+        self.wide: ort.InferenceSession | None = None
+        threads = lone_batch_threads(config, device)
+        if threads:
+            self.wide = self._open(config, model_path, device, threads)
 
-    def _open(self, config: ModelConfig, model_path: Path, device: DeviceSpec) -> ort.InferenceSession:
+    def _open(
+        self, config: ModelConfig, model_path: Path, device: DeviceSpec, intra_op_threads: int | None = None
+    ) -> ort.InferenceSession:
         available = set(ort.get_available_providers())
         if device.kind == "gpu" and "CUDAExecutionProvider" in available:
             preload_cuda_libraries()
@@ -119,7 +140,7 @@ class OnnxBackend:
             )
         try:
             return ort.InferenceSession(
-                str(model_path), sess_options=session_options(config), providers=usable
+                str(model_path), sess_options=session_options(config, intra_op_threads), providers=usable
             )
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise ConfigError(
@@ -155,10 +176,20 @@ class OnnxBackend:
         check_output_names(self.output_names, [o.name for o in self.session.get_outputs()], self._file)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; returns only the outputs the config declares."""
-        results = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
+        """Run one batch; returns only the outputs the config declares.
+
+        On the wide session when no other batch computes anywhere in the server.
+        """
+        inputs = {n: feeds[n] for n in self.input_names}
+        if self.wide is None:
+            results = self.session.run(self.output_names, inputs)
+        else:
+            with OCCUPANCY.batch() as alone:
+                session = self.wide if alone else self.session
+                results = session.run(self.output_names, inputs)
         return {n: np.ascontiguousarray(r) for n, r in zip(self.output_names, results, strict=True)}
 
     def close(self) -> None:
         """Drop the session; ORT frees its memory when the last reference goes."""
         self.__dict__.pop("session", None)
+        self.wide = None
