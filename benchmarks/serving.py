@@ -582,13 +582,14 @@ def heavy_workload(args: argparse.Namespace) -> tuple[Path, str, list[Payload]]:
     return repo, heavy_model.NAME, [Payload(image=j, audio=a, text=t) for j, a, t in made]
 
 
-def start_setup(
-    name: str, repository: Path, model: str, off_repo: Path, workers: int | None
-) -> ServerProcess:
+def start_setup(name: str, repository: Path, model: str, tmp: Path, workers: int | None) -> ServerProcess:
     if name == MAIN:
         return ServerProcess(repository, workers=workers)
     if name == "batching-off":
-        return ServerProcess(off_repo, workers=workers)
+        return ServerProcess(batching_off_copy(repository, model, tmp / name), workers=workers)
+    if name == "fixed-threads":  # no wide session for a lone batch (onnx.adaptive_intra_op: false)
+        fixed = config_copy(repository, model, tmp / name, "onnx", {"adaptive_intra_op": False})
+        return ServerProcess(fixed, workers=workers)
     if name == "one-process":
         return ServerProcess(repository, workers=1)
     if name == "naive":
