@@ -7,9 +7,10 @@ must still look like one server:
 * **Readiness** — a board of N bytes in a shared file (``ready``), one per
   worker slot: the worker sets its byte once its models are loaded and it
   accepts work, clears it when it drains; the supervisor clears the byte of a
-  process that died. N more bytes say which processes are computing a batch
-  (adaptive intra-op threads, ``service/runtimes/occupancy.py``). ``/health/ready`` (and the gRPC and V2 health checks) is
-  true only when the local process is ready *and* every byte is set.
+  process that died. ``/health/ready`` (and the gRPC and V2 health checks)
+  is true only when the local process is ready *and* every byte is set. N
+  more bytes say which processes are computing a batch (adaptive intra-op
+  threads, ``service/runtimes/occupancy.py``).
 * **Repository load/unload** — the process that receives the call does it
   locally, then sends it to every other worker over its control socket
   (``worker-<i>.sock``, one JSON line each way) and appends it to

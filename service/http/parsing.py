@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic_core import from_json
 from starlette.requests import Request
 
 from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
@@ -75,8 +75,8 @@ def _parse_multipart(body: bytes, content_type: str, allow_top_k: bool) -> Parse
 
 def _parse_json(body: bytes, allow_top_k: bool) -> ParsedRequest:
     try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        doc = from_json(body)  # in C
+    except ValueError as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise InvalidInput("JSON body must be an object")

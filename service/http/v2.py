@@ -9,13 +9,13 @@ HTTP table, ``service.http.errors``) instead of the native body.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic_core import from_json
 
 from service.config import Settings
 from service.dataplane import DataPlane, VersionStats
@@ -97,7 +97,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        document = json.loads(body)
+        document = from_json(body)  # in C: ~3x json.loads on large tensors
     except ValueError as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):

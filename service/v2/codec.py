@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic_core import from_json
 
 from service.errors import InvalidInput
 
@@ -322,7 +323,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     header = body if header_length is None else body[:header_length]
     binary = memoryview(body)[len(header) :]
     try:
-        document = json.loads(header)
+        document = from_json(header)  # in C: ~3x json.loads on large tensors
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
