@@ -79,3 +79,12 @@ def default_repository_dir() -> Path:
     home = os.environ.get("FUSIONSERVE_HOME")
     base = Path(home) if home else Path.home() / ".cache" / "fusionserve"
     return base / "model-repository"
+
+
+def default_engine_cache_dir() -> Path:
+    """Where TensorRT engines are cached unless a model says otherwise (``onnx.tensorrt_cache_dir``)."""
+    import os
+
+    home = os.environ.get("FUSIONSERVE_HOME")
+    base = Path(home) if home else Path.home() / ".cache" / "fusionserve"
+    return base / "tensorrt-engines"

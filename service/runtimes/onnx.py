@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from service.config import default_engine_cache_dir
 from service.cpus import available_cpus
 from service.errors import ConfigError
 from service.model_config import ModelConfig
 from service.runtimes.base import INPUT_DTYPES, DeviceSpec, check_input_names, check_output_names
+from service.runtimes.gpu_options import cuda_options, tensorrt_options
 from service.runtimes.occupancy import OCCUPANCY
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,9 @@ def requested_providers(config: ModelConfig, device: DeviceSpec) -> ProviderList
         return ["CPUExecutionProvider"]
     providers: ProviderList = []
     if config.onnx.use_tensorrt:
-        providers.append(("TensorrtExecutionProvider", {"device_id": device.index}))
-    providers.append(("CUDAExecutionProvider", {"device_id": device.index}))
+        cache = Path(config.onnx.tensorrt_cache_dir or default_engine_cache_dir())
+        providers.append(("TensorrtExecutionProvider", tensorrt_options(config, device.index, cache)))
+    providers.append(("CUDAExecutionProvider", cuda_options(device.index)))
     providers.append("CPUExecutionProvider")
     return providers
 
@@ -116,6 +119,11 @@ class OnnxBackend:
         self.providers: list[str] = list(self.session.get_providers())
         self.device = self._real_device(device)
         self._check_graph()
+        #: IO binding on GPU sessions: ORT's device name for the bound outputs, or None.
+        self.binding_device: str | None = None
+        if config.onnx.io_binding and self.device != "cpu":
+            self.binding_device = "cuda"
+        self._device_index = device.index
         #: A second session on every core for a batch that computes alone (occupancy.py).
         self.wide: ort.InferenceSession | None = None
         threads = lone_batch_threads(config, device)
@@ -181,13 +189,26 @@ class OnnxBackend:
         On the wide session when no other batch computes anywhere in the server.
         """
         inputs = {n: feeds[n] for n in self.input_names}
-        if self.wide is None:
+        if self.binding_device is not None:
+            results = self._run_bound(inputs)
+        elif self.wide is None:
             results = self.session.run(self.output_names, inputs)
         else:
             with OCCUPANCY.batch() as alone:
                 session = self.wide if alone else self.session
                 results = session.run(self.output_names, inputs)
         return {n: np.ascontiguousarray(r) for n, r in zip(self.output_names, results, strict=True)}
+
+    def _run_bound(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One copy of each input to the device, one copy of each output back (IO binding)."""
+        binding = self.session.io_binding()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in self.output_names:
+            binding.bind_output(name, self.binding_device or "cpu", self._device_index)
+        self.session.run_with_iobinding(binding)
+        outputs: list[np.ndarray] = binding.copy_outputs_to_cpu()
+        return outputs
 
     def close(self) -> None:
         """Drop the session; ORT frees its memory when the last reference goes."""
