@@ -51,6 +51,9 @@ SETTINGS_ENV = "FUSIONSERVE_WORKER_SETTINGS"
 #: A worker that dies sooner than this after its start counts as a crash loop.
 _QUICK_DEATH_S = 10.0
 _MAX_RESTART_DELAY_S = 30.0
+#: A worker that exits this many times in a row without ever becoming ready
+#: (a port taken, a broken install) stops the server, as one process would.
+_MAX_FAILED_STARTS = 3
 _PR_SET_PDEATHSIG = 1
 
 
@@ -94,6 +97,8 @@ class _Worker:
     started: float = 0.0
     restart_at: float = 0.0
     quick_deaths: int = 0
+    was_ready: bool = False
+    failed_starts: int = 0
 
 
 class Supervisor:
@@ -102,6 +107,7 @@ class Supervisor:
         self.repository = repository
         self.count = count
         self._stopping = False
+        self._exit_code = 0
         self.control_dir = Path(tempfile.mkdtemp(prefix="fusionserve-"))
         self.metrics_dir = self.control_dir / "metrics"
         self.metrics_dir.mkdir()
@@ -143,6 +149,15 @@ class Supervisor:
             log.info("worker %d (pid %d) exited (%s)", w.index, pid, code)
             return
         lived = time.monotonic() - w.started
+        w.failed_starts = 0 if w.was_ready else w.failed_starts + 1
+        w.was_ready = False
+        if w.failed_starts >= _MAX_FAILED_STARTS:
+            log.error(
+                "worker %d exited %d times before it was ready; stopping the server", w.index, w.failed_starts
+            )
+            self._exit_code = 1
+            self._on_signal(signal.SIGTERM, None)
+            return
         w.quick_deaths = w.quick_deaths + 1 if lived < _QUICK_DEATH_S else 0
         delay = min(_MAX_RESTART_DELAY_S, 0.5 * (2**w.quick_deaths - 1))
         w.restart_at = time.monotonic() + delay
@@ -167,8 +182,12 @@ class Supervisor:
         try:
             for w in self._workers:
                 self._spawn(w, http.fileno(), grpc_port)
+            board = self.control_dir / "ready"
             while True:
+                ready = board.read_bytes()
                 for w in self._workers:
+                    if w.proc is not None and ready[w.index]:
+                        w.was_ready = True
                     if w.proc is not None and w.proc.poll() is not None:
                         self._reap(w)
                     if w.proc is None and not self._stopping and time.monotonic() >= w.restart_at:
@@ -185,7 +204,7 @@ class Supervisor:
                 grpc_hold.close()
             shutil.rmtree(self.control_dir, ignore_errors=True)
         log.info("stopped")
-        return 0
+        return self._exit_code
 
 
 def worker_main(repository: Path) -> None:

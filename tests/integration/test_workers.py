@@ -174,3 +174,17 @@ async def test_sigterm_drains_every_process(
     assert [a.status_code for a in answers] == [200] * 3
     assert server.proc.wait(timeout=60) == 0
     assert not children(server.proc.pid)
+
+
+def test_workers_that_never_start_stop_the_server(model_repository: Path, tmp_path: Path) -> None:
+    """A worker that dies before it is ready, again and again, ends the server (exit 1), as
+    one process would, instead of a restart loop forever."""
+    env = {**WORKERS, "FUSIONSERVE_TLS_CERT_FILE": str(tmp_path / "absent.pem")}
+    env["FUSIONSERVE_TLS_KEY_FILE"] = str(tmp_path / "absent.key")
+    server = launch_server(model_repository, tmp_path, wait=False, env=env)
+    try:
+        assert server.proc.wait(timeout=120) == 1
+    finally:
+        server.stop()
+    assert "before it was ready" in server.log()
+    assert not children(server.proc.pid)
