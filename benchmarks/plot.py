@@ -20,7 +20,7 @@ def plot(rows: Sequence[Row], raw_rps: float, title: str, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FuncFormatter
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     setups = list(dict.fromkeys(r.setup for r in rows))
@@ -32,12 +32,12 @@ def plot(rows: Sequence[Row], raw_rps: float, title: str, out: Path) -> None:
     left.axhline(raw_rps, color="grey", linestyle="--", label="raw limit (in-process)")
     for axis, label in ((left, "requests / s"), (right, "p99 latency, ms")):
         axis.set_xscale("log", base=2)
-        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_xlabel("concurrent clients")
         axis.set_ylabel(label)
         axis.grid(True, alpha=0.3)
     right.set_yscale("log")
-    right.yaxis.set_major_formatter(ScalarFormatter())
+    right.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     left.set_ylim(bottom=0)
     left.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)

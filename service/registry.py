@@ -69,13 +69,21 @@ class ModelState:
     error: str | None = None
 
 
-def instance_devices(config: ModelConfig) -> list[DeviceSpec]:
-    """One DeviceSpec per instance, from the config's instance groups."""
+def instance_devices(config: ModelConfig, process_count: int = 1) -> list[DeviceSpec]:
+    """One DeviceSpec per instance of this process, from the config's instance groups.
+
+    A CPU group's ``count`` is for the whole server: with N processes each runs
+    ``ceil(count / N)`` (the count was chosen to fill the host's cores, which
+    the processes share). A GPU group's count is per process.
+    """
     devices: list[DeviceSpec] = []
     for group in config.instance_groups:
+        count = group.count
+        if group.kind == "cpu" and process_count > 1:
+            count = max(1, math.ceil(count / process_count))
         ids = group.devices or [0]
         for device_id in ids:
-            devices.extend(DeviceSpec(kind=group.kind, index=device_id) for _ in range(group.count))
+            devices.extend(DeviceSpec(kind=group.kind, index=device_id) for _ in range(count))
     return devices
 
 
@@ -183,7 +191,7 @@ class ModelRegistry:
         config = entry.config
         backends: list[Backend] = []
         try:
-            for device in instance_devices(config):
+            for device in instance_devices(config, self.process_count):
                 backend = await asyncio.to_thread(load_backend, config, path, device)
                 backends.append(wrap_backend(backend, self.failpoints, entry.name))
             preprocessor = await asyncio.to_thread(Preprocessor, config, entry.path)

@@ -84,8 +84,8 @@ def test_metrics_are_one_coherent_exposition(two_workers: RunningServer, samples
     text = metrics(two_workers)
     after = metric_value(text, "fusionserve_requests_total", model="digits-fusion")
     assert after - before == 8
-    # Two processes with two instances each: the gauge is summed, not one process's.
-    assert metric_value(text, "fusionserve_instances", model="digits-fusion") == 4
+    # Two CPU instances split over two processes: the gauge is summed, not one process's.
+    assert metric_value(text, "fusionserve_instances", model="digits-fusion") == 2
     assert metric_value(text, "fusionserve_model_ready", model="digits-fusion") == 1
     series = [line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")]
     assert len(series) == len(set(series)), "a series appears twice"
@@ -106,7 +106,7 @@ def test_unload_and_load_reach_every_process(two_workers: RunningServer, samples
         assert refused.status_code == 503
     loaded = httpx.post(f"{url}/v2/repository/models/digits-embed/load", timeout=120)
     assert loaded.status_code == 200, loaded.text
-    assert metric_value(metrics(two_workers), "fusionserve_instances", model="digits-embed") == 4
+    assert metric_value(metrics(two_workers), "fusionserve_instances", model="digits-embed") == 2
     wait_until(lambda: httpx.get(f"{url}/health/ready", timeout=5).status_code == 200)
     for _ in range(4):
         answer = httpx.post(f"{url}/v1/models/digits-embed/embed", files=text_part(samples[0]), timeout=30)
@@ -134,7 +134,7 @@ def test_a_killed_worker_is_replaced(two_workers: RunningServer, samples: list[S
     wait_until(not_ready)  # one process down: the server is not ready
     wait_until(replaced_and_ready)
     text = metrics(two_workers)
-    assert metric_value(text, "fusionserve_instances", model="digits-fusion") == 4  # the dead one's are gone
+    assert metric_value(text, "fusionserve_instances", model="digits-fusion") == 2  # the dead one's are gone
     assert metric_value(text, "fusionserve_requests_total") >= served_before  # its counts are kept
     for sample in samples[:4]:
         httpx.post(f"{url}{PREDICT}", files=text_part(sample), timeout=30).raise_for_status()
