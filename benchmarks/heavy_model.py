@@ -82,7 +82,7 @@ def build(out: Path, seed: int = SEED) -> Path:
     from models.entries import MIN_AUDIO_SAMPLES
     from models.export import export_entry
     from models.tokenizer import build_tokenizer
-    from service.model_config import ModelConfig
+    from service.model.config import ModelConfig
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(VOCABULARY)

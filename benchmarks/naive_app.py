@@ -19,10 +19,10 @@ import numpy as np
 import onnxruntime as ort
 from fastapi import FastAPI, File, Form, UploadFile
 
-from service.batching import collate
-from service.model_config import load_model_config
+from service.model.config import load_model_config
+from service.model.feeds import collate
+from service.model.rows import RawInputs
 from service.preprocess import Preprocessor
-from service.types import RawInputs
 
 ENTRY = Path(os.environ["NAIVE_REPOSITORY"]) / os.environ.get("NAIVE_MODEL", "digits-fusion")
 CONFIG = load_model_config(ENTRY / "config.yaml")

@@ -19,6 +19,7 @@ from service.errors import FusionServeError, InternalError
 from service.http.errors import error_response
 from service.http.middleware import GatewayMiddleware
 from service.http.native import native_router
+from service.http.v2 import v2_router
 from service.logs import request_id_var
 
 log = logging.getLogger("fusionserve.http")
@@ -36,13 +37,8 @@ Serve multimodal fusion models. POST any subset of **image** (file), **audio**
 
 def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
     app = FastAPIOffline(title="fusionserve", version=__version__, description=DESCRIPTION)
-    app.include_router(native_router(dataplane, settings))
-    try:  # the V2 door is optional while it is being built
-        from service.http.v2 import v2_router
-    except ImportError:  # pragma: no cover - present in a complete checkout
-        log.warning("V2 REST routes unavailable (service.http.v2 missing)")
-    else:
-        app.include_router(v2_router(dataplane, settings))
+    app.include_router(native_router(dataplane))
+    app.include_router(v2_router(dataplane, settings))
 
     @app.exception_handler(FusionServeError)
     async def _core_error(request: Request, exc: FusionServeError) -> JSONResponse:

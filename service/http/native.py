@@ -12,9 +12,9 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.config import Settings
-from service.dataplane import DataPlane, Embedding, ModelInfo, Prediction
+from service.dataplane import DataPlane, ModelInfo
 from service.http.parsing import parse_request, parse_timeout_ms
+from service.model.outputs import Embedding, Prediction
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
@@ -72,7 +72,7 @@ def model_json(info: ModelInfo) -> dict[str, Any]:
     return body
 
 
-def native_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
+def native_router(dataplane: DataPlane) -> APIRouter:
     router = APIRouter()
 
     async def _predict(request: Request, model: str, version: str | None) -> Response:

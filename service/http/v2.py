@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from pydantic_core import from_json
 
 from service.config import Settings
-from service.dataplane import DataPlane, VersionStats
+from service.dataplane import DataPlaneApi, VersionStats
 from service.errors import FusionServeError, InvalidInput, NotReady, Overloaded
 from service.http.content_coding import compress, decompress, request_coding, response_coding
 from service.http.errors import http_status
@@ -120,7 +120,7 @@ def _binary_outputs(
     return chosen
 
 
-def v2_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
+def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
     router = APIRouter(route_class=V2Route, tags=["v2"])
 
     @router.get("/v2", summary="Server metadata")

@@ -22,8 +22,8 @@ import onnxruntime as ort
 from service.config import default_engine_cache_dir
 from service.cpus import available_cpus
 from service.errors import ConfigError
-from service.model_config import ModelConfig
-from service.runtimes.base import INPUT_DTYPES, DeviceSpec, check_input_names, check_output_names
+from service.model.config import INPUT_DTYPES, ModelConfig
+from service.runtimes.base import DeviceSpec, check_input_names, check_output_names
 from service.runtimes.gpu_options import cuda_options, tensorrt_options
 from service.runtimes.occupancy import OCCUPANCY
 

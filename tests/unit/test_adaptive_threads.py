@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service import cpus
-from service.model_config import ModelConfig
+from service.model.config import ModelConfig
 from service.runtimes import DeviceSpec
 from service.runtimes.occupancy import Occupancy
 from service.runtimes.onnx import OnnxBackend, lone_batch_threads

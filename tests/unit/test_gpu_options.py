@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.model_config import ModelConfig
+from service.model.config import ModelConfig
 from service.runtimes import DeviceSpec
 from service.runtimes.gpu_options import input_shapes, tensorrt_options
 from service.runtimes.onnx import OnnxBackend, requested_providers
