@@ -66,9 +66,13 @@ def settings_to_env(settings: Settings) -> str:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """A worker receives SIGTERM when the supervisor dies, even by SIGKILL."""
+    """A worker is killed when the supervisor dies without reaping it (killed itself).
+
+    SIGKILL, not SIGTERM: the supervisor forwards SIGTERM itself for a drain;
+    this fires only when it is gone, and a worker that is already draining (or
+    stuck) must not outlive it holding the ports."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _listen_http(settings: Settings) -> socket.socket:

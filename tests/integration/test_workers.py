@@ -188,3 +188,25 @@ def test_workers_that_never_start_stop_the_server(model_repository: Path, tmp_pa
         server.stop()
     assert "before it was ready" in server.log()
     assert not children(server.proc.pid)
+
+
+def test_workers_die_with_a_killed_supervisor(model_repository: Path, tmp_path: Path) -> None:
+    """No orphan keeps serving (and holding the ports) after the supervisor is SIGKILLed."""
+    server = launch_server(model_repository, tmp_path, grpc=False, env=WORKERS)
+    workers = children(server.proc.pid)
+    assert len(workers) == 2
+    server.proc.kill()
+    server.proc.wait(timeout=30)
+
+    def workers_gone() -> bool:
+        return not any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in workers)
+
+    wait_until(workers_gone, timeout=60)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
