@@ -660,8 +660,10 @@ def main(argv: list[str] | None = None) -> int:
         raw_before = raw_limit(repository, model, payloads, raw_seconds, batch_sizes)
         # Every setup's server runs at once (an idle one costs nothing) and they
         # take turns at each level, so drift of a shared machine hits all alike.
-        servers = {name: start_setup(name, repository, model, tmp, args.workers) for name in names}
+        servers: dict[str, ServerProcess] = {}
         try:
+            for name in names:  # inside the try: a bad setup name stops the ones already started
+                servers[name] = start_setup(name, repository, model, tmp, args.workers)
             for server in servers.values():
                 server.wait_ready()
             for name, server in servers.items():  # warm connections and allocator
