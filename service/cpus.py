@@ -1,9 +1,8 @@
-"""How many cores this process may really use: affinity and the cgroup CPU quota.
+"""How many CPUs this process may really use: affinity and the cgroup CPU quota.
 
-``os.cpu_count()`` reports the host's cores; a container limited to two CPUs
-on a 64-core host would start 64 server processes. The default worker count
-reads the CPU affinity mask and the cgroup v2 (``cpu.max``) or v1
-(``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``) quota and takes the smaller.
+``os.cpu_count()`` is the host's core count; inside a container limited to
+two CPUs on a 64-core host it sizes thread pools 32 times too large (each
+thread a stack, each decode its buffers, all contending for two CPUs).
 """
 
 from __future__ import annotations
@@ -12,37 +11,33 @@ import math
 import os
 from pathlib import Path
 
-_CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
-_CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
-_CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def _quota_cores(
-    v2: Path = _CGROUP_V2, v1_quota: Path = _CGROUP_V1_QUOTA, v1_period: Path = _CGROUP_V1_PERIOD
-) -> int | None:
-    """Cores the cgroup quota allows (rounded up), or None when there is no quota."""
+def _cgroup_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs allowed by the cgroup (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``); None when unlimited."""
     try:
-        quota_s, period_s = v2.read_text().split()[:2]
-        if quota_s != "max":
-            return max(1, math.ceil(int(quota_s) / int(period_s)))
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            return int(quota) / int(period)
         return None
     except (OSError, ValueError):
         pass
     try:
-        quota = int(v1_quota.read_text())
-        period = int(v1_period.read_text())
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
-    if quota <= 0 or period <= 0:
-        return None
-    return max(1, math.ceil(quota / period))
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
-def available_cpus() -> int:
-    """Cores this process may run on: affinity mask, capped by the cgroup quota."""
+def available_cpus(root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may use: the affinity mask, capped by the cgroup quota (rounded up)."""
     try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    quota = _quota_cores()
-    return max(1, min(cores, quota) if quota else cores)
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_quota(root)
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)

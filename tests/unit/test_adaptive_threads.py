@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import cpus
 from service.model.config import ModelConfig
 from service.runtimes import DeviceSpec
 from service.runtimes.occupancy import Occupancy
@@ -102,18 +101,3 @@ def test_concurrent_runs_give_the_same_answers(tmp_path: Path, monkeypatch: pyte
     for t in threads:
         t.join()
     assert not errors
-
-
-def test_cgroup_quota_caps_the_core_count(tmp_path: Path) -> None:
-    v2 = tmp_path / "cpu.max"
-    v2.write_text("150000 100000\n")
-    assert cpus._quota_cores(v2, tmp_path / "none", tmp_path / "none") == 2
-    v2.write_text("max 100000\n")
-    assert cpus._quota_cores(v2, tmp_path / "none", tmp_path / "none") is None
-    quota, period = tmp_path / "quota", tmp_path / "period"
-    quota.write_text("50000")
-    period.write_text("100000")
-    assert cpus._quota_cores(tmp_path / "none", quota, period) == 1
-    quota.write_text("-1")
-    assert cpus._quota_cores(tmp_path / "none", quota, period) is None
-    assert cpus.available_cpus() >= 1
