@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="per round")
     parser.add_argument("--payloads", type=int, default=16)
     parser.add_argument("--payload-dir", type=Path)
+    parser.add_argument("--workers", type=int, help="server processes of each tree (default: the server's)")
     args = parser.parse_args(argv)
     payloads = load_payloads(args.payload_dir, args.payloads)
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
@@ -62,19 +63,28 @@ def main(argv: list[str] | None = None) -> int:
             (bodies / f"body_{i}").write_bytes(multipart_body(payload, boundary))
         script = tmp / "bench.lua"
         script.write_text(WRK_SCRIPT)
-        servers = {name: ServerProcess(args.repository, tree=tree) for name, tree in trees.items()}
+        servers = {
+            name: ServerProcess(args.repository, tree=tree, workers=args.workers)
+            for name, tree in trees.items()
+        }
         try:
             for server in servers.values():
                 server.wait_ready()
 
             def run(name: str, level: int, seconds: float = args.seconds) -> LoadResult:
-                url, n = servers[name].url, len(payloads)
-                return measure_level(name, url, args.model, bodies, n, boundary, level, seconds, script)
+                server, n = servers[name], len(payloads)
+                pid = server.proc.pid
+                return measure_level(
+                    name, server.url, args.model, bodies, n, boundary, level, seconds, script, pid
+                )
 
             for name in servers:  # warm connections and allocator
                 run(name, 4, 1.0)
-            print("| tree | concurrency | req/s | p50 ms | p99 ms | mean batch | after vs before [95 %] |")
-            print("|---" * 7 + "|")
+            print(
+                "| tree | concurrency | req/s | p50 ms | p99 ms | mean batch | after vs before [95 %] "
+                "| CPU µs/request: total | decoder threads | model threads | event loop and the rest |"
+            )
+            print("|---" * 11 + "|")
             for level in (int(c) for c in args.concurrency.split(",")):
                 rounds = take_turns(["before", "after"], args.rounds, functools.partial(run, level=level))
                 after = [r.rps for r in rounds["after"]]
@@ -82,9 +92,12 @@ def main(argv: list[str] | None = None) -> int:
                 for name in servers:
                     row = combine(rounds[name])
                     ratio = gain.as_gain() if name == "after" else ""
+                    cpu = " | ".join(
+                        f"{row.cpu_us.get(k, 0):.0f}" for k in ("total", "decode", "model", "rest")
+                    )
                     print(
                         f"| {name} | {level} | {row.rps:.1f} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | "
-                        f"{row.mean_batch:.2f} | {ratio} |",
+                        f"{row.mean_batch:.2f} | {ratio} | {cpu} |",
                         flush=True,
                     )
         finally:

@@ -299,6 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--server-cpus", help="pin the server to these CPUs (taskset list, e.g. 0-7)")
     parser.add_argument("--client-cpus", help="pin h2load to these CPUs (taskset list, e.g. 8-11)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes (default 1: h2load's one gRPC connection lands on one process, "
+        "so more would compare the doors' process spreading, not the doors)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("h2load") is None:
         print("h2load is not installed (apt-get install nghttp2-client)", file=sys.stderr)
@@ -316,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         doors = write_doors(tmp, args.model, payloads)
-        server = ServerProcess(args.repository, grpc=True, cpus=args.server_cpus)
+        server = ServerProcess(args.repository, grpc=True, cpus=args.server_cpus, workers=args.workers)
         try:
             server.wait_ready()
             check_grpc_bodies(server.target, doors)

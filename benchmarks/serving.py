@@ -10,16 +10,25 @@ What it does, in one run on one machine:
    batch sizes 1..64 with every core busy; the best throughput and the
    single-request latency. It does so before and after the load and keeps the
    better of the two per batch size (a drifting machine never flatters the ratio).
-3. Starts the server twice on the repository — batching on (the model's config)
-   and batching off (a copy with ``max_batch_size: 1``) — and drives them with
-   ``wrk`` (closed loop: each connection sends its next request when the answer
-   arrives) at several concurrencies, the two taking turns in rounds at each
-   level so drift of a shared machine hits both alike. Reads req/s (mean over
-   rounds), p50/p95/p99 (median over rounds), errors, and the mean batch size
-   from the server's own ``/metrics``.
-4. Prints one table with the ratios served / raw, and batching on vs off per
-   level on rounds paired in time with a 95 % interval (``benchmarks.stats``):
-   "slower" only where the interval leaves zero out.
+3. Starts the setups side by side — ``fusionserve`` (the model's config, the
+   server's default process count), ``batching-off`` (a copy with
+   ``max_batch_size: 1``), ``one-process`` (``--workers 1``) and ``naive``
+   (``benchmarks/naive_app.py``: the same decoders, one ORT session with its
+   defaults, one call per request) — and drives them with ``wrk`` (closed loop:
+   each connection sends its next request when the answer arrives) at several
+   concurrencies, the setups taking turns in rounds at each level so drift of
+   a shared machine hits all alike. Reads req/s (mean over rounds),
+   p50/p95/p99 (median over rounds), errors, the mean batch size from the
+   server's own ``/metrics``, and CPU per request by stage
+   (``benchmarks/cpu_probe.py``).
+4. Prints one table with the ratios served / raw, every setup against
+   ``fusionserve`` per level on rounds paired in time with a 95 % interval
+   (``benchmarks.stats``): a difference only where the interval leaves zero
+   out; the per-stage CPU table; and with ``--plot`` draws req/s and p99
+   against concurrency (``benchmarks/plot.py``).
+
+``--workload heavy`` runs the same on ``benchmarks/heavy_model.py``'s bigger
+model and payloads (built once into ``--heavy-repo``).
 
 The load generator shares the machine with the server; that is part of what
 is measured (say so when quoting numbers).
@@ -52,6 +61,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cpu_probe import per_request, snapshot  # noqa: E402
 from benchmarks.stats import median_interval, relative_gains  # noqa: E402
 from service.model.config import MODEL_FILES, load_model_config  # noqa: E402
 from service.model.feeds import collate  # noqa: E402
@@ -106,6 +116,8 @@ class LoadResult:
     p99_ms: float
     errors: int
     mean_batch: float
+    #: CPU microseconds per request: total, and by stage for fusionserve (benchmarks/cpu_probe.py).
+    cpu_us: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -196,12 +208,15 @@ class ServerProcess:
         grpc: bool = False,
         cpus: str | None = None,
         tree: Path = ROOT,
+        workers: int | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc_port = free_port() if grpc else None
         self.target = f"127.0.0.1:{self.grpc_port}"
         env = {**os.environ, "FUSIONSERVE_LOG_LEVEL": "warning", **(extra_env or {})}
+        if workers is not None:  # else the server's default: one process per core
+            env["FUSIONSERVE_WORKERS"] = str(workers)
         pin = ["taskset", "-c", cpus] if cpus else []  # keep the load generator off these cores
         self.proc = subprocess.Popen(
             [
@@ -240,6 +255,19 @@ class ServerProcess:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+class NaiveProcess(ServerProcess):
+    """The naive baseline (``benchmarks/naive_app.py``) under uvicorn, one process."""
+
+    def __init__(self, repository: Path, model: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = None
+        self.target = ""
+        env = {**os.environ, "NAIVE_REPOSITORY": str(repository), "NAIVE_MODEL": model}
+        cmd = [sys.executable, "-m", "uvicorn", "benchmarks.naive_app:app", "--port", str(self.port)]
+        self.proc = subprocess.Popen([*cmd, "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env)
 
 
 def batch_stats(url: str, model: str) -> tuple[float, float]:
@@ -301,11 +329,19 @@ def measure_level(
     concurrency: int,
     seconds: float,
     script: Path,
+    pid: int | None = None,
 ) -> LoadResult:
-    """One closed-loop ``wrk`` run; the mean batch size from the server's own histogram."""
+    """One closed-loop ``wrk`` run; the mean batch size from the server's own histogram,
+    and CPU per request by stage when the server's ``pid`` is given."""
     path = f"/v1/models/{model}/predict"
     before = batch_stats(url, model)
+    cpu_before = snapshot(pid) if pid else None
     w = run_wrk(url, path, bodies_dir, n_bodies, boundary, concurrency, seconds, script)
+    cpu: dict[str, float] = {}
+    if pid and cpu_before is not None:
+        stages = per_request(cpu_before, snapshot(pid), int(w["requests"]))
+        cpu = {"total": stages.total_us, "decode": stages.decode_us, "model": stages.model_us}
+        cpu["rest"] = stages.rest_us
     after = batch_stats(url, model)
     batches = after[1] - before[1]
     return LoadResult(
@@ -317,6 +353,7 @@ def measure_level(
         p99_ms=w["p99_us"] / 1000,
         errors=int(w["status_errors"] + w["socket_errors"]),
         mean_batch=(after[0] - before[0]) / batches if batches else 0.0,
+        cpu_us=cpu,
     )
 
 
@@ -351,6 +388,7 @@ def combine(rounds: list[LoadResult]) -> LoadResult:
         p99_ms=statistics.median(r.p99_ms for r in rounds),
         errors=sum(r.errors for r in rounds),
         mean_batch=statistics.fmean(r.mean_batch for r in rounds),
+        cpu_us={k: statistics.median(r.cpu_us[k] for r in rounds) for k in rounds[0].cpu_us},
     )
 
 
@@ -422,41 +460,59 @@ def best_of(first: RawResult, second: RawResult) -> RawResult:
     return merged
 
 
-def batching_off_copy(repository: Path, model: str, dest: Path) -> Path:
+def config_copy(repository: Path, model: str, dest: Path, section: str, changes: dict[str, object]) -> Path:
+    """A one-model repository at ``dest`` whose config has ``changes`` in ``section``."""
     shutil.copytree(repository / model, dest / model)
     cfg_path = dest / model / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg.setdefault("batching", {})["max_batch_size"] = 1
-    cfg["batching"]["preferred_batch_sizes"] = []
+    cfg.setdefault(section, {}).update(changes)
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return dest
 
 
-# -- report ----------------------------------------------------------------
-def batching_verdict(paired: dict[int, tuple[list[LoadResult], list[LoadResult]]]) -> str:
-    """Batching on vs off at each level, on rounds paired in time (``benchmarks.stats``).
+def batching_off_copy(repository: Path, model: str, dest: Path) -> Path:
+    return config_copy(
+        repository, model, dest, "batching", {"max_batch_size": 1, "preferred_batch_sizes": []}
+    )
 
-    At concurrency 1 both run the same path (a lone row is dispatched at
-    once), so only an interval that leaves zero out counts as slower.
-    """
-    parts, slower = [], []
-    for level, (on, off) in sorted(paired.items()):
-        gains = relative_gains([r.rps for r in on], [r.rps for r in off])
+
+# -- report ----------------------------------------------------------------
+#: rounds[level][setup] = that setup's rounds at that level, paired in time across setups.
+Rounds = dict[int, dict[str, list[LoadResult]]]
+MAIN = "fusionserve"
+
+
+def versus(rounds: Rounds, other: str, lower_is_better: bool = False) -> str:
+    """``fusionserve`` against ``other`` at each level (req/s, median of paired rounds)."""
+    parts, behind = [], []
+    for level, by_setup in sorted(rounds.items()):
+        if MAIN not in by_setup or other not in by_setup:
+            continue
+        gains = relative_gains([r.rps for r in by_setup[MAIN]], [r.rps for r in by_setup[other]])
         if not gains:
             continue
         gain = median_interval(gains)
         parts.append(f"c={level} {gain.as_gain()}")
-        if gain.verdict(lower_is_better=False) == "behind":
-            slower.append(level)
-    summary = "never slower" if not slower else f"slower at c={slower}"
-    return f"batching on vs off (req/s, median of paired rounds): {summary}; " + "; ".join(parts)
+        if gain.verdict(lower_is_better=lower_is_better) == "behind":
+            behind.append(level)
+    summary = "never behind" if not behind else f"behind at c={behind}"
+    return f"{MAIN} vs {other} (req/s): {summary}; " + "; ".join(parts)
 
 
-def print_table(
-    loads: list[LoadResult],
-    raw: RawResult,
-    paired: dict[int, tuple[list[LoadResult], list[LoadResult]]] | None = None,
-) -> None:
+def c1_latency(rounds: Rounds, other: str) -> str:
+    """p50 at concurrency 1, ``fusionserve`` minus ``other``, on paired rounds (ms)."""
+    by_setup = rounds.get(1, {})
+    if MAIN not in by_setup or other not in by_setup:
+        return ""
+    diffs = [a.p50_ms - b.p50_ms for a, b in zip(by_setup[MAIN], by_setup[other], strict=True)]
+    gap = median_interval(diffs)
+    return (
+        f"p50 at c=1, {MAIN} minus {other}: {gap.median:+.3f} ms [{gap.low:+.3f}, {gap.high:+.3f}] "
+        f"{gap.verdict(lower_is_better=True)}"
+    )
+
+
+def print_table(loads: list[LoadResult], raw: RawResult, rounds: Rounds | None = None) -> None:
     print()
     print(
         f"raw in-process limit: {raw.best_rps:.1f} rows/s at batch {raw.best_batch}; "
@@ -471,48 +527,125 @@ def print_table(
             f"| {r.setup} | {r.concurrency} | {r.rps:.1f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | "
             f"{r.p99_ms:.2f} | {r.errors} | {r.mean_batch:.2f} | {r.rps / raw.best_rps:.2f} |"
         )
-    on = {r.concurrency: r for r in loads if r.setup == "batching-on"}
     print()
-    if on:
-        top = max(on.values(), key=lambda r: r.rps)
-        print(f"saturated served / raw: {top.rps / raw.best_rps:.2f} (target >= 0.80)")
-        if 1 in on:
+    print("CPU per request (µs, all processes of the server; median over rounds):")
+    print()
+    print("| setup | concurrency | total | decoder threads | model threads | event loop and the rest |")
+    print("|---" * 6 + "|")
+    for r in loads:
+        c = r.cpu_us
+        if not c:
+            continue
+        if r.setup == "naive":  # its threads carry no role names
+            print(f"| {r.setup} | {r.concurrency} | {c['total']:.0f} | | | |")
+            continue
+        print(
+            f"| {r.setup} | {r.concurrency} | {c['total']:.0f} | {c['decode']:.0f} | "
+            f"{c['model']:.0f} | {c['rest']:.0f} |"
+        )
+    main = {r.concurrency: r for r in loads if r.setup == MAIN}
+    print()
+    if main:
+        top = max(main.values(), key=lambda r: r.rps)
+        print(f"saturated served / raw: {top.rps / raw.best_rps:.2f} (at c={top.concurrency})")
+        if 1 in main:
             print(
-                f"p50 at c=1 minus raw single latency: {on[1].p50_ms - raw.single_p50_ms:+.2f} ms "
-                "(target <= 3 ms)"
+                f"p50 at c=1 minus raw single latency: {main[1].p50_ms - raw.single_p50_ms:+.2f} ms "
+                "(target <= 1 ms)"
             )
-    if paired:
-        print(batching_verdict(paired))
+    if rounds:
+        others = sorted({name for by_setup in rounds.values() for name in by_setup} - {MAIN})
+        for other in others:
+            print(versus(rounds, other))
+            line = c1_latency(rounds, other)
+            if line:
+                print(line)
+
+
+def write_plot(loads: list[LoadResult], raw: RawResult, title: str, out: Path) -> None:
+    from benchmarks.plot import plot
+
+    shown = [r for r in loads if r.setup in (MAIN, "naive", "one-process")]
+    plot(shown, raw.best_rps, title, out)
+    print(f"plot written to {out}")
+
+
+def heavy_workload(args: argparse.Namespace) -> tuple[Path, str, list[Payload]]:
+    """The heavy model's repository (built once) and its payloads."""
+    from benchmarks import heavy_model
+
+    repo: Path = args.heavy_repo
+    if not (repo / heavy_model.NAME / "config.yaml").exists():
+        print(f"building {heavy_model.NAME} into {repo} (once)", flush=True)
+        heavy_model.build(repo, args.seed)
+    made = heavy_model.payloads(args.payloads, args.seed)
+    return repo, heavy_model.NAME, [Payload(image=j, audio=a, text=t) for j, a, t in made]
+
+
+def start_setup(name: str, repository: Path, model: str, tmp: Path, workers: int | None) -> ServerProcess:
+    if name == MAIN:
+        return ServerProcess(repository, workers=workers)
+    if name == "batching-off":
+        return ServerProcess(batching_off_copy(repository, model, tmp / name), workers=workers)
+    if name == "fixed-threads":  # no wide session for a lone batch (onnx.adaptive_intra_op: false)
+        fixed = config_copy(repository, model, tmp / name, "onnx", {"adaptive_intra_op": False})
+        return ServerProcess(fixed, workers=workers)
+    if name == "one-process":
+        return ServerProcess(repository, workers=1)
+    if name == "naive":
+        return NaiveProcess(repository, model)
+    raise SystemExit(f"unknown setup {name!r} (fusionserve, batching-off, fixed-threads, one-process, naive)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--repository", type=Path, help="digits workload (default: the bundled repository)")
+    parser.add_argument("--workload", choices=["digits", "heavy"], default="digits")
+    parser.add_argument(
+        "--heavy-repo",
+        type=Path,
+        default=Path.home() / ".cache" / "fusionserve" / "bench-heavy",
+        help="where the heavy workload's model is built once",
+    )
     parser.add_argument("--model", default="digits-fusion")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--seconds", type=float, default=8.0, help="per setup and load level")
     parser.add_argument(
         "--rounds", type=int, default=4, help="the setups take turns this many times per level"
     )
+    parser.add_argument("--setups", default="fusionserve,batching-off,naive", help="comma-separated")
+    parser.add_argument(
+        "--workers", type=int, help="fusionserve's processes (default: the server's, one per core)"
+    )
     parser.add_argument("--payloads", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--payload-dir", type=Path, help="read payloads from here instead of building the dataset"
     )
-    parser.add_argument("--skip-off", action="store_true", help="skip the batching-off server")
+    parser.add_argument("--plot", type=Path, help="draw req/s and p99 against concurrency into this PNG")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
     levels = [int(c) for c in args.concurrency.split(",")]
-    print(f"machine: {os.cpu_count()} cores; model {args.model}; {args.seconds:g} s per level", flush=True)
-    payloads = load_payloads(args.payload_dir, args.payloads, args.seed)
+    if args.workload == "heavy":
+        repository, model, payloads = heavy_workload(args)
+    else:
+        from service.config import default_repository_dir
+
+        repository, model = args.repository or default_repository_dir(), args.model
+        payloads = load_payloads(args.payload_dir, args.payloads, args.seed)
+    names = [n.strip() for n in args.setups.split(",") if n.strip()]
+    print(
+        f"machine: {os.cpu_count()} cores; model {model}; setups {names}; {args.seconds:g} s per level",
+        flush=True,
+    )
     boundary = uuid.uuid4().hex
     loads: list[LoadResult] = []
-    paired: dict[int, tuple[list[LoadResult], list[LoadResult]]] = {}
+    rounds: Rounds = {}
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         bodies = tmp / "bodies"
@@ -521,41 +654,43 @@ def main(argv: list[str] | None = None) -> int:
             (bodies / f"body_{i}").write_bytes(multipart_body(p, boundary))
         script = tmp / "bench.lua"
         script.write_text(WRK_SCRIPT)
-        setups = [("batching-on", args.repository)]
-        if not args.skip_off:
-            setups.append(("batching-off", batching_off_copy(args.repository, args.model, tmp / "off")))
         batch_sizes = [1, 4, 8, 16, 32, 64]
         raw_seconds = args.seconds / 2
         print("raw limit, before the load:", flush=True)
-        raw_before = raw_limit(args.repository, args.model, payloads, raw_seconds, batch_sizes)
+        raw_before = raw_limit(repository, model, payloads, raw_seconds, batch_sizes)
         # Every setup's server runs at once (an idle one costs nothing) and they
         # take turns at each level, so drift of a shared machine hits all alike.
-        servers = {name: ServerProcess(repo) for name, repo in setups}
+        servers: dict[str, ServerProcess] = {}
         try:
+            for name in names:  # inside the try: a bad setup name stops the ones already started
+                servers[name] = start_setup(name, repository, model, tmp, args.workers)
             for server in servers.values():
                 server.wait_ready()
             for name, server in servers.items():  # warm connections and allocator
-                measure_level(name, server.url, args.model, bodies, len(payloads), boundary, 4, 1.0, script)
+                measure_level(name, server.url, model, bodies, len(payloads), boundary, 4, 1.0, script)
             for level in levels:
                 seconds = max(1.0, round(args.seconds / args.rounds))  # wrk takes whole seconds
 
                 def run(name: str, level: int = level, seconds: float = seconds) -> LoadResult:
-                    url, n = servers[name].url, len(payloads)
-                    return measure_level(name, url, args.model, bodies, n, boundary, level, seconds, script)
+                    server, n = servers[name], len(payloads)
+                    return measure_level(
+                        name, server.url, model, bodies, n, boundary, level, seconds, script, server.proc.pid
+                    )
 
-                rounds = take_turns(list(servers), args.rounds, run)
-                if "batching-off" in rounds:
-                    paired[level] = (rounds["batching-on"], rounds["batching-off"])
+                rounds[level] = take_turns(list(servers), args.rounds, run)
                 for name in servers:
-                    loads.append(combine(rounds[name]))
+                    loads.append(combine(rounds[level][name]))
                     print(progress(loads[-1]), flush=True)
         finally:
             for server in servers.values():
                 server.stop()
         print("raw limit, after the load:", flush=True)
-        raw_after = raw_limit(args.repository, args.model, payloads, raw_seconds, batch_sizes)
+        raw_after = raw_limit(repository, model, payloads, raw_seconds, batch_sizes)
     raw = best_of(raw_before, raw_after)
-    print_table(loads, raw, paired)
+    print_table(loads, raw, rounds)
+    if args.plot:
+        title = f"{model}, {os.cpu_count()} cores (shared machine), {args.rounds} rounds per level"
+        write_plot(loads, raw, title, args.plot)
     if args.json:
         args.json.write_text(json.dumps({"loads": [asdict(r) for r in loads], "raw": asdict(raw)}, indent=2))
     return 0

@@ -30,6 +30,9 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--shutdown-grace", type=float, dest="shutdown_grace_s")
     p.add_argument("--max-inflight-bytes", type=int, dest="max_inflight_bytes")
     p.add_argument("--decode-threads", type=int)
+    p.add_argument(
+        "--workers", type=int, help="server processes sharing the ports (default: one per available core)"
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "text"])
     p.add_argument(
@@ -82,7 +85,14 @@ def _serve(args: argparse.Namespace) -> int:
     if not repository.is_dir():
         log.error("model repository %s does not exist", repository)
         return 2
-    return serve(settings, repository)
+    from service.cpus import available_cpus
+
+    workers = settings.workers or available_cpus()
+    if workers == 1:
+        return serve(settings, repository)
+    from service.supervisor import Supervisor
+
+    return Supervisor(settings, repository, workers).run()
 
 
 def _add_predict(sub: Any) -> None:

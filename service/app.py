@@ -21,6 +21,11 @@ server reads gets an answer:
    left or a compute thread had to be abandoned. A watchdog ends the process
    at grace + drain + close + 1 s whatever happens (docs/deployment.md has
    the arithmetic against Kubernetes' grace period).
+
+With ``--workers N`` (N > 1) this module runs in each of N worker processes
+started by ``service/supervisor.py``: the HTTP listener is the supervisor's
+socket (inherited), gRPC binds the same port with ``SO_REUSEPORT``, and
+``service/peers.py`` makes readiness and load/unload hold for all of them.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -51,6 +57,7 @@ from service.http.middleware import Activity
 from service.http.transport import TransportLimits, bounded_protocol
 from service.metrics import Metrics
 from service.model.repository import ModelRepository
+from service.peers import Peers, WorkerPlace
 from service.preprocess.image import set_max_decoded_bytes
 from service.registry import ModelRegistry
 from service.workers.pool import stuck_threads
@@ -69,16 +76,21 @@ class _UvicornServer(uvicorn.Server):
 class FusionServer:
     """One process serving one model repository over HTTP and (optionally) gRPC."""
 
-    def __init__(self, settings: Settings, repository: Path) -> None:
+    def __init__(self, settings: Settings, repository: Path, place: WorkerPlace | None = None) -> None:
+        self.place = place
+        if place is not None and place.grpc_port is not None:
+            settings = settings.model_copy(update={"grpc_port": place.grpc_port})
         self.settings = settings
         set_max_decoded_bytes(settings.max_decoded_image_bytes)
-        self.metrics = Metrics()
+        self.metrics = Metrics(instance_prefix=f"w{place.index}-" if place else "")
         self.registry = ModelRegistry(
             ModelRepository(repository, allow_torchscript=settings.allow_torchscript),
             self.metrics,
             parse_failpoints(settings.failpoints),
             max_stuck_threads=settings.max_stuck_threads,
         )
+        if place is not None:
+            self.registry.process_count = place.count
         self.dataplane = DataPlane(
             self.registry,
             self.metrics,
@@ -89,6 +101,8 @@ class FusionServer:
         )
         self.http_activity = Activity()
         self.http_app = create_http_app(self.dataplane, settings, self.http_activity)
+        self.peers = Peers(place) if place is not None else None
+        self.dataplane.peers = self.peers
         self._stop = asyncio.Event()
         self._grpc: Any = None
         self._grpc_health: Any = None
@@ -123,7 +137,12 @@ class FusionServer:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         http = _UvicornServer(self._uvicorn_config())
-        http_task = asyncio.create_task(http.serve(), name="http")
+        sockets = None
+        if self.place is not None:
+            sockets = [socket.socket(fileno=self.place.http_fd)]
+        http_task = asyncio.create_task(http.serve(sockets=sockets), name="http")
+        if self.peers is not None:
+            await self.peers.serve_control(self.dataplane.apply_peer_change)
         gpu_task = asyncio.create_task(sample_gpus(self.metrics), name="gpu-metrics")
         await self._start_grpc()
         while not http.started:
@@ -139,6 +158,7 @@ class FusionServer:
         )
         started = time.monotonic()
         await self.registry.load_all()
+        await self.dataplane.replay_peer_changes()
         self.dataplane.start_accepting()
         self._set_grpc_serving(True)
         log.info("models loaded in %.1f s; ready=%s", time.monotonic() - started, self.dataplane.ready())
@@ -155,6 +175,8 @@ class FusionServer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._grpc_stopping, self.settings.shutdown_close_s + 1.0)
         self.dataplane.shutdown()
+        if self.peers is not None:
+            self.peers.close()
         code = 0 if clean else 1
         log.info("stopped (exit %d)", code)
         return code
@@ -258,9 +280,9 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-def serve(settings: Settings, repository: Path) -> int:
+def serve(settings: Settings, repository: Path, place: WorkerPlace | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code after the drain."""
-    server = FusionServer(settings, repository)
+    server = FusionServer(settings, repository, place)
     try:
         import uvloop
     except ImportError:  # pragma: no cover

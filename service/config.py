@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 
+    # Processes (service/supervisor.py, docs/performance.md)
+    workers: int = Field(
+        default=0, ge=0, le=256, description="server processes; 0 = one per available core (cgroup-aware)"
+    )
+
     # Work limits
     decode_threads: int = Field(default=0, ge=0, description="decoder threads; 0 = CPUs the cgroup allows")
     max_decoded_image_bytes: int = Field(
@@ -202,3 +207,12 @@ def default_repository_is_current(repository: Path) -> bool:
         if not isinstance(metadata, dict) or metadata.get("export_format") != BUNDLED_EXPORT_FORMAT:
             return False
     return True
+
+
+def default_engine_cache_dir() -> Path:
+    """Where TensorRT engines are cached unless a model says otherwise (``onnx.tensorrt_cache_dir``)."""
+    import os
+
+    home = os.environ.get("FUSIONSERVE_HOME")
+    base = Path(home) if home else Path.home() / ".cache" / "fusionserve"
+    return base / "tensorrt-engines"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from service import __version__
 from service.errors import (
@@ -44,6 +44,10 @@ from service.model.outputs import (
 from service.model.rows import DecodedRow, RawInputs, RowOutputs
 from service.offload import offload
 from service.registry import LoadedVersion, ModelRegistry, VersionState
+from service.threadnames import name_os_thread
+
+if TYPE_CHECKING:
+    from service.peers import Peers
 
 T = TypeVar("T")
 
@@ -194,17 +198,26 @@ class DataPlane:
         self.max_top_k = max_top_k
         #: The longest a client may ask the server to wait (header, V2 parameter, gRPC deadline).
         self.max_timeout_s = max_timeout_s
-        self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+        self._decoder = ThreadPoolExecutor(
+            max_workers=decode_threads,
+            thread_name_prefix="decode",
+            initializer=name_os_thread,
+            initargs=("fs-decode",),
+        )
         self._accepting = False
         #: SIGTERM seen: readiness is false, though work may still be accepted (the grace period).
         self.draining = False
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        #: The other worker processes of this server (``--workers N``), if any.
+        self.peers: Peers | None = None
 
     # -- lifecycle ---------------------------------------------------------
     def start_accepting(self) -> None:
         self._accepting = True
+        if self.peers is not None:
+            self.peers.set_ready(True)
 
     def begin_drain(self) -> None:
         """SIGTERM: readiness false at once; new work is still taken until :meth:`stop_accepting`."""
@@ -214,6 +227,8 @@ class DataPlane:
         """Draining: new requests get NotReady; accepted ones finish."""
         self.draining = True
         self._accepting = False
+        if self.peers is not None:
+            self.peers.set_ready(False)
 
     @property
     def accepting(self) -> bool:
@@ -247,13 +262,15 @@ class DataPlane:
         return not self.readiness()
 
     def readiness(self) -> list[str]:
-        """Why the server is not ready (empty when it is)."""
+        """Why the server is not ready (empty when it is); with several processes, all of them."""
         reasons: list[str] = []
         if self.draining:
             reasons.append("draining: shutting down")
         elif not self._accepting:
             reasons.append("starting: models are loading")
         reasons.extend(self.registry.not_ready_reasons())
+        if not reasons and self.peers is not None and not self.peers.all_ready():
+            reasons.append("another server process is not ready")
         return reasons
 
     def model_ready(self, model: str, version: str | None = None) -> bool:
@@ -305,17 +322,45 @@ class DataPlane:
                 index.append({"name": name, "version": version, "state": vs.state, "reason": vs.reason})
         return index
 
-    async def load(self, model: str) -> None:
-        """Load or reload an entry; LoadFailed (with what still serves) when it cannot be served."""
+    async def load(self, model: str, *, broadcast: bool = True) -> None:
+        """Load or reload an entry here and, with several processes, in every other one;
+        LoadFailed (with what still serves) when it cannot be served."""
         self.registry.repository.entry_dir(model)  # ModelNotFound for unknown/unsafe names
         state = await self.registry.load(model)
+        if broadcast and self.peers is not None:  # the others end in the same state, failed or not
+            await self.peers.broadcast("load", model)
         if state.last_load_error:
             serving = sorted(v for v, s in state.versions.items() if s.state == "READY")
             still = f"; version(s) {', '.join(serving)} keep serving" if serving else ""
             raise LoadFailed(f"load of model {model!r} failed: {state.last_load_error}{still}", model=model)
 
-    async def unload(self, model: str) -> None:
+    async def unload(self, model: str, *, broadcast: bool = True) -> None:
         await self.registry.unload(model)
+        if broadcast and self.peers is not None:
+            await self.peers.broadcast("unload", model)
+
+    async def apply_peer_change(self, op: str, model: str) -> None:
+        """A load/unload another worker process received (``service.peers``)."""
+        if op == "load":
+            await self.load(model, broadcast=False)
+        elif op == "unload":
+            await self.unload(model, broadcast=False)
+        else:
+            raise ValueError(f"unknown repository operation {op!r}")
+
+    async def replay_peer_changes(self) -> None:
+        """A worker started after load/unload calls: end in the state the others are in."""
+        if self.peers is None:
+            return
+        last: dict[str, str] = {}
+        for op, model in self.peers.recorded():
+            last[model] = op
+        for model, op in last.items():
+            loaded = any(lv.name == model for lv in self.registry.loaded_versions())
+            if op == "unload" and loaded:
+                await self.registry.unload(model)
+            elif op == "load" and not loaded:
+                await self.registry.load(model)
 
     def statistics(self, model: str | None = None, version: str | None = None) -> list[VersionStats]:
         if model is not None:

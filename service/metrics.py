@@ -3,10 +3,18 @@
 One object, created by the composition root and injected where it is needed:
 no global registry, no get-or-create. Names follow Prometheus conventions and
 are checked with ``promtool check metrics`` in the tests.
+
+With several server processes (``--workers N``, ``service/supervisor.py``)
+every process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR``
+(prometheus_client's multiprocess mode, one directory per server) and any
+process answers ``/metrics`` with all of them merged: counters and histograms
+summed, gauges as their ``multiprocess_mode`` says (``livesum``: the total over
+live processes; ``livemin`` for readiness: 1 only when every process is ready).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, TypeVar
 
 from prometheus_client import (
@@ -21,6 +29,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 MetricT = TypeVar("MetricT", Counter, Gauge, Histogram)
 
@@ -130,9 +139,13 @@ class Metrics:
     Prometheus reserves for the scraped target).
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, instance_prefix: str = "") -> None:
         # ``*_created`` series double the exposition and no dashboard reads them.
         disable_created_metrics()
+        #: Set by a worker process of several ("w1-"), so instance series of
+        #: different processes stay apart instead of being summed.
+        self.instance_prefix = instance_prefix
+        self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -196,18 +209,21 @@ class Metrics:
             "Rows waiting in the batcher queue.",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.queue_capacity = Gauge(
             "fusionserve_queue_capacity",
             "The queue's bound (batching.max_queue_size); depth / capacity is saturation.",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.inflight = Gauge(
             "fusionserve_inflight_requests",
             "Requests inside the server now.",
             ["protocol"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.load_failures = Counter(
             "fusionserve_model_load_failures_total",
@@ -220,12 +236,14 @@ class Metrics:
             "1 when the model version is loaded, warmed up and serving.",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.instances = Gauge(
             "fusionserve_instances",
             "Model instances (sessions) serving, by device kind.",
             ["model", "version", "kind"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.instance_busy_seconds = Counter(
             "fusionserve_instance_busy_seconds_total",
@@ -244,12 +262,14 @@ class Metrics:
             "GPU memory in use (NVML), by device.",
             ["device"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.gpu_utilization = Gauge(
             "fusionserve_gpu_utilization_ratio",
             "GPU utilisation 0..1 (NVML), by device.",
             ["device"],
             registry=r,
+            multiprocess_mode="livemax",
         )
 
         # Reliability (issue 12): announced rows, stuck instances, memory held, truncation.
@@ -258,6 +278,7 @@ class Metrics:
             "Rows announced to the batcher (decoding) and not yet queued; returns to 0 when idle.",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.instance_restarts = Counter(
             "fusionserve_instance_restarts_total",
@@ -270,21 +291,25 @@ class Metrics:
             "Instances of a model version able to take a batch (not stuck, not being replaced).",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.stuck_threads = Gauge(
             "fusionserve_stuck_threads",
             "Compute threads abandoned inside a call that never returned (they cannot be killed).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.inflight_bytes = Gauge(
             "fusionserve_inflight_bytes",
             "Request body bytes held by requests being received, decoded or queued.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.inflight_bytes_limit = Gauge(
             "fusionserve_inflight_bytes_limit",
             "The memory budget for request bytes in flight (max_inflight_bytes).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.truncations = Counter(
             "fusionserve_truncations_total",
@@ -328,6 +353,7 @@ class Metrics:
             "Always 1; the labels say what is running.",
             ["version", "commit", "python", "onnxruntime", "numpy"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.build_info.labels(*build_labels()).set(1)
         # The standard process_* (CPU, memory, file descriptors) and python_* families.
@@ -359,6 +385,14 @@ class Metrics:
                 self._children[key] = found
         return found
 
+    def instance_label(self, index: int) -> str:
+        """The ``model_instance`` label of instance ``index`` of this process."""
+        return f"{self.instance_prefix}{index}"
+
     def exposition(self) -> tuple[bytes, str]:
-        """The registry in Prometheus text format, with its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The registry in Prometheus text format (every process's, merged), with its content type."""
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self._multiprocess_dir)
+        return generate_latest(merged), CONTENT_TYPE_LATEST

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from service.batching import DynamicBatcher
 from service.errors import SHOWN_CHARS, FusionServeError, ModelNotFound, NotReady, shown
 from service.failpoints import Failpoints, wrap_backend
 from service.metrics import Metrics
-from service.model.config import ModelConfig
+from service.model.config import Batching, ModelConfig
 from service.model.repository import ModelRepository, RepositoryEntry, check_version_name, public_reason
 from service.preprocess import Preprocessor
 from service.runtimes import Backend, DeviceSpec, load_backend
@@ -71,24 +72,47 @@ class ModelState:
     last_load_error: str | None = None  # why the latest (re)load failed; None when it succeeded
 
 
-def instance_devices(config: ModelConfig) -> list[DeviceSpec]:
-    """One DeviceSpec per instance, from the config's instance groups."""
+def instance_devices(config: ModelConfig, process_count: int = 1) -> list[DeviceSpec]:
+    """One DeviceSpec per instance of this process, from the config's instance groups.
+
+    A CPU group's ``count`` is for the whole server: with N processes each runs
+    ``ceil(count / N)`` (the count was chosen to fill the host's cores, which
+    the processes share). A GPU group's count is per process.
+    """
     devices: list[DeviceSpec] = []
     for group in config.instance_groups:
+        count = group.count
+        if group.kind == "cpu" and process_count > 1:
+            count = max(1, math.ceil(count / process_count))
         ids = group.devices or [0]
         for device_id in ids:
-            devices.extend(DeviceSpec(kind=group.kind, index=device_id) for _ in range(group.count))
+            devices.extend(DeviceSpec(kind=group.kind, index=device_id) for _ in range(count))
     return devices
 
 
-def instance_timeouts(config: ModelConfig) -> list[float | None]:
+def instance_timeouts(config: ModelConfig, process_count: int = 1) -> list[float | None]:
     """Each instance's batch timeout in seconds, in :func:`instance_devices` order."""
-    return [
-        group.timeout_ms / 1000
-        for group in config.instance_groups
-        for _ in group.devices or [0]
-        for _ in range(group.count)
-    ]
+    timeouts: list[float | None] = []
+    for group in config.instance_groups:
+        count = group.count
+        if group.kind == "cpu" and process_count > 1:
+            count = max(1, math.ceil(count / process_count))
+        timeouts.extend(group.timeout_ms / 1000 for _ in (group.devices or [0]) for _ in range(count))
+    return timeouts
+
+
+def process_share(batching: Batching, process_count: int) -> Batching:
+    """This process's part of a queue bound that holds for the whole server.
+
+    With N processes each one queues at most ``ceil(max_queue_size / N)`` rows,
+    so the server never holds more than the bound rounded up to a multiple of N
+    (not N times the bound); a process whose share is full answers 429 even if
+    another has room (docs/model-config.md).
+    """
+    if process_count <= 1:
+        return batching
+    share = max(1, math.ceil(batching.max_queue_size / process_count))
+    return batching.model_copy(update={"max_queue_size": share})
 
 
 class ModelRegistry:
@@ -108,6 +132,8 @@ class ModelRegistry:
         self._states: dict[str, ModelState] = {}
         self._loaded: dict[str, dict[str, LoadedVersion]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Server processes sharing the model's queue bound (docs/model-config.md).
+        self.process_count = 1
 
     # -- queries -----------------------------------------------------------
     def states(self) -> list[ModelState]:
@@ -242,7 +268,7 @@ class ModelRegistry:
             for loaded in new_loaded.values():
                 self.metrics.model_ready.labels(name, loaded.version).set(1)
                 self.metrics.queue_capacity.labels(name, loaded.version).set(
-                    loaded.config.batching.max_queue_size
+                    process_share(loaded.config.batching, self.process_count).max_queue_size
                 )
             for version, loaded in old_loaded.items():
                 await self._stop_version(loaded, 30.0, publish=version not in new_loaded)
@@ -270,7 +296,7 @@ class ModelRegistry:
         assert entry.config is not None
         config = entry.config
         backends: list[Backend] = []
-        devices = instance_devices(config)
+        devices = instance_devices(config, self.process_count)
 
         def make_backend(index: int) -> Backend:
             """A fresh backend for instance ``index`` (also replaces a stuck one)."""
@@ -280,8 +306,9 @@ class ModelRegistry:
             for index in range(len(devices)):
                 backends.append(await asyncio.to_thread(make_backend, index))
             preprocessor = await asyncio.to_thread(Preprocessor, config, entry.path)
+            batching = process_share(config.batching, self.process_count)
             batcher = DynamicBatcher(
-                config.batching,
+                batching,
                 model=entry.name,
                 version=version,
                 metrics=self.metrics,
@@ -294,7 +321,7 @@ class ModelRegistry:
                 model=entry.name,
                 version=version,
                 metrics=self.metrics,
-                timeouts_s=instance_timeouts(config),
+                timeouts_s=instance_timeouts(config, self.process_count),
                 factory=make_backend,
             )
             pool.start()

@@ -27,6 +27,11 @@ from service.config import default_repository_dir, default_repository_is_current
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# One server process per test server unless a test asks for more
+# (tests/integration/test_workers.py): the suite starts many servers on small
+# machines, and `serve` defaults to one process per core.
+os.environ.setdefault("FUSIONSERVE_WORKERS", "1")
+
 
 def _cuda_available() -> bool:
     try:

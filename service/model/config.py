@@ -210,6 +210,17 @@ class OnnxOptions(_Strict):
     #: latency on an idle machine but burns the cores that decoding and HTTP
     #: need in a server, so it is off unless asked for.
     allow_spinning: bool = False
+    #: A batch that computes while no other does (a lone request) runs on a
+    #: second session using every available core; under load the instances'
+    #: own single-threaded sessions run side by side (docs/performance.md).
+    #: Only for CPU instances with ``intra_op_threads: 1``.
+    adaptive_intra_op: bool = True
+    #: GPU instances (service/runtimes/gpu_options.py). TensorRT builds fp16 kernels.
+    fp16: bool = False
+    #: Where TensorRT keeps built engines; unset = ``$FUSIONSERVE_HOME/tensorrt-engines``.
+    tensorrt_cache_dir: str | None = None
+    #: GPU sessions bind inputs and outputs (one copy each way) instead of ``session.run``.
+    io_binding: bool = True
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
 
 

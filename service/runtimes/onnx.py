@@ -19,9 +19,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from service.config import default_engine_cache_dir
+from service.cpus import available_cpus
 from service.errors import ConfigError
 from service.model.config import INPUT_DTYPES, ModelConfig
 from service.runtimes.base import DeviceSpec, check_input_names, check_output_names
+from service.runtimes.gpu_options import cuda_options, tensorrt_options
+from service.runtimes.occupancy import OCCUPANCY
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,9 @@ def requested_providers(config: ModelConfig, device: DeviceSpec) -> ProviderList
         return ["CPUExecutionProvider"]
     providers: ProviderList = []
     if config.onnx.use_tensorrt:
-        providers.append(("TensorrtExecutionProvider", {"device_id": device.index}))
-    providers.append(("CUDAExecutionProvider", {"device_id": device.index}))
+        cache = Path(config.onnx.tensorrt_cache_dir or default_engine_cache_dir())
+        providers.append(("TensorrtExecutionProvider", tensorrt_options(config, device.index, cache)))
+    providers.append(("CUDAExecutionProvider", cuda_options(device.index)))
     providers.append("CPUExecutionProvider")
     return providers
 
@@ -79,10 +84,22 @@ def _provider_name(p: str | tuple[str, dict[str, Any]]) -> str:
     return p if isinstance(p, str) else p[0]
 
 
-def session_options(config: ModelConfig) -> ort.SessionOptions:
+def lone_batch_threads(config: ModelConfig, device: DeviceSpec) -> int:
+    """Intra-op threads of the wide session a lone batch runs on; 0 = no wide session.
+
+    Only for CPU instances whose own sessions are single-threaded (the default
+    layout: several instances side by side), and only with cores to spare.
+    """
+    if device.kind != "cpu" or not config.onnx.adaptive_intra_op or config.onnx.intra_op_threads != 1:
+        return 0
+    cores = available_cpus()
+    return cores if cores > 1 else 0
+
+
+def session_options(config: ModelConfig, intra_op_threads: int | None = None) -> ort.SessionOptions:
     """Thread counts and optimisation level from ``config.onnx`` (0 = ORT default)."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = config.onnx.intra_op_threads
+    opts.intra_op_num_threads = config.onnx.intra_op_threads if intra_op_threads is None else intra_op_threads
     opts.inter_op_num_threads = config.onnx.inter_op_threads
     opts.graph_optimization_level = _OPT_LEVELS[config.onnx.graph_optimization]
     spin = "1" if config.onnx.allow_spinning else "0"
@@ -102,8 +119,20 @@ class OnnxBackend:
         self.providers: list[str] = list(self.session.get_providers())
         self.device = self._real_device(device)
         self._check_graph()
+        #: IO binding on GPU sessions: ORT's device name for the bound outputs, or None.
+        self.binding_device: str | None = None
+        if config.onnx.io_binding and self.device != "cpu":
+            self.binding_device = "cuda"
+        self._device_index = device.index
+        #: A second session on every core for a batch that computes alone (occupancy.py).
+        self.wide: ort.InferenceSession | None = None
+        threads = lone_batch_threads(config, device)
+        if threads:
+            self.wide = self._open(config, model_path, device, threads)
 
-    def _open(self, config: ModelConfig, model_path: Path, device: DeviceSpec) -> ort.InferenceSession:
+    def _open(
+        self, config: ModelConfig, model_path: Path, device: DeviceSpec, intra_op_threads: int | None = None
+    ) -> ort.InferenceSession:
         available = set(ort.get_available_providers())
         if device.kind == "gpu" and "CUDAExecutionProvider" in available:
             preload_cuda_libraries()
@@ -119,7 +148,7 @@ class OnnxBackend:
             )
         try:
             return ort.InferenceSession(
-                str(model_path), sess_options=session_options(config), providers=usable
+                str(model_path), sess_options=session_options(config, intra_op_threads), providers=usable
             )
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise ConfigError(
@@ -155,10 +184,33 @@ class OnnxBackend:
         check_output_names(self.output_names, [o.name for o in self.session.get_outputs()], self._file)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; returns only the outputs the config declares."""
-        results = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
+        """Run one batch; returns only the outputs the config declares.
+
+        On the wide session when no other batch computes anywhere in the server.
+        """
+        inputs = {n: feeds[n] for n in self.input_names}
+        if self.binding_device is not None:
+            results = self._run_bound(inputs)
+        elif self.wide is None:
+            results = self.session.run(self.output_names, inputs)
+        else:
+            with OCCUPANCY.batch() as alone:
+                session = self.wide if alone else self.session
+                results = session.run(self.output_names, inputs)
         return {n: np.ascontiguousarray(r) for n, r in zip(self.output_names, results, strict=True)}
+
+    def _run_bound(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One copy of each input to the device, one copy of each output back (IO binding)."""
+        binding = self.session.io_binding()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in self.output_names:
+            binding.bind_output(name, self.binding_device or "cpu", self._device_index)
+        self.session.run_with_iobinding(binding)
+        outputs: list[np.ndarray] = binding.copy_outputs_to_cpu()
+        return outputs
 
     def close(self) -> None:
         """Drop the session; ORT frees its memory when the last reference goes."""
         self.__dict__.pop("session", None)
+        self.wide = None

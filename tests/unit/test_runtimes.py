@@ -193,11 +193,14 @@ def test_gpu_providers_are_requested_in_order() -> None:
     from service.runtimes.onnx import requested_providers
 
     trt = ModelConfig.model_validate({**CONFIG, "onnx": {"use_tensorrt": True}})
-    assert requested_providers(trt, DeviceSpec("gpu", 1)) == [
-        ("TensorrtExecutionProvider", {"device_id": 1}),
-        ("CUDAExecutionProvider", {"device_id": 1}),
+    providers = requested_providers(trt, DeviceSpec("gpu", 1))
+    assert [p if isinstance(p, str) else p[0] for p in providers] == [
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
         "CPUExecutionProvider",
     ]
+    assert providers[0][1]["device_id"] == 1  # type: ignore[index]
+    assert providers[1] == ("CUDAExecutionProvider", {"device_id": 1})
     assert requested_providers(config(), DeviceSpec("gpu", 0))[0] == (
         "CUDAExecutionProvider",
         {"device_id": 0},

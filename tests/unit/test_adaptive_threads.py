@@ -1,0 +1,103 @@
+"""Adaptive intra-op threads: a lone batch runs on the wide session, concurrent ones on their own."""
+
+from __future__ import annotations
+
+import mmap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.model.config import ModelConfig
+from service.runtimes import DeviceSpec
+from service.runtimes.occupancy import Occupancy
+from service.runtimes.onnx import OnnxBackend, lone_batch_threads
+from tests.unit.test_runtimes import CONFIG, EXPECTED, FEEDS, text_graph
+
+
+def config(**onnx: object) -> ModelConfig:
+    return ModelConfig.model_validate({**CONFIG, "backend": "onnx", "onnx": {**CONFIG["onnx"], **onnx}})
+
+
+def test_a_batch_alone_is_told_so_and_a_concurrent_one_is_not() -> None:
+    occupancy = Occupancy()
+    with occupancy.batch() as first, occupancy.batch() as second:
+        assert (first, second) == (True, False)
+    with occupancy.batch() as again:
+        assert again
+
+
+def test_another_process_computing_makes_a_batch_not_alone() -> None:
+    board = mmap.mmap(-1, 4)  # 2 readiness bytes, then 2 busy bytes
+    mine, theirs = Occupancy(), Occupancy()
+    mine.share(board, 2, 0, 2)
+    theirs.share(board, 2, 1, 2)
+    with theirs.batch() as their_alone:
+        assert their_alone and board[3] == 1
+        with mine.batch() as my_alone:
+            assert not my_alone
+    assert board[2:4] == b"\0\0"
+    with mine.batch() as my_alone:
+        assert my_alone
+
+
+def test_wide_session_only_for_single_threaded_cpu_instances(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("service.runtimes.onnx.available_cpus", lambda: 8)
+    assert lone_batch_threads(config(), DeviceSpec("cpu")) == 8
+    assert lone_batch_threads(config(adaptive_intra_op=False), DeviceSpec("cpu")) == 0
+    assert lone_batch_threads(config(intra_op_threads=2), DeviceSpec("cpu")) == 0
+    assert lone_batch_threads(config(), DeviceSpec("gpu", 0)) == 0
+    monkeypatch.setattr("service.runtimes.onnx.available_cpus", lambda: 1)
+    assert lone_batch_threads(config(), DeviceSpec("cpu")) == 0
+
+
+def test_backend_runs_a_lone_batch_wide_and_concurrent_batches_narrow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("service.runtimes.onnx.available_cpus", lambda: 2)
+    backend = OnnxBackend(config(), text_graph(tmp_path / "model.onnx"), DeviceSpec("cpu"))
+    assert backend.wide is not None
+    assert backend.wide.get_session_options().intra_op_num_threads == 2
+    assert backend.session.get_session_options().intra_op_num_threads == 1
+    used: list[str] = []
+    for name in ("session", "wide"):
+        real = getattr(backend, name)
+
+        class Spy:
+            def __init__(self, name: str = name, real: object = real) -> None:
+                self.name, self.real = name, real
+
+            def run(self, *args: object) -> object:
+                used.append(self.name)
+                return self.real.run(*args)  # type: ignore[attr-defined]
+
+        setattr(backend, name, Spy())
+    np.testing.assert_array_equal(backend.run(FEEDS)["class_logits"], EXPECTED)
+    assert used == ["wide"]
+    from service.runtimes.occupancy import OCCUPANCY
+
+    with OCCUPANCY.batch():  # another batch computing in this process
+        np.testing.assert_array_equal(backend.run(FEEDS)["class_logits"], EXPECTED)
+    assert used == ["wide", "session"]
+    backend.close()
+
+
+def test_concurrent_runs_give_the_same_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("service.runtimes.onnx.available_cpus", lambda: 2)
+    backend = OnnxBackend(config(), text_graph(tmp_path / "model.onnx"), DeviceSpec("cpu"))
+    errors: list[BaseException] = []
+
+    def hammer() -> None:
+        try:
+            for _ in range(50):
+                np.testing.assert_array_equal(backend.run(FEEDS)["class_logits"], EXPECTED)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
