@@ -380,7 +380,7 @@ def export_onnx(
             )
         except Exception as exc:  # the converter raises many unrelated types
             raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {first_lines(exc)}") from exc
-    problems = onnx_file_problems(path, config)
+    problems = onnx_file_problems(path, config, ordered=True)
     if problems:
         raise ExportError("the exported ONNX graph disagrees with the config: " + "; ".join(problems))
     extra = sorted(p.name for p in path.parent.iterdir() if p.name not in MODEL_FILES.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from service.errors import InvalidInput, UnprocessableInput
+from service.errors import UnprocessableInput
 from service.model.config import TOKENIZER_FILE, ModelConfig
 from service.model.rows import DecodedRow, RawInputs
 from service.preprocess.audio import decode_audio
@@ -38,8 +38,15 @@ class Preprocessor:
         for name in present:
             if getattr(spec, name) is None:
                 taken = ", ".join(m.value for m in spec.present())
-                raise InvalidInput(
+                raise UnprocessableInput(
                     f"model {self.config.name!r} does not take {name} (it takes {taken})", field=name
+                )
+        for needed in spec.required():
+            if needed.value not in present:
+                raise UnprocessableInput(
+                    f"model {self.config.name!r} needs {needed.value} in every request: its graph has no "
+                    f"presence mask for {needed.value}, so it cannot answer without one",
+                    field=needed.value,
                 )
         row = DecodedRow()
         if raw.image is not None and spec.image is not None:
