@@ -1,4 +1,4 @@
-"""The ``train``, ``export``, ``build-repo`` and ``report`` subcommands of ``fusionserve``.
+"""The model subcommands of ``fusionserve``: train, export, build-repo, report, inspect, verify.
 
 ``register`` adds them to the top-level parser (``service/__main__.py``).
 Nothing heavy is imported here at module level: torch and the training code
@@ -39,6 +39,31 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     _common(p)
     p.set_defaults(func=cmd_build_repo)
+
+    p = subparsers.add_parser(
+        "inspect", help="print a graph's inputs/outputs and write a starter config.yaml"
+    )
+    p.add_argument("model_file", type=Path, help="model.onnx or model.pt")
+    p.add_argument("--out", type=Path, default=None, help="write the starter config here (default: stdout)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = subparsers.add_parser("verify", help="load an entry as the server will, run it, compare with yours")
+    p.add_argument("entry_dir", type=Path, help="<repository>/<model>")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="your preprocessing: a .py with preprocess(files), or a .npz",
+    )
+    p.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="MODALITY=PATH",
+        help="input to use (image=a.png, audio=b.wav, text='words' or text=@file.txt); default: generated",
+    )
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.set_defaults(func=cmd_verify)
 
     p = subparsers.add_parser("report", help="print the accuracy report of a built repository")
     p.add_argument("--repo", type=Path, default=None, help="repository (default: the server's default)")
@@ -106,6 +131,52 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 1
     print(f"exported {entry} version {args.version} ({', '.join(formats)})")
     return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from models.starter import describe, starter_config
+
+    if not args.model_file.is_file():
+        print(f"error: {args.model_file}: no such file", file=sys.stderr)
+        return 2
+    try:
+        print(describe(args.model_file), file=sys.stderr if args.out is None else sys.stdout)
+        text, leftovers = starter_config(args.model_file)
+    except Exception as exc:  # onnx/torch raise many types for a file they cannot read
+        print(f"error: {args.model_file}: cannot read the graph: {exc}", file=sys.stderr)
+        return 1
+    for line in leftovers:
+        print(f"warning: {line}", file=sys.stderr)
+    if args.out is None:
+        print(text, end="")
+    else:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}: check every line marked '# guess'")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from models.serve_check import read_files, verify
+
+    pairs = dict(item.split("=", 1) for item in args.file if "=" in item)
+    bad = [
+        item
+        for item in args.file
+        if "=" not in item or item.split("=", 1)[0] not in ("image", "audio", "text")
+    ]
+    if bad:
+        print(f"error: --file takes image=PATH, audio=PATH or text=WORDS, got {bad}", file=sys.stderr)
+        return 2
+    try:
+        files = read_files(pairs) if pairs else None
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = verify(args.entry_dir, args.reference, files, args.atol)
+    print("\n".join(report.lines))
+    print("FAILED" if report.failed else "all checks passed")
+    return 1 if report.failed else 0
 
 
 def cmd_build_repo(args: argparse.Namespace) -> int:

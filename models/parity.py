@@ -241,7 +241,7 @@ def _ort_session(path: Path, config: ModelConfig) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
+def max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
     if got.shape != want.shape:
         return float("inf")
     if got.size == 0:
@@ -258,7 +258,7 @@ def _compare(runtime: str, got: Outputs, want: Outputs, atol: float, case: str) 
                 f"{runtime} output {name!r} has shape {list(value.shape)}, "
                 f"eager {list(reference.shape)} ({case})"
             )
-        diff = _max_abs_diff(value, reference)
+        diff = max_abs_diff(value, reference)
         if not diff <= atol:  # also catches NaN
             raise ParityError(
                 f"{runtime} disagrees with eager on output {name!r}: max abs diff {diff:.3g} > atol {atol:g} "
@@ -298,7 +298,7 @@ def check_parity(
         if index == 0:
             again = _run("eager", lambda f: module(*(f[n] for n in names)), case, config)
             for name in reference:
-                if not _max_abs_diff(again[name], reference[name]) <= atol:
+                if not max_abs_diff(again[name], reference[name]) <= atol:
                     raise ParityError(
                         f"eager forward is not deterministic: output {name!r} changes between two identical "
                         f"calls ({case.name}); is dropout on, or is a random number drawn in forward?"
