@@ -66,27 +66,35 @@ def _images(rows: list[DecodedRow], spec: ImageSpec) -> Feeds:
 def image_tensor(batch: np.ndarray, present: np.ndarray, spec: ImageSpec) -> np.ndarray:
     """uint8 RGB ``[B,H,W,3]`` → the graph's image tensor, on the whole batch at once.
 
-    ``(pixel * scale - mean) / std`` in float32, in the graph's channel order
-    and layout; absent rows stay all zeros. The bundled contract (uint8 RGB
-    NHWC) returns ``batch`` itself.
+    ``(pixel * scale - mean) / std`` per channel, folded into one multiply and
+    one add (``pixel * scale/std - mean/std``, within a float32 rounding of the
+    three-step form), in the graph's channel order, dtype and layout; absent
+    rows stay all zeros. The layout change is made on the uint8 batch, before
+    the float copy, where it moves a quarter of the bytes. The bundled
+    contract (uint8 RGB NHWC) returns ``batch`` itself.
     """
     if spec.channel_order == "BGR":
         batch = batch[..., ::-1]
-    if spec.normalises:
-        out = batch.astype(np.float32)
-        if spec.scale != 1.0:
-            out *= np.float32(spec.scale)
-        if spec.mean is not None:
-            out -= np.asarray(spec.mean, dtype=np.float32)
-        if spec.std is not None:
-            out /= np.asarray(spec.std, dtype=np.float32)
-        if not present.all():
-            out[~present] = 0
-    else:
-        out = batch
     if spec.layout == "NCHW":
-        out = out.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(out, dtype=np.dtype(spec.dtype))
+        batch = batch.transpose(0, 3, 1, 2)
+    batch = np.ascontiguousarray(batch)
+    if not spec.normalises:
+        return batch
+    gain, offset = _affine(spec)
+    shape = (1, 3, 1, 1) if spec.layout == "NCHW" else (1, 1, 1, 3)
+    out = batch.astype(np.float32)
+    out *= gain.reshape(shape)
+    out += offset.reshape(shape)
+    if not present.all():
+        out[~present] = 0
+    return out if spec.dtype == "float32" else out.astype(spec.dtype)
+
+
+def _affine(spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``scale / std`` and ``-mean / std`` (float32)."""
+    std = np.asarray(spec.std if spec.std is not None else (1.0, 1.0, 1.0), dtype=np.float64)
+    mean = np.asarray(spec.mean if spec.mean is not None else (0.0, 0.0, 0.0), dtype=np.float64)
+    return (spec.scale / std).astype(np.float32), (-mean / std).astype(np.float32)
 
 
 def _ratio(lengths: list[int], padded_to: int) -> float | None:

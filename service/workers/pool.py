@@ -72,6 +72,16 @@ class Instance:
         return "cpu" if self.backend.device == "cpu" else "gpu"
 
 
+def _collate_and_run(
+    backend: Backend, rows: list[DecodedRow], config: ModelConfig
+) -> tuple[dict[str, np.ndarray], Timing]:
+    """Feeds for the batch, then the runtime; only the runtime counts as compute time."""
+    feeds, padding = collate(rows, config)
+    start = time.perf_counter()
+    outputs = backend.run(feeds)
+    return outputs, Timing(time.perf_counter() - start, padding)
+
+
 class WorkerPool:
     """Runs the batches of one model version on its instances."""
 
@@ -209,12 +219,13 @@ class WorkerPool:
             pending.fail(kind(message))
 
     async def _compute(self, inst: Instance, rows: list[DecodedRow]) -> tuple[list[RowOutputs], Timing]:
-        """Collate, run on the instance's thread, split (raises on any fault)."""
-        feeds, padding = collate(rows, self.config)
-        start = time.perf_counter()
-        outputs = await offload(inst.executor, inst.backend.run, feeds)
-        seconds = time.perf_counter() - start
-        return split_outputs(outputs, len(rows)), Timing(seconds, padding)
+        """Collate and run on the instance's thread, split (raises on any fault).
+
+        Collation runs on the instance's thread too: a mapped model's image
+        normalisation is real numpy work that must not hold the event loop.
+        """
+        outputs, timing = await offload(inst.executor, _collate_and_run, inst.backend, rows, self.config)
+        return split_outputs(outputs, len(rows)), timing
 
     def _observe(self, inst: Instance, size: int, timing: Timing) -> None:
         """Record a served batch (warm-up batches are not recorded)."""
