@@ -130,7 +130,8 @@ def verify(
     for version in entry.versions:
         try:
             backend = load_backend(config, version.path, DeviceSpec("cpu"))
-            preprocessor = Preprocessor(config, entry.path)
+            # verify runs on the user's own machine, on their own entry: its code_file runs too.
+            preprocessor = Preprocessor(config, entry.path, allow_model_code=True)
         except FusionServeError as exc:
             report.bad(f"version {version.version}: the server refuses it at load: {exc.message}")
             continue

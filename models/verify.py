@@ -241,7 +241,11 @@ def config_file_problems(config: ModelConfig) -> list[str]:
     """Side-file names in the config must be plain names inside the entry."""
     return [
         f"config {field} {name!r} must be a plain file name inside the entry"
-        for field, name in (("labels_file", config.labels_file), ("tokenizer_file", config.tokenizer_file))
+        for field, name in (
+            ("labels_file", config.labels_file),
+            ("tokenizer_file", config.tokenizer_file),
+            ("code_file", config.code_file),
+        )
         if name is not None and not _bare_file_name(name)
     ]
 

@@ -30,6 +30,12 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--decode-threads", type=int)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "text"])
+    p.add_argument(
+        "--allow-model-code",
+        action="store_true",
+        default=None,
+        help="run entries' own preprocess/postprocess Python (code_file): only for a trusted repository",
+    )
     p.set_defaults(func=_serve)
 
 

@@ -48,7 +48,10 @@ class FusionServer:
         self.settings = settings
         self.metrics = Metrics()
         self.registry = ModelRegistry(
-            ModelRepository(repository), self.metrics, parse_failpoints(settings.failpoints)
+            ModelRepository(repository),
+            self.metrics,
+            parse_failpoints(settings.failpoints),
+            allow_model_code=settings.allow_model_code,
         )
         self.dataplane = DataPlane(
             self.registry,

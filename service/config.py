@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     )
 
     # Security (optional)
+    allow_model_code: bool = Field(
+        default=False,
+        description="run entries' own preprocess/postprocess Python (code_file): trusted repositories only",
+    )
     api_token: str | None = Field(default=None, description="bearer token for inference calls")
     admin_token: str | None = Field(default=None, description="bearer token for load/unload calls")
     tls_cert_file: Path | None = None

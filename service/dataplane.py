@@ -358,6 +358,8 @@ class DataPlane:
                 raise
             outputs = await _await_all([lv.batcher.submit(row, deadline, announced=True) for row in decoded])
             post_start = time.monotonic()
+            if lv.preprocessor.postprocesses:
+                outputs = await offload(self._decoder, lv.preprocessor.postprocess, outputs)
             answers = await finish(lv, outputs, [row.modalities() for row in decoded])
             self.metrics.child(self.metrics.postprocess_seconds, lv.name, lv.version).observe(
                 time.monotonic() - post_start

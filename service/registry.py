@@ -80,9 +80,16 @@ def instance_devices(config: ModelConfig) -> list[DeviceSpec]:
 
 class ModelRegistry:
     def __init__(
-        self, repository: ModelRepository, metrics: Metrics, failpoints: Failpoints | None = None
+        self,
+        repository: ModelRepository,
+        metrics: Metrics,
+        failpoints: Failpoints | None = None,
+        *,
+        allow_model_code: bool = False,
     ) -> None:
         self.repository = repository
+        #: Run an entry's own Python (config code_file): only for a trusted repository.
+        self.allow_model_code = allow_model_code
         self.metrics = metrics
         self.failpoints = failpoints
         self._states: dict[str, ModelState] = {}
@@ -169,7 +176,7 @@ class ModelRegistry:
             for device in instance_devices(config):
                 backend = await asyncio.to_thread(load_backend, config, path, device)
                 backends.append(wrap_backend(backend, self.failpoints, entry.name))
-            preprocessor = await asyncio.to_thread(Preprocessor, config, entry.path)
+            preprocessor = await asyncio.to_thread(Preprocessor, config, entry.path, self.allow_model_code)
             batcher = DynamicBatcher(
                 config.batching,
                 model=entry.name,

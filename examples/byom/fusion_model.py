@@ -191,9 +191,10 @@ def reference_text(tokenizer: Tokenizer, text: str) -> dict[str, np.ndarray]:
 
 
 def reference_audio(samples: np.ndarray) -> np.ndarray:
-    """float32 [16000]: the first second, zero-padded."""
+    """float32 [16000]: the first second, normalised to zero mean and unit variance, zero-padded."""
     window = np.zeros(WINDOW, dtype=np.float32)
     kept = samples[:WINDOW].astype(np.float32)
+    kept = (kept - kept.mean()) / np.sqrt((kept - kept.mean()).var() + 1e-7)
     window[: len(kept)] = kept
     return window
 
@@ -260,6 +261,8 @@ def write_entry(
     if backend == "torchscript":
         config = config.replace("backend: onnx", "backend: torchscript")
     (entry / "config.yaml").write_text(config, encoding="utf-8")
+    if (HERE / variant / "hooks.py").is_file():
+        (entry / "hooks.py").write_bytes((HERE / variant / "hooks.py").read_bytes())
     (entry / "labels.txt").write_text("".join(f"{label}\n" for label in LABELS), encoding="utf-8")
     tokenizer.save(str(entry / "tokenizer.json"))
     vocab, with_audio = tokenizer.get_vocab_size(), VARIANTS[variant]

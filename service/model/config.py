@@ -289,6 +289,9 @@ class ModelConfig(_Strict):
     outputs: Annotated[list[OutputSpec], Field(min_length=1)]
     labels_file: str | None = LABELS_FILE
     tokenizer_file: str | None = TOKENIZER_FILE
+    #: The entry's own preprocess/postprocess module (service/model/code.py); runs
+    #: only when the server allows repository code.
+    code_file: str | None = None
     version_policy: VersionPolicy = VersionPolicy()
     batching: Batching = Batching()
     instance_groups: Annotated[list[InstanceGroup], Field(min_length=1)] = [InstanceGroup()]

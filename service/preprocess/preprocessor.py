@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 
 from service.errors import UnprocessableInput
-from service.model.config import TOKENIZER_FILE, ModelConfig
-from service.model.rows import DecodedRow, RawInputs
+from service.model.code import ModelCode, load_model_code
+from service.model.config import CONFIG_FILE, TOKENIZER_FILE, ModelConfig
+from service.model.rows import DecodedRow, RawInputs, RowOutputs
 from service.preprocess.audio import decode_audio
 from service.preprocess.image import decode_image
 from service.preprocess.text import TextEncoder
@@ -21,9 +22,13 @@ class Preprocessor:
     pool uses every core). Holds no per-request state.
     """
 
-    def __init__(self, config: ModelConfig, model_dir: Path) -> None:
+    def __init__(self, config: ModelConfig, model_dir: Path, allow_model_code: bool = False) -> None:
         self.config = config
         spec = config.modalities
+        self.code: ModelCode | None = None
+        if config.code_file:
+            config_file = Path(model_dir) / CONFIG_FILE
+            self.code = load_model_code(Path(model_dir), config.code_file, allow_model_code, config_file)
         self._text: TextEncoder | None = None
         if spec.text is not None:
             path = Path(model_dir) / (config.tokenizer_file or TOKENIZER_FILE)
@@ -61,4 +66,23 @@ class Preprocessor:
             start = time.perf_counter()
             row.text_ids = self._text.encode(raw.text)
             row.decode_seconds["text"] = time.perf_counter() - start
+        if self.code is not None and self.code.preprocess is not None:
+            start = time.perf_counter()
+            arrays = {
+                k: v
+                for k, v in (("image", row.image), ("audio", row.audio), ("text_ids", row.text_ids))
+                if v is not None
+            }
+            for key, value in self.code.run_preprocess(arrays).items():
+                setattr(row, key, value)
+            row.decode_seconds["code"] = time.perf_counter() - start
         return row
+
+    @property
+    def postprocesses(self) -> bool:
+        return self.code is not None and self.code.postprocess is not None
+
+    def postprocess(self, outputs: list[RowOutputs]) -> list[RowOutputs]:
+        """The entry's own ``postprocess`` on each row's graph outputs (in a decode thread)."""
+        assert self.code is not None
+        return [self.code.run_postprocess(row) for row in outputs]
