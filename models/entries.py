@@ -87,6 +87,7 @@ def export_checkpoint(
 ) -> Path:
     """Write ``repo/name`` from a classifier or embedder checkpoint via ``models.export``."""
     from models.export import export_entry
+    from models.verify import TOKENIZER_SPECIALS
 
     meta = dict(ckpt.meta)
     if ckpt.kind == "classifier":
@@ -111,4 +112,5 @@ def export_checkpoint(
             version=version,
             formats=tuple(formats),
             check_inputs=[meta["check_inputs"]],
+            tokenizer_specials=TOKENIZER_SPECIALS,
         )

@@ -273,6 +273,11 @@ def write_entry(
     return entry
 
 
+def image_text_model() -> nn.Module:
+    """For ``fusionserve export --module examples/byom/fusion_model.py:image_text_model``."""
+    return build_model("image-text", build_tokenizer().get_vocab_size())
+
+
 if __name__ == "__main__":
     import argparse
 
