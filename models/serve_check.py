@@ -122,7 +122,8 @@ def verify(
         report.bad(problem)
     if not problems:
         report.ok(f"{entry_dir}: files agree with config.yaml")
-    entry = ModelRepository(entry_dir.parent).read(entry_dir.name)
+    # verify runs on the user's own machine, on their own entry: TorchScript and code_file load.
+    entry = ModelRepository(entry_dir.parent, allow_torchscript=True).read(entry_dir.name)
     if entry.error or entry.config is None:
         report.bad(f"the server refuses the entry: {entry.error}")
         return report
