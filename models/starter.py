@@ -215,7 +215,12 @@ def _audio(guess: Guess, roles: dict[str, GraphTensor]) -> None:
     window = _fixed(audio.shape, 1)
     guess.put(f"{prefix}.sample_rate", 16000, "the graph cannot say its sample rate")
     guess.put(f"{prefix}.max_samples", window or 160000, None if window else "longest audio the model takes")
-    guess.put(f"{prefix}.window", "fixed" if window else "dynamic")
+    unknown = audio.shape is None
+    guess.put(
+        f"{prefix}.window",
+        "fixed" if window else "dynamic",
+        "TorchScript states no length" if unknown else None,
+    )
     guess.put(f"{prefix}.input", audio.name)
     length, mask = roles.get("audio_length"), roles.get("audio_mask")
     guess.put(f"{prefix}.length_input", length.name if length else None)
@@ -247,7 +252,14 @@ def _text(guess: Guess, roles: dict[str, GraphTensor], tokenizer: Path) -> None:
         if special is not None
         else "no tokenizer.json beside the entry",
     )
-    guess.put(f"{prefix}.padding", "fixed" if length else "longest")
+    unknown = ids.shape is None  # TorchScript: no shapes at all
+    guess.put(
+        f"{prefix}.padding",
+        "fixed" if length else "longest",
+        "TorchScript states no length: fixed if the model has positions for exactly N tokens"
+        if unknown
+        else None,
+    )
     if ids.dtype == "int32":
         guess.put(f"{prefix}.dtype", "int32")
 
