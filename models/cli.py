@@ -1,4 +1,4 @@
-"""The ``train``, ``export``, ``build-repo`` and ``report`` subcommands of ``fusionserve``.
+"""The model subcommands of ``fusionserve``: train, export, build-repo, report, inspect, verify.
 
 ``register`` adds them to the top-level parser (``service/__main__.py``).
 Nothing heavy is imported here at module level: torch and the training code
@@ -26,10 +26,18 @@ def register(subparsers: Any) -> None:
     _common(p)
     p.set_defaults(func=cmd_train)
 
-    p = subparsers.add_parser("export", help="write a repository entry from a checkpoint")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p = subparsers.add_parser(
+        "export", help="write a repository entry from a checkpoint, or from any nn.Module with a config.yaml"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a checkpoint written by fusionserve train")
+    source.add_argument("--module", metavar="FILE.py:FACTORY", help="a function returning your nn.Module")
+    p.add_argument("--config", type=Path, help="with --module: the entry's config.yaml (its mapping)")
+    p.add_argument("--labels", type=Path, help="with --module: labels.txt of a classifier")
+    p.add_argument("--tokenizer", type=Path, help="with --module: tokenizer.json of a text model")
+    p.add_argument("--atol", type=float, default=1e-4, help="with --module: parity tolerance")
     p.add_argument("--repo", type=Path, required=True, help="model repository directory")
-    p.add_argument("--name", required=True, help="model name (the entry's directory)")
+    p.add_argument("--name", help="model name (the entry's directory; default: the config's name)")
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--format", choices=["onnx", "torchscript", "both"], default="both")
     p.set_defaults(func=cmd_export)
@@ -39,6 +47,31 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     _common(p)
     p.set_defaults(func=cmd_build_repo)
+
+    p = subparsers.add_parser(
+        "inspect", help="print a graph's inputs/outputs and write a starter config.yaml"
+    )
+    p.add_argument("model_file", type=Path, help="model.onnx or model.pt")
+    p.add_argument("--out", type=Path, default=None, help="write the starter config here (default: stdout)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = subparsers.add_parser("verify", help="load an entry as the server will, run it, compare with yours")
+    p.add_argument("entry_dir", type=Path, help="<repository>/<model>")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="your preprocessing: a .py with preprocess(files), or a .npz",
+    )
+    p.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="MODALITY=PATH",
+        help="input to use (image=a.png, audio=b.wav, text='words' or text=@file.txt); default: generated",
+    )
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.set_defaults(func=cmd_verify)
 
     p = subparsers.add_parser("report", help="print the accuracy report of a built repository")
     p.add_argument("--repo", type=Path, default=None, help="repository (default: the server's default)")
@@ -98,10 +131,104 @@ def cmd_export(args: argparse.Namespace) -> int:
     from models.export import ExportError
 
     formats = ("onnx", "torchscript") if args.format == "both" else (args.format,)
+    if args.module:
+        return _export_module(args, formats)
+    if not args.name:
+        print("error: --checkpoint needs --name", file=sys.stderr)
+        return 2
     try:
         ckpt = load_checkpoint(args.checkpoint)
         entry = export_checkpoint(ckpt, args.name, args.repo, args.version, formats)
     except (CheckpointError, ExportError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {entry} version {args.version} ({', '.join(formats)})")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from models.starter import describe, starter_config
+
+    if not args.model_file.is_file():
+        print(f"error: {args.model_file}: no such file", file=sys.stderr)
+        return 2
+    try:
+        print(describe(args.model_file), file=sys.stderr if args.out is None else sys.stdout)
+        text, leftovers = starter_config(args.model_file)
+    except Exception as exc:  # onnx/torch raise many types for a file they cannot read
+        print(f"error: {args.model_file}: cannot read the graph: {exc}", file=sys.stderr)
+        return 1
+    for line in leftovers:
+        print(f"warning: {line}", file=sys.stderr)
+    if args.out is None:
+        print(text, end="")
+    else:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}: check every line marked '# guess'")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from models.serve_check import read_files, verify
+
+    pairs = dict(item.split("=", 1) for item in args.file if "=" in item)
+    bad = [
+        item
+        for item in args.file
+        if "=" not in item or item.split("=", 1)[0] not in ("image", "audio", "text")
+    ]
+    if bad:
+        print(f"error: --file takes image=PATH, audio=PATH or text=WORDS, got {bad}", file=sys.stderr)
+        return 2
+    try:
+        files = read_files(pairs) if pairs else None
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = verify(args.entry_dir, args.reference, files, args.atol)
+    print("\n".join(report.lines))
+    print("FAILED" if report.failed else "all checks passed")
+    return 1 if report.failed else 0
+
+
+def _export_module(args: argparse.Namespace, formats: tuple[str, ...]) -> int:
+    """``export --module FILE.py:FACTORY --config config.yaml``: any nn.Module through export_entry."""
+    import importlib.util
+
+    from models.export import ExportError, export_entry
+    from service.errors import ConfigError
+    from service.model.config import load_model_config
+
+    if args.config is None:
+        print("error: --module needs --config (the entry's config.yaml)", file=sys.stderr)
+        return 2
+    file, _, factory = args.module.rpartition(":")
+    if not file or not factory:
+        print(f"error: --module takes FILE.py:FACTORY, got {args.module!r}", file=sys.stderr)
+        return 2
+    try:
+        config = load_model_config(args.config)
+        if args.name and args.name != config.name:
+            config = config.model_validate({**config.model_dump(), "name": args.name})
+        spec = importlib.util.spec_from_file_location("fusionserve_export_module", file)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"{file}: not a Python file")
+        source = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(source)
+        module = getattr(source, factory)()
+        labels = args.labels.read_text(encoding="utf-8").splitlines() if args.labels else None
+        entry = export_entry(
+            module,
+            config=config,
+            labels=[label for label in labels if label.strip()] if labels else None,
+            tokenizer_path=args.tokenizer,
+            repo_dir=args.repo,
+            version=args.version,
+            formats=formats,
+            atol=args.atol,
+        )
+    except (ConfigError, ExportError, OSError, ValueError, AttributeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"exported {entry} version {args.version} ({', '.join(formats)})")

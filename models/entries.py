@@ -101,6 +101,7 @@ def export_checkpoint(
 ) -> Path:
     """Write ``repo/name`` from a classifier or embedder checkpoint via ``models.export``."""
     from models.export import export_entry
+    from models.verify import TOKENIZER_SPECIALS
 
     meta = dict(ckpt.meta)
     module = ckpt.build()
@@ -128,4 +129,5 @@ def export_checkpoint(
             version=version,
             formats=tuple(formats),
             check_inputs=[meta["check_inputs"]],
+            tokenizer_specials=TOKENIZER_SPECIALS,
         )

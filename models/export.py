@@ -12,6 +12,10 @@ what the server will load.
 Everything is staged in a temporary directory next to the entry and moved into
 place with renames, so a failed export leaves the repository untouched and a
 reader never sees half an entry.
+
+This is the public way to export your own ``nn.Module`` (docs/model-config.md,
+"Export your own module"); ``fusionserve export --module FILE:FACTORY --config
+config.yaml`` is its command-line form.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from models.parity import (
+    _TORCH_DTYPES,
     CapturedRanges,
     Feeds,
     ParityCase,
@@ -72,9 +77,6 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 18
 
 
-_TORCH_DTYPES = {"uint8": torch.uint8, "bool": torch.bool, "float32": torch.float32, "int64": torch.int64}
-
-
 class ExportError(Exception):
     """The entry cannot be written; the message names the input, output or runtime at fault."""
 
@@ -92,11 +94,17 @@ def export_entry(
     atol: float = 1e-4,
     opset: int = DEFAULT_OPSET,
     seed: int = 0,
+    tokenizer_specials: dict[str, int] | None = None,
 ) -> Path:
     """Export ``module`` as version ``version`` of ``repo_dir/<config.name>/`` and return the entry dir.
 
     ``module.forward`` takes ``config.graph_input_names()`` (same names, same
-    order) and returns one tensor or a tuple in ``config.outputs`` order.
+    order: the mapping's, e.g. ``pixel_values, input_ids, attention_mask``)
+    and returns one tensor or a tuple in ``config.outputs`` order. The parity
+    batches follow the mapping (dtypes, image normalisation and layout, fixed
+    lengths, pad id). ``tokenizer_specials`` demands token ids of the
+    tokenizer (the project's own models: ``[PAD]`` 0, ``[UNK]`` 1); by default
+    a tokenizer keeps its own ids.
     The written config records export facts under ``metadata.export``, and
     names only side files the entry really has (``labels_file`` is dropped
     when an embedding model has no labels, ``tokenizer_file`` when the model
@@ -105,7 +113,7 @@ def export_entry(
     """
     formats = _check_request(config, formats, version, opset, atol)
     _check_forward_signature(module, config)
-    vocab_size = _check_tokenizer(config, tokenizer_path)
+    vocab_size = _check_tokenizer(config, tokenizer_path, tokenizer_specials)
     labels = _check_labels(config, labels)
     real_cases = [
         ParityCase(f"check_inputs[{i}]", _checked_feeds(feeds, config, f"check_inputs[{i}]"))
@@ -190,7 +198,9 @@ def _check_forward_signature(module: nn.Module, config: ModelConfig) -> None:
         raise ExportError(f"module.forward takes {[p.name for p in params]}, the config declares only {want}")
 
 
-def _check_tokenizer(config: ModelConfig, tokenizer_path: Path | None) -> int | None:
+def _check_tokenizer(
+    config: ModelConfig, tokenizer_path: Path | None, specials: dict[str, int] | None
+) -> int | None:
     """Vocabulary size of the tokenizer when the model takes text, else ``None``."""
     if config.modalities.text is None:
         return None
@@ -198,7 +208,7 @@ def _check_tokenizer(config: ModelConfig, tokenizer_path: Path | None) -> int | 
         raise ExportError(
             f"model {config.name!r} takes text, so export needs tokenizer_path (a tokenizer.json)"
         )
-    problems = tokenizer_problems(tokenizer_path)
+    problems = tokenizer_problems(tokenizer_path, specials)
     if problems:
         raise ExportError("; ".join(problems))
     from tokenizers import Tokenizer
@@ -380,7 +390,7 @@ def export_onnx(
             )
         except Exception as exc:  # the converter raises many unrelated types
             raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {first_lines(exc)}") from exc
-    problems = onnx_file_problems(path, config)
+    problems = onnx_file_problems(path, config, ordered=True)
     if problems:
         raise ExportError("the exported ONNX graph disagrees with the config: " + "; ".join(problems))
     extra = sorted(p.name for p in path.parent.iterdir() if p.name not in MODEL_FILES.values())

@@ -22,8 +22,19 @@ from torch import Tensor, nn
 
 from models.verify import jit_deprecation_silenced
 from service.model.config import MODEL_FILES, Modality, ModelConfig, OutputKind
+from service.model.feeds import image_tensor
 
 log = logging.getLogger(__name__)
+
+
+_TORCH_DTYPES = {
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+}
 
 
 class ParityError(Exception):
@@ -63,10 +74,14 @@ def _spread(low: int, high: int) -> list[int]:
 
 
 def presence_patterns(config: ModelConfig) -> list[frozenset[Modality]]:
-    """Every non-empty subset of the model's modalities, largest first."""
+    """Every non-empty subset of the model's modalities the graph can take, largest first.
+
+    A modality the graph has no presence mask for is in every subset.
+    """
     present = config.modalities.present()
+    required = set(config.modalities.required())
     subsets = [frozenset(c) for r in range(len(present), 0, -1) for c in itertools.combinations(present, r)]
-    return subsets
+    return [s for s in subsets if required <= s]
 
 
 def random_batch(
@@ -80,7 +95,9 @@ def random_batch(
     """A batch the way the server collates it: absent rows are zeros with mask False.
 
     Present rows get random content of a random length up to the padded width
-    (at least one row fills it), so padding is always exercised.
+    (at least one row fills it), so padding is always exercised. The config's
+    mapping applies: names, dtypes, image normalisation and layout, fixed
+    widths, the pad id and token types.
     """
     n = len(rows)
     feeds: Feeds = {}
@@ -90,14 +107,20 @@ def random_batch(
         image = torch.randint(
             0, 256, (n, spec.image.height, spec.image.width, 3), generator=gen, dtype=torch.uint8
         )
-        feeds["image"] = image * has.view(n, 1, 1, 1).to(torch.uint8)
+        image = image * has.view(n, 1, 1, 1).to(torch.uint8)
+        feeds["image"] = torch.from_numpy(image_tensor(image.numpy(), has.numpy(), spec.image))
         feeds["image_mask"] = has
+    if spec.audio is not None and spec.audio.window == "fixed":
+        audio_len = spec.audio.max_samples
+    if spec.text is not None and spec.text.padding == "fixed":
+        text_len = spec.text.max_tokens
     if spec.audio is not None:
         has = torch.tensor([Modality.audio in r for r in rows], dtype=torch.bool)
         lengths = _row_lengths(has, audio_len, max(1, audio_len // 8), gen)
         steps = torch.arange(audio_len).unsqueeze(0)
         wave = 0.3 * torch.randn(n, audio_len, generator=gen)
-        feeds["audio"] = torch.where(steps < lengths.unsqueeze(1), wave, torch.zeros(()))
+        wave = torch.where(steps < lengths.unsqueeze(1), wave, torch.zeros(()))
+        feeds["audio"] = wave.to(_TORCH_DTYPES[spec.audio.dtype])
         feeds["audio_length"] = lengths
         feeds["audio_mask"] = has
     if spec.text is not None:
@@ -105,10 +128,13 @@ def random_batch(
         lengths = _row_lengths(has, text_len, 1, gen)
         attention = (torch.arange(text_len).unsqueeze(0) < lengths.unsqueeze(1)).to(torch.int64)
         ids = torch.randint(1, max(2, vocab_size or 2), (n, text_len), generator=gen, dtype=torch.int64)
-        feeds["text_ids"] = ids * attention
-        feeds["text_attention"] = attention
+        pad = spec.text.pad_id or 0
+        dtype = _TORCH_DTYPES[spec.text.dtype]
+        feeds["text_ids"] = (ids * attention + pad * (1 - attention)).to(dtype)
+        feeds["text_attention"] = attention.to(dtype)
+        feeds["text_token_types"] = torch.zeros_like(attention).to(dtype)
         feeds["text_mask"] = has
-    return {name: feeds[name] for name in config.graph_input_names()}
+    return {g.name: feeds[g.role] for g in config.graph_inputs()}
 
 
 def _row_lengths(has: Tensor, width: int, shortest: int, gen: torch.Generator) -> Tensor:
@@ -226,7 +252,7 @@ def _check_eager(outputs: Outputs, config: ModelConfig, batch: int, case: str) -
             )
         if not np.isfinite(value).all():
             raise ParityError(f"eager output {spec.name!r} has NaN or inf values ({case})")
-        if spec.kind is OutputKind.embedding:
+        if spec.kind is OutputKind.embedding and spec.normalized:
             norms = np.linalg.norm(value, axis=1)
             if not np.allclose(norms[norms > 0], 1.0, atol=1e-3):
                 raise ParityError(
@@ -241,7 +267,7 @@ def _ort_session(path: Path, config: ModelConfig) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
+def max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
     if got.shape != want.shape:
         return float("inf")
     if got.size == 0:
@@ -258,7 +284,7 @@ def _compare(runtime: str, got: Outputs, want: Outputs, atol: float, case: str) 
                 f"{runtime} output {name!r} has shape {list(value.shape)}, "
                 f"eager {list(reference.shape)} ({case})"
             )
-        diff = _max_abs_diff(value, reference)
+        diff = max_abs_diff(value, reference)
         if not diff <= atol:  # also catches NaN
             raise ParityError(
                 f"{runtime} disagrees with eager on output {name!r}: max abs diff {diff:.3g} > atol {atol:g} "
@@ -298,7 +324,7 @@ def check_parity(
         if index == 0:
             again = _run("eager", lambda f: module(*(f[n] for n in names)), case, config)
             for name in reference:
-                if not _max_abs_diff(again[name], reference[name]) <= atol:
+                if not max_abs_diff(again[name], reference[name]) <= atol:
                     raise ParityError(
                         f"eager forward is not deterministic: output {name!r} changes between two identical "
                         f"calls ({case.name}); is dropout on, or is a random number drawn in forward?"

@@ -23,11 +23,12 @@ from service.errors import ConfigError
 from service.model.config import (
     CONFIG_FILE,
     MODEL_FILES,
-    Modality,
     ModelConfig,
     OutputKind,
     load_model_config,
 )
+from service.model.graph import TensorInfo, embedding_rows, graph_problems
+from service.preprocess.text import tokenizer_pad_id
 
 #: Lowest ONNX opset the server accepts (docs/contracts.md §2).
 MIN_OPSET = 17
@@ -50,31 +51,8 @@ class TensorSpec:
 
 
 def graph_input_specs(config: ModelConfig) -> list[TensorSpec]:
-    """The inputs a graph must take for ``config``, in order (contracts.md §1)."""
-    specs: list[TensorSpec] = []
-    for modality in config.modalities.present():
-        if modality is Modality.image:
-            image = config.modalities.image
-            assert image is not None
-            specs += [
-                TensorSpec("image", "uint8", ("batch", image.height, image.width, 3)),
-                TensorSpec("image_mask", "bool", ("batch",)),
-            ]
-        elif modality is Modality.audio:
-            specs += [
-                TensorSpec("audio", "float32", ("batch", "T")),
-                TensorSpec("audio_length", "int64", ("batch",)),
-                TensorSpec("audio_mask", "bool", ("batch",)),
-            ]
-        else:
-            specs += [
-                TensorSpec("text_ids", "int64", ("batch", "L")),
-                TensorSpec("text_attention", "int64", ("batch", "L")),
-                TensorSpec("text_mask", "bool", ("batch",)),
-            ]
-    names = [s.name for s in specs]
-    assert names == config.graph_input_names(), "GRAPH_INPUTS and this table disagree"
-    return specs
+    """The inputs a graph must take for ``config``, in order (its mapping; contracts.md §1 by default)."""
+    return [TensorSpec(g.name, g.dtype, g.shape) for g in config.graph_inputs()]
 
 
 def graph_output_specs(config: ModelConfig) -> list[TensorSpec]:
@@ -124,7 +102,9 @@ def _value_info_problems(kind: str, got: onnx.ValueInfoProto, want: TensorSpec) 
     return problems
 
 
-def _io_list_problems(kind: str, got: list[onnx.ValueInfoProto], want: list[TensorSpec]) -> list[str]:
+def _io_list_problems(
+    kind: str, got: list[onnx.ValueInfoProto], want: list[TensorSpec], ordered: bool
+) -> list[str]:
     got_names = [v.name for v in got]
     want_names = [s.name for s in want]
     problems = [
@@ -133,7 +113,7 @@ def _io_list_problems(kind: str, got: list[onnx.ValueInfoProto], want: list[Tens
     problems += [
         f"graph has {kind} {n!r} that the config does not declare" for n in got_names if n not in want_names
     ]
-    if not problems and got_names != want_names:
+    if ordered and not problems and got_names != want_names:
         problems.append(f"graph {kind}s are ordered {got_names}, the config needs {want_names}")
     by_name = {v.name: v for v in got}
     for spec in want:
@@ -142,17 +122,21 @@ def _io_list_problems(kind: str, got: list[onnx.ValueInfoProto], want: list[Tens
     return problems
 
 
-def onnx_io_problems(model: onnx.ModelProto, config: ModelConfig) -> list[str]:
-    """Graph inputs/outputs versus the config: names, order, dtypes, ranks, dynamic axes."""
+def onnx_io_problems(model: onnx.ModelProto, config: ModelConfig, ordered: bool = False) -> list[str]:
+    """Graph inputs/outputs versus the config: names, dtypes, ranks, dynamic axes (and order)."""
     initializers = {init.name for init in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in initializers]
-    return _io_list_problems("input", inputs, graph_input_specs(config)) + _io_list_problems(
-        "output", list(model.graph.output), graph_output_specs(config)
+    return _io_list_problems("input", inputs, graph_input_specs(config), ordered) + _io_list_problems(
+        "output", list(model.graph.output), graph_output_specs(config), ordered
     )
 
 
-def onnx_file_problems(path: Path, config: ModelConfig) -> list[str]:
-    """One self-contained file, opset >= 17, and I/O that matches the config."""
+def onnx_file_problems(path: Path, config: ModelConfig, ordered: bool = False) -> list[str]:
+    """One self-contained file, opset >= 17, and I/O that matches the config.
+
+    ``ordered`` also demands the config's input and output order (export,
+    which passes inputs positionally); the server feeds by name.
+    """
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises several unrelated types for a bad file
@@ -164,7 +148,7 @@ def onnx_file_problems(path: Path, config: ModelConfig) -> list[str]:
     external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     if external:
         problems.append(f"{path}: {len(external)} initializers use external data (e.g. {external[0]!r})")
-    problems += [f"{path}: {p}" for p in onnx_io_problems(model, config)]
+    problems += [f"{path}: {p}" for p in onnx_io_problems(model, config, ordered)]
     return problems
 
 
@@ -177,11 +161,10 @@ def torchscript_file_problems(path: Path, config: ModelConfig) -> list[str]:
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError or its own types
         return [f"{path}: not a loadable TorchScript module: {exc}"]
-    args = [a.name for a in module.forward.schema.arguments][1:]  # drop self
-    want = config.graph_input_names()
-    if len(args) != len(want):
-        return [f"{path}: forward takes {len(args)} inputs {args}, the config declares {len(want)} {want}"]
-    return []
+    arguments = module.forward.schema.arguments[1:]  # drop self
+    mapped = set(config.graph_input_names())
+    inputs = [TensorInfo(a.name) for a in arguments if a.name in mapped or not a.has_default_value()]
+    return [f"{path}: {p}" for p in graph_problems(config, inputs, None, path.name)]
 
 
 def read_labels(path: Path) -> list[str]:
@@ -208,8 +191,12 @@ def label_problems(labels: list[str], config: ModelConfig, source: str = "labels
     return problems
 
 
-def tokenizer_problems(path: Path) -> list[str]:
-    """A parseable HF ``tokenizer.json`` with ``[PAD]`` = 0 and ``[UNK]`` = 1."""
+def tokenizer_problems(path: Path, specials: dict[str, int] | None = TOKENIZER_SPECIALS) -> list[str]:
+    """A parseable HF ``tokenizer.json``, with ``specials`` at their ids (ours: ``[PAD]`` 0, ``[UNK]`` 1).
+
+    A tokenizer brought from elsewhere keeps its own ids (``specials=None``):
+    the server reads the pad id from the file and never assumes an unknown id.
+    """
     from tokenizers import Tokenizer
 
     if not path.is_file():
@@ -220,8 +207,29 @@ def tokenizer_problems(path: Path) -> list[str]:
         return [f"{path}: not a readable tokenizers file: {exc}"]
     return [
         f"{path}: token {tok} has id {tokenizer.token_to_id(tok)}, the contract needs {want}"
-        for tok, want in TOKENIZER_SPECIALS.items()
+        for tok, want in (specials or {}).items()
         if tokenizer.token_to_id(tok) != want
+    ]
+
+
+def vocabulary_problems(tokenizer_path: Path, model_path: Path, config: ModelConfig) -> list[str]:
+    """Token ids the tokenizer can yield must index rows of the graph's embedding table (ONNX)."""
+    from tokenizers import Tokenizer
+
+    text = config.modalities.text
+    if text is None or not tokenizer_path.is_file():
+        return []
+    rows = embedding_rows(model_path, text.input)
+    if rows is None:
+        return []
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    pad_id = text.pad_id if text.pad_id is not None else (tokenizer_pad_id(tokenizer) or 0)
+    if max(vocab - 1, pad_id) < rows:
+        return []
+    return [
+        f"{tokenizer_path}: yields ids up to {vocab - 1} (pad id {pad_id}), but the token embedding that "
+        f"graph input {text.input!r} indexes in {model_path} has {rows} rows"
     ]
 
 
@@ -233,7 +241,11 @@ def config_file_problems(config: ModelConfig) -> list[str]:
     """Side-file names in the config must be plain names inside the entry."""
     return [
         f"config {field} {name!r} must be a plain file name inside the entry"
-        for field, name in (("labels_file", config.labels_file), ("tokenizer_file", config.tokenizer_file))
+        for field, name in (
+            ("labels_file", config.labels_file),
+            ("tokenizer_file", config.tokenizer_file),
+            ("code_file", config.code_file),
+        )
         if name is not None and not _bare_file_name(name)
     ]
 
@@ -264,7 +276,7 @@ def verify_entry(entry_dir: Path) -> list[str]:
         else:
             problems.append(f"{labels_path}: labels file is missing (task {config.task!r})")
     if config.modalities.text is not None and config.tokenizer_file:
-        problems += tokenizer_problems(entry_dir / config.tokenizer_file)
+        problems += tokenizer_problems(entry_dir / config.tokenizer_file, specials=None)
     versions = version_dirs(entry_dir)
     if not versions:
         problems.append(f"{entry_dir}: no version directory (e.g. 1/)")
@@ -275,6 +287,8 @@ def verify_entry(entry_dir: Path) -> list[str]:
         onnx_path, ts_path = version / MODEL_FILES["onnx"], version / MODEL_FILES["torchscript"]
         if onnx_path.is_file():
             problems += onnx_file_problems(onnx_path, config)
+            if config.tokenizer_file:
+                problems += vocabulary_problems(entry_dir / config.tokenizer_file, onnx_path, config)
         if ts_path.is_file():
             problems += torchscript_file_problems(ts_path, config)
     return problems

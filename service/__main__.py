@@ -46,6 +46,12 @@ def _add_serve(sub: Any) -> None:
         const=True,
         help="load TorchScript model.pt files (they are code: trusted repositories only)",
     )
+    p.add_argument(
+        "--allow-model-code",
+        action="store_true",
+        default=None,
+        help="run entries' own preprocess/postprocess Python (code_file): only for a trusted repository",
+    )
     p.set_defaults(func=_serve)
 
 

@@ -88,6 +88,7 @@ class FusionServer:
             self.metrics,
             parse_failpoints(settings.failpoints),
             max_stuck_threads=settings.max_stuck_threads,
+            allow_model_code=settings.allow_model_code,
         )
         if place is not None:
             self.registry.process_count = place.count

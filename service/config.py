@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     )
 
     # Security (README "Security")
+    allow_model_code: bool = Field(
+        default=False,
+        description="run entries' own preprocess/postprocess Python (code_file): trusted repositories only",
+    )
     api_token: str | None = Field(default=None, description="bearer token for inference calls")
     admin_token: str | None = Field(default=None, description="bearer token for repository calls")
     model_control: Literal["none", "explicit"] = Field(

@@ -500,6 +500,8 @@ class DataPlane:
             finally:
                 lv.batcher.withdraw(announcement)
             post_start = time.monotonic()
+            if lv.preprocessor.postprocesses:
+                outputs = await offload(self._decoder, lv.preprocessor.postprocess, outputs)
             answers = await finish(lv, outputs, decoded)
             self._report_truncation(lv, decoded, answers)
             self.metrics.child(self.metrics.postprocess_seconds, lv.name, lv.version).observe(

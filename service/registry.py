@@ -123,8 +123,11 @@ class ModelRegistry:
         failpoints: Failpoints | None = None,
         *,
         max_stuck_threads: int = 8,
+        allow_model_code: bool = False,
     ) -> None:
         self.repository = repository
+        #: Run an entry's own Python (config code_file): only for a trusted repository.
+        self.allow_model_code = allow_model_code
         self.metrics = metrics
         self.failpoints = failpoints
         #: More compute threads stuck than this and the process is not live (it cannot recover).
@@ -305,7 +308,7 @@ class ModelRegistry:
         try:
             for index in range(len(devices)):
                 backends.append(await asyncio.to_thread(make_backend, index))
-            preprocessor = await asyncio.to_thread(Preprocessor, config, entry.path)
+            preprocessor = await asyncio.to_thread(Preprocessor, config, entry.path, self.allow_model_code)
             batching = process_share(config.batching, self.process_count)
             batcher = DynamicBatcher(
                 batching,

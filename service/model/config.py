@@ -1,9 +1,12 @@
 """The model-repository contract: ``<repo>/<model>/config.yaml`` as a pydantic schema.
 
 ``models/`` export writes this file and the server reads it; it is the only
-thing the two halves share. The graph's input and output names are fixed by
-convention (see ``GRAPH_INPUTS``), so a config only says which modalities a
-model takes and how to decode them, and which outputs it yields.
+thing the two halves share. A config says which modalities a model takes, how
+to decode each one, and how each becomes the graph's tensors (names, dtype,
+layout, normalisation, padding: the *mapping*), and which outputs it yields.
+Every mapping field defaults to the project's own export contract
+(``GRAPH_INPUTS``, docs/contracts.md §1), so a config that says nothing about
+tensors describes a graph exported by ``fusionserve export``.
 
 A bad file fails with :class:`~service.errors.ConfigError` naming the file and
 the field (``load_model_config``).
@@ -12,6 +15,7 @@ the field (``load_model_config``).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -62,18 +66,66 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: A graph tensor name: what exporters write (``input_ids``, ``pixel_values``,
+#: ``input.1``, ``serving_default:0``), nothing that could break a log line.
+TensorName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}$")]
+#: One value per colour channel, in the model's channel order.
+ChannelValues = tuple[float, float, float]
+
+
 class ImageSpec(_Strict):
-    """How the server turns an uploaded image into the graph's uint8 ``[H,W,3]``."""
+    """How the server turns an upload into the graph's image tensor.
+
+    Decoding always yields uint8 RGB ``[H,W,3]`` per row; ``dtype``, ``scale``,
+    ``mean``, ``std``, ``channel_order`` and ``layout`` are applied to the
+    whole batch at once, vectorised: ``(pixel * scale - mean) / std``.
+    """
 
     height: int = Field(gt=0, le=4096)
     width: int = Field(gt=0, le=4096)
-    resize: Literal["stretch", "letterbox", "center_crop"] = "stretch"
+    resize: Literal["stretch", "letterbox", "center_crop", "shortest_side"] = Field(
+        default="stretch",
+        description="shortest_side: scale the shortest side to shortest_side, then crop the centre",
+    )
+    shortest_side: int | None = Field(
+        default=None, gt=0, le=8192, description="with resize: shortest_side (torchvision's Resize(N))"
+    )
     max_pixels: int = Field(default=40_000_000, gt=0, description="decoded pixel limit (bombs)")
     max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    input: TensorName = Field(default="image", description="graph input that takes the image")
+    mask_input: TensorName | None = Field(
+        default="image_mask", description="bool [B] presence input; null: every request must carry an image"
+    )
+    layout: Literal["NHWC", "NCHW"] = "NHWC"
+    dtype: Literal["uint8", "float32", "float16"] = "uint8"
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    scale: float = Field(default=1.0, gt=0, description="pixels (0..255) are multiplied by this first")
+    mean: ChannelValues | None = Field(default=None, description="subtracted after scale, per channel")
+    std: ChannelValues | None = Field(default=None, description="divided by after mean, per channel")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImageSpec:
+        if self.dtype == "uint8" and (self.scale != 1.0 or self.mean is not None or self.std is not None):
+            raise ValueError(
+                "dtype uint8 takes raw pixels: scale, mean and std need dtype float32 or float16"
+            )
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError(f"std values must be positive, got {list(self.std)}")
+        if (self.resize == "shortest_side") != (self.shortest_side is not None):
+            raise ValueError("resize: shortest_side and the shortest_side field go together")
+        if self.shortest_side is not None and self.shortest_side < max(self.height, self.width):
+            raise ValueError(
+                f"shortest_side {self.shortest_side} is smaller than the crop {self.height}x{self.width}"
+            )
+        return self
+
+    @property
+    def normalises(self) -> bool:
+        return self.dtype != "uint8"
 
 
 class AudioSpec(_Strict):
-    """How the server turns an uploaded sound file into a float32 mono waveform."""
+    """How the server turns an uploaded sound file into the graph's mono waveform tensor."""
 
     sample_rate: int = Field(gt=0, le=192_000)
     max_samples: int = Field(gt=0, description="longer audio is cropped to this many samples")
@@ -83,13 +135,49 @@ class AudioSpec(_Strict):
     max_decode_ms: float = Field(
         default=5000.0, gt=0, description="compressed audio taking longer to decode is refused (413)"
     )
+    input: TensorName = Field(default="audio", description="graph input that takes the waveform [B, T]")
+    length_input: TensorName | None = Field(
+        default="audio_length", description="int64 [B] valid samples per row; null: the graph takes none"
+    )
+    mask_input: TensorName | None = Field(
+        default="audio_mask", description="bool [B] presence input; null: every request must carry audio"
+    )
+    window: Literal["dynamic", "fixed"] = Field(
+        default="dynamic",
+        description="dynamic: pad to the batch's longest row; fixed: pad or crop every row to max_samples",
+    )
+    dtype: Literal["float32", "float16"] = "float32"
 
 
 class TextSpec(_Strict):
-    """How the server tokenises text with the entry's ``tokenizer.json``."""
+    """How the server tokenises text with the entry's ``tokenizer.json`` and feeds the ids."""
 
     max_tokens: int = Field(gt=0, le=4096, description="longer token sequences are truncated")
     max_chars: int = Field(default=2000, gt=0, description="longer texts are refused")
+    input: TensorName = Field(default="text_ids", description="graph input that takes the token ids")
+    attention_input: TensorName | None = Field(
+        default="text_attention", description="[B, L] 1 = real token, 0 = padding; null: none"
+    )
+    token_type_input: TensorName | None = Field(
+        default=None, description="[B, L] token type ids (BERT's token_type_ids, all 0); null: none"
+    )
+    mask_input: TensorName | None = Field(
+        default="text_mask", description="bool [B] presence input; null: every request must carry text"
+    )
+    special_tokens: bool = Field(
+        default=False,
+        description="run the tokenizer's post-processor ([CLS] ... [SEP]); counted in max_tokens",
+    )
+    padding: Literal["longest", "fixed"] = Field(
+        default="longest", description="longest: pad to the longest row of the batch; fixed: to max_tokens"
+    )
+    pad_id: int | None = Field(
+        default=None, ge=0, description="id written in padding; null: the tokenizer file's pad id, else 0"
+    )
+    truncation: Literal["right", "left"] = Field(
+        default="right", description="which end loses tokens beyond max_tokens"
+    )
+    dtype: Literal["int64", "int32"] = Field(default="int64", description="of ids, attention and token types")
 
 
 class ModalitiesSpec(_Strict):
@@ -105,6 +193,10 @@ class ModalitiesSpec(_Strict):
 
     def present(self) -> list[Modality]:
         return [m for m in Modality if getattr(self, m.value) is not None]
+
+    def required(self) -> list[Modality]:
+        """Modalities every request must carry: the graph has no presence mask for them."""
+        return [m for m in self.present() if getattr(self, m.value).mask_input is None]
 
 
 class OutputKind(str, Enum):
@@ -122,11 +214,23 @@ AttributionKind = Literal["logits", "gate", "attention"]
 
 
 class OutputSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: TensorName = Field(description="the graph output (ONNX) or dict key (TorchScript)")
     kind: OutputKind
     #: For embeddings: which modality this is the embedding of, or "fused".
     source: Literal["fused", "image", "audio", "text"] = "fused"
     dims: int = Field(gt=0)
+    softmax_applied: bool = Field(
+        default=False, description="logits: the graph already returns probabilities (no softmax here)"
+    )
+    normalized: bool = Field(
+        default=True, description="embedding: the graph already L2-normalises it (false: the server does)"
+    )
+    index: int | None = Field(
+        default=None,
+        ge=0,
+        description="TorchScript tuple outputs: position in the tuple (default: list order)",
+    )
+
     #: For attribution outputs: what the numbers are, and the modalities of its columns.
     attribution: AttributionKind | None = None
     modalities: list[Literal["image", "audio", "text"]] | None = None
@@ -164,6 +268,21 @@ class Costs(_Strict):
             + self.audio_second * sizes.get("audio", 0.0)
             + self.text_token * sizes.get("text", 0.0)
         )
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """One graph input the config maps: its role, name, dtype and shape, and the field that names it.
+
+    ``shape`` holds ints for fixed axes and ``"batch"``, ``"T"``, ``"L"`` for
+    dynamic ones.
+    """
+
+    role: str
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    field: str
 
 
 class Batching(_Strict):
@@ -244,6 +363,9 @@ class ModelConfig(_Strict):
     outputs: Annotated[list[OutputSpec], Field(min_length=1)]
     labels_file: str | None = LABELS_FILE
     tokenizer_file: str | None = TOKENIZER_FILE
+    #: The entry's own preprocess/postprocess module (service/model/code.py); runs
+    #: only when the server allows repository code.
+    code_file: str | None = None
     version_policy: VersionPolicy = VersionPolicy()
     batching: Batching = Batching()
     instance_groups: Annotated[list[InstanceGroup], Field(min_length=1)] = [InstanceGroup()]
@@ -273,10 +395,47 @@ class ModelConfig(_Strict):
                 raise ValueError(
                     f"output {out.name!r} is the embedding of a modality the model does not take"
                 )
+        indices = [o.index for o in self.outputs if o.index is not None]
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"output indices must be unique, got {indices}")
+        inputs = [g.name for g in self.graph_inputs()]
+        dupes = sorted({n for n in inputs if inputs.count(n) > 1})
+        if dupes:
+            raise ValueError(f"graph input names {dupes} are mapped to more than one role")
         return self
 
+    def graph_inputs(self) -> list[GraphInput]:
+        """Every graph input the mapping names, in the order of the project's contract."""
+        found: list[GraphInput] = []
+        spec = self.modalities
+
+        def add(role: str, name: str | None, dtype: str, shape: tuple[int | str, ...], field: str) -> None:
+            if name is not None:
+                found.append(GraphInput(role, name, dtype, shape, f"modalities.{field}"))
+
+        if spec.image is not None:
+            im = spec.image
+            hw: tuple[int | str, ...] = (im.height, im.width)
+            shape = ("batch", *hw, 3) if im.layout == "NHWC" else ("batch", 3, *hw)
+            add("image", im.input, im.dtype, shape, "image.input")
+            add("image_mask", im.mask_input, "bool", ("batch",), "image.mask_input")
+        if spec.audio is not None:
+            au = spec.audio
+            t: int | str = au.max_samples if au.window == "fixed" else "T"
+            add("audio", au.input, au.dtype, ("batch", t), "audio.input")
+            add("audio_length", au.length_input, "int64", ("batch",), "audio.length_input")
+            add("audio_mask", au.mask_input, "bool", ("batch",), "audio.mask_input")
+        if spec.text is not None:
+            tx = spec.text
+            length: int | str = tx.max_tokens if tx.padding == "fixed" else "L"
+            add("text_ids", tx.input, tx.dtype, ("batch", length), "text.input")
+            add("text_attention", tx.attention_input, tx.dtype, ("batch", length), "text.attention_input")
+            add("text_token_types", tx.token_type_input, tx.dtype, ("batch", length), "text.token_type_input")
+            add("text_mask", tx.mask_input, "bool", ("batch",), "text.mask_input")
+        return found
+
     def graph_input_names(self) -> list[str]:
-        return [n for m in self.modalities.present() for n in GRAPH_INPUTS[m]]
+        return [g.name for g in self.graph_inputs()]
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

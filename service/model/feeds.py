@@ -5,6 +5,9 @@ gets zeros and ``<modality>_mask = False`` (docs/contracts.md §1). Text and
 audio are padded with zeros to the longest row of the batch — never to the
 configured maximum — so short requests batched together stay cheap; the
 graph ignores the padding through ``audio_length`` and ``text_attention``.
+A config may say otherwise (docs/model-config.md, "Mapping"): fixed windows,
+another pad id, float images normalised per channel, NCHW. Those changes are
+made here, once per batch and vectorised, never per pixel in Python.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.errors import InternalError
-from service.model.config import ModelConfig
+from service.model.config import AudioSpec, ImageSpec, ModelConfig, TextSpec
 from service.model.rows import DecodedRow, RowOutputs
 
 Feeds = dict[str, np.ndarray]
@@ -26,25 +29,26 @@ def collate(rows: list[DecodedRow], config: ModelConfig) -> tuple[Feeds, dict[st
     """
     if not rows:
         raise InternalError("cannot collate an empty batch")
-    feeds: Feeds = {}
+    by_role: Feeds = {}
     padding: dict[str, float] = {}
     spec = config.modalities
     if spec.image is not None:
-        feeds.update(_images(rows, spec.image.height, spec.image.width))
+        by_role.update(_images(rows, spec.image))
     if spec.audio is not None:
-        audio, ratio = _audio(rows, spec.audio.min_samples)
-        feeds.update(audio)
+        audio, ratio = _audio(rows, spec.audio)
+        by_role.update(audio)
         if ratio is not None:
             padding["audio"] = ratio
     if spec.text is not None:
-        text, ratio = _text(rows)
-        feeds.update(text)
+        text, ratio = _text(rows, spec.text)
+        by_role.update(text)
         if ratio is not None:
             padding["text"] = ratio
-    return {name: feeds[name] for name in config.graph_input_names()}, padding
+    return {g.name: by_role[g.role] for g in config.graph_inputs()}, padding
 
 
-def _images(rows: list[DecodedRow], height: int, width: int) -> Feeds:
+def _images(rows: list[DecodedRow], spec: ImageSpec) -> Feeds:
+    height, width = spec.height, spec.width
     batch = np.zeros((len(rows), height, width, 3), dtype=np.uint8)
     mask = np.zeros(len(rows), dtype=np.bool_)
     for i, row in enumerate(rows):
@@ -56,7 +60,41 @@ def _images(rows: list[DecodedRow], height: int, width: int) -> Feeds:
             )
         batch[i] = row.image
         mask[i] = True
-    return {"image": batch, "image_mask": mask}
+    return {"image": image_tensor(batch, mask, spec), "image_mask": mask}
+
+
+def image_tensor(batch: np.ndarray, present: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """uint8 RGB ``[B,H,W,3]`` → the graph's image tensor, on the whole batch at once.
+
+    ``(pixel * scale - mean) / std`` per channel, folded into one multiply and
+    one add (``pixel * scale/std - mean/std``, within a float32 rounding of the
+    three-step form), in the graph's channel order, dtype and layout; absent
+    rows stay all zeros. The layout change is made on the uint8 batch, before
+    the float copy, where it moves a quarter of the bytes. The bundled
+    contract (uint8 RGB NHWC) returns ``batch`` itself.
+    """
+    if spec.channel_order == "BGR":
+        batch = batch[..., ::-1]
+    if spec.layout == "NCHW":
+        batch = batch.transpose(0, 3, 1, 2)
+    batch = np.ascontiguousarray(batch)
+    if not spec.normalises:
+        return batch
+    gain, offset = _affine(spec)
+    shape = (1, 3, 1, 1) if spec.layout == "NCHW" else (1, 1, 1, 3)
+    out = batch.astype(np.float32)
+    out *= gain.reshape(shape)
+    out += offset.reshape(shape)
+    if not present.all():
+        out[~present] = 0
+    return out if spec.dtype == "float32" else out.astype(spec.dtype)
+
+
+def _affine(spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``scale / std`` and ``-mean / std`` (float32)."""
+    std = np.asarray(spec.std if spec.std is not None else (1.0, 1.0, 1.0), dtype=np.float64)
+    mean = np.asarray(spec.mean if spec.mean is not None else (0.0, 0.0, 0.0), dtype=np.float64)
+    return (spec.scale / std).astype(np.float32), (-mean / std).astype(np.float32)
 
 
 def _ratio(lengths: list[int], padded_to: int) -> float | None:
@@ -68,32 +106,36 @@ def _ratio(lengths: list[int], padded_to: int) -> float | None:
     return (total - sum(present)) / total
 
 
-def _audio(rows: list[DecodedRow], min_samples: int) -> tuple[Feeds, float | None]:
+def _audio(rows: list[DecodedRow], spec: AudioSpec) -> tuple[Feeds, float | None]:
     for i, row in enumerate(rows):
         if row.audio is not None and row.audio.ndim != 1:
             raise InternalError(f"row {i}: decoded audio has shape {row.audio.shape}, expected [T]")
-    lengths = [0 if r.audio is None else len(r.audio) for r in rows]
-    width = max(max(lengths), min_samples)
+    lengths = [0 if r.audio is None else min(len(r.audio), spec.max_samples) for r in rows]
+    width = spec.max_samples if spec.window == "fixed" else max(max(lengths), spec.min_samples)
     batch = np.zeros((len(rows), width), dtype=np.float32)
     for i, row in enumerate(rows):
         if row.audio is not None:
-            batch[i, : lengths[i]] = row.audio
+            batch[i, : lengths[i]] = row.audio[: lengths[i]]
     feeds: Feeds = {
-        "audio": batch,
+        "audio": batch if spec.dtype == "float32" else batch.astype(spec.dtype),
         "audio_length": np.asarray(lengths, dtype=np.int64),
         "audio_mask": np.asarray([r.audio is not None for r in rows], dtype=np.bool_),
     }
     return feeds, _ratio(lengths, width)
 
 
-def _text(rows: list[DecodedRow]) -> tuple[Feeds, float | None]:
+def _text(rows: list[DecodedRow], spec: TextSpec) -> tuple[Feeds, float | None]:
     for i, row in enumerate(rows):
         if row.text_ids is not None and row.text_ids.ndim != 1:
             raise InternalError(f"row {i}: token ids have shape {row.text_ids.shape}, expected [L]")
     lengths = [0 if r.text_ids is None else len(r.text_ids) for r in rows]
-    width = max(max(lengths), 1)
-    ids = np.zeros((len(rows), width), dtype=np.int64)
-    attention = np.zeros((len(rows), width), dtype=np.int64)
+    width = spec.max_tokens if spec.padding == "fixed" else max(max(lengths), 1)
+    if max(lengths) > width:
+        raise InternalError(f"a row holds {max(lengths)} tokens, over the fixed length {width}")
+    dtype = np.dtype(spec.dtype)
+    pad = spec.pad_id or 0
+    ids = np.full((len(rows), width), pad, dtype=dtype) if pad else np.zeros((len(rows), width), dtype=dtype)
+    attention = np.zeros((len(rows), width), dtype=dtype)
     for i, row in enumerate(rows):
         if row.text_ids is not None:
             ids[i, : lengths[i]] = row.text_ids
@@ -103,6 +145,8 @@ def _text(rows: list[DecodedRow]) -> tuple[Feeds, float | None]:
         "text_attention": attention,
         "text_mask": np.asarray([r.text_ids is not None for r in rows], dtype=np.bool_),
     }
+    if spec.token_type_input is not None:
+        feeds["text_token_types"] = np.zeros((len(rows), width), dtype=dtype)
     return feeds, _ratio(lengths, width)
 
 

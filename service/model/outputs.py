@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import InvalidInput
-from service.model.config import ModelConfig, OutputKind
+from service.model.config import ModelConfig, OutputKind, OutputSpec
 from service.model.rows import RowOutputs
 
 #: What ``predict`` can add to its answer (``include``), besides the labels.
@@ -79,10 +79,11 @@ def predictions(
         raise InvalidInput(f"model {config.name!r} is an embedding model: use embed, not predict")
     names = labels or []
     k = min(top_k, len(names))
-    logits_name = next(o.name for o in config.outputs if o.kind == OutputKind.logits)
+    logits = next(o for o in config.outputs if o.kind == OutputKind.logits)
     answers = []
     for out, used in zip(outputs, modalities, strict=True):
-        probs = softmax(np.asarray(out[logits_name]).reshape(-1))
+        values = np.asarray(out[logits.name]).reshape(-1)
+        probs = values.astype(np.float32) if logits.softmax_applied else softmax(values)
         order = np.argsort(-probs, kind="stable")[:k]
         answer = Prediction(
             model=config.name,
@@ -152,9 +153,9 @@ def _embeddings_of(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The fused embedding and those of the modalities the row carried."""
     specs = [o for o in config.outputs if o.kind == OutputKind.embedding]
-    per: dict[str, np.ndarray] = {o.source: np.asarray(out[o.name]) for o in specs if o.source in used}
+    per: dict[str, np.ndarray] = {o.source: _vector(out[o.name], o) for o in specs if o.source in used}
     fused_spec = next((o for o in specs if o.source == "fused"), None)
-    fused = np.asarray(out[fused_spec.name]) if fused_spec else _mean_normalised(list(per.values()))
+    fused = _vector(out[fused_spec.name], fused_spec) if fused_spec else _mean_normalised(list(per.values()))
     return fused, per
 
 
@@ -166,6 +167,15 @@ def _attribution_of(config: ModelConfig, out: RowOutputs, used: list[str]) -> At
         kind=str(spec.attribution),
         values={m: values[i] for i, m in enumerate(columns) if m in used},
     )
+
+
+def _vector(value: np.ndarray, spec: OutputSpec) -> np.ndarray:
+    """One row's embedding as float32 ``[D]``, L2-normalised here when the graph did not."""
+    vector = np.asarray(value, dtype=np.float32).reshape(-1)
+    if spec.normalized:
+        return vector
+    norm = float(np.linalg.norm(vector))
+    return vector / np.float32(norm) if norm > 0 else vector
 
 
 def _mean_normalised(vectors: list[np.ndarray]) -> np.ndarray:

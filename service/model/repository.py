@@ -16,8 +16,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tokenizers import Tokenizer
+
 from service.errors import SHOWN_CHARS, ConfigError, ModelNotFound, shown
 from service.model.config import CONFIG_FILE, MODEL_FILES, ModelConfig, load_model_config
+from service.model.graph import embedding_rows
+from service.preprocess.text import tokenizer_pad_id
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _VERSION = re.compile(r"^[1-9][0-9]{0,8}$")
@@ -128,6 +132,7 @@ class ModelRepository:
             entry.labels = self._read_labels(path, config)
             self._check_tokenizer(path, config)
             entry.versions = self._select_versions(path, config)
+            entry.config = self._resolve_text(path, config, entry.versions)
         except ConfigError as exc:
             entry.error = exc.message
         except (OSError, UnicodeDecodeError) as exc:
@@ -181,6 +186,35 @@ class ModelRepository:
             )
         if not tok.is_file():
             raise ConfigError(f"{tok}: tokenizer file is missing (config field tokenizer_file)")
+
+    @staticmethod
+    def _resolve_text(path: Path, config: ModelConfig, versions: list[VersionFiles]) -> ModelConfig:
+        """Fill in the pad id from the tokenizer file, and refuse ids the graph cannot embed."""
+        text = config.modalities.text
+        if text is None or not config.tokenizer_file:
+            return config
+        tokenizer_path = path / config.tokenizer_file
+        try:
+            tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        except Exception:  # tokenizers raises a bare Exception; loading the version reports it
+            return config
+        pad_id = text.pad_id if text.pad_id is not None else (tokenizer_pad_id(tokenizer) or 0)
+        vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+        if config.backend == "onnx":
+            for vf in versions:
+                rows = embedding_rows(vf.path, text.input)
+                if rows is not None and max(vocab - 1, pad_id) >= rows:
+                    raise ConfigError(
+                        f"{path / CONFIG_FILE}: tokenizer_file: {config.tokenizer_file} yields ids up to "
+                        f"{vocab - 1} (pad id {pad_id}), but the token embedding that graph input "
+                        f"{text.input!r} indexes in {vf.path.parent.name}/{vf.path.name} has {rows} rows",
+                        file=str(path / CONFIG_FILE),
+                        field="tokenizer_file",
+                    )
+        if pad_id == text.pad_id:
+            return config
+        modalities = config.modalities.model_copy(update={"text": text.model_copy(update={"pad_id": pad_id})})
+        return config.model_copy(update={"modalities": modalities})
 
     @staticmethod
     def _select_versions(path: Path, config: ModelConfig) -> list[VersionFiles]:

@@ -16,7 +16,12 @@ Decisions a model author needs to know (the training pipeline should match):
   JPEGs are first decoded at 1/2, 1/4 or 1/8 scale by libjpeg (``draft``)
   when the target is that much smaller, which is several times faster.
 - ``stretch`` ignores aspect; ``letterbox`` keeps aspect and pads with black,
-  centred; ``center_crop`` keeps aspect, fills the target and crops the centre.
+  centred; ``center_crop`` keeps aspect, fills the target and crops the centre;
+  ``shortest_side`` scales the shortest side to ``shortest_side`` and crops the
+  centre (torchvision's ``Resize(N)`` + ``CenterCrop``, done as one resampling
+  of the source rectangle, so not bit-identical to torchvision's two steps).
+- Normalisation, dtype, channel order and layout are not done here but on the
+  whole batch (:func:`service.model.feeds.image_tensor`).
 - Arrays returned may be read-only; callers copy them into a batch anyway.
 - Animated GIF, WebP and AVIF: only the **first frame** is decoded and used.
 - HEIC/HEIF (phones) needs the optional ``media`` extra (pillow-heif); AVIF
@@ -278,6 +283,8 @@ def _scale(src: tuple[int, int], spec: ImageSpec) -> tuple[float, float]:
         sx = sy = min(sx, sy)
     elif spec.resize == "center_crop":
         sx = sy = max(sx, sy)
+    elif spec.resize == "shortest_side" and spec.shortest_side is not None:
+        sx = sy = spec.shortest_side / min(src)
     return sx, sy
 
 
@@ -338,10 +345,17 @@ def _resize_to_array(im: Image.Image, spec: ImageSpec) -> np.ndarray:
     target = (spec.width, spec.height)
     if spec.resize == "letterbox" and im.size != target:
         return _letterbox(im, spec)
-    if im.size != target:
-        box = _crop_box(im.size, spec) if spec.resize == "center_crop" else None
+    if not _unchanged(im.size, spec):
+        box = _crop_box(im.size, spec) if spec.resize in ("center_crop", "shortest_side") else None
         im = im.resize(target, RESAMPLE, box=box)
     return _as_rgb_array(im)
+
+
+def _unchanged(size: tuple[int, int], spec: ImageSpec) -> bool:
+    """True when the resize would return the source as it is."""
+    if spec.resize == "shortest_side":
+        return size == (spec.width, spec.height) and spec.shortest_side == min(size)
+    return size == (spec.width, spec.height)
 
 
 def _crop_box(size: tuple[int, int], spec: ImageSpec) -> tuple[float, float, float, float]:
@@ -380,6 +394,6 @@ def _from_array(values: np.ndarray, spec: ImageSpec, field: str) -> np.ndarray:
             field=field,
         )
     _check_pixels(values.shape[1], values.shape[0], spec, field)
-    if values.ndim == 3 and values.shape[:2] == (spec.height, spec.width):
+    if values.ndim == 3 and _unchanged((values.shape[1], values.shape[0]), spec):
         return np.ascontiguousarray(values)
     return _resize_to_array(Image.fromarray(np.ascontiguousarray(values)), spec)

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile
 
-from service.errors import InvalidInput, UnprocessableInput
-from service.model.config import TOKENIZER_FILE, AudioSpec, ModelConfig
-from service.model.rows import DecodedRow, RawInputs
+from service.errors import UnprocessableInput
+from service.model.code import ModelCode, load_model_code
+from service.model.config import CONFIG_FILE, TOKENIZER_FILE, AudioSpec, ModelConfig
+from service.model.rows import DecodedRow, RawInputs, RowOutputs
 from service.preprocess.audio import decode_audio
 from service.preprocess.image import decode_image, header_pixels
 from service.preprocess.text import TextEncoder
@@ -29,9 +30,13 @@ class Preprocessor:
     pool uses every core). Holds no per-request state.
     """
 
-    def __init__(self, config: ModelConfig, model_dir: Path) -> None:
+    def __init__(self, config: ModelConfig, model_dir: Path, allow_model_code: bool = False) -> None:
         self.config = config
         spec = config.modalities
+        self.code: ModelCode | None = None
+        if config.code_file:
+            config_file = Path(model_dir) / CONFIG_FILE
+            self.code = load_model_code(Path(model_dir), config.code_file, allow_model_code, config_file)
         self._text: TextEncoder | None = None
         if spec.text is not None:
             path = Path(model_dir) / (config.tokenizer_file or TOKENIZER_FILE)
@@ -68,8 +73,15 @@ class Preprocessor:
         for name in present:
             if getattr(spec, name) is None:
                 taken = ", ".join(m.value for m in spec.present())
-                raise InvalidInput(
+                raise UnprocessableInput(
                     f"model {self.config.name!r} does not take {name} (it takes {taken})", field=name
+                )
+        for needed in spec.required():
+            if needed.value not in present:
+                raise UnprocessableInput(
+                    f"model {self.config.name!r} needs {needed.value} in every request: its graph has no "
+                    f"presence mask for {needed.value}, so it cannot answer without one",
+                    field=needed.value,
                 )
         row = DecodedRow()
         if raw.image is not None and spec.image is not None:
@@ -93,7 +105,26 @@ class Preprocessor:
             row.sizes["text"] = row.text_ids.shape[0]
             if tokens > row.text_ids.shape[0]:
                 row.truncated["text"] = (tokens, int(row.text_ids.shape[0]))
+        if self.code is not None and self.code.preprocess is not None:
+            start = time.perf_counter()
+            arrays = {
+                k: v
+                for k, v in (("image", row.image), ("audio", row.audio), ("text_ids", row.text_ids))
+                if v is not None
+            }
+            for key, value in self.code.run_preprocess(arrays).items():
+                setattr(row, key, value)
+            row.decode_seconds["code"] = time.perf_counter() - start
         return row
+
+    @property
+    def postprocesses(self) -> bool:
+        return self.code is not None and self.code.postprocess is not None
+
+    def postprocess(self, outputs: list[RowOutputs]) -> list[RowOutputs]:
+        """The entry's own ``postprocess`` on each row's graph outputs (in a decode thread)."""
+        assert self.code is not None
+        return [self.code.run_postprocess(row) for row in outputs]
 
 
 def audio_length(raw: bytes | np.ndarray, kept: np.ndarray, spec: AudioSpec) -> int:

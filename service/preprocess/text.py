@@ -3,11 +3,16 @@
 Using the exported tokenizer file (never a re-implementation) is what keeps
 serving's ids identical to training's. Decisions a model author needs to know:
 
-- No special tokens are added; the graph sees exactly the text's tokens.
+- By default no special tokens are added; the graph sees exactly the text's
+  tokens. With ``special_tokens: true`` the file's own post-processor runs
+  (BERT's ``[CLS] … [SEP]``), and truncation keeps room for those tokens.
 - Texts longer than ``max_chars`` characters are refused; token sequences
-  longer than ``max_tokens`` keep their **first** ``max_tokens`` tokens.
+  longer than ``max_tokens`` keep their **first** ``max_tokens`` tokens
+  (``truncation: left``: their last).
 - Padding and truncation settings stored in the file are switched off: the
-  server pads batches itself (pad id 0, with an attention mask).
+  server pads batches itself (pad id 0 unless the config or the file says
+  otherwise, with an attention mask). The ids are the file's own: no token is
+  assumed to have any particular id.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ class TextEncoder:
     def __init__(self, tokenizer: Tokenizer, spec: TextSpec) -> None:
         tokenizer.no_padding()
         tokenizer.no_truncation()
+        if spec.special_tokens:
+            # The tokenizer counts its own special tokens against max_length.
+            tokenizer.enable_truncation(max_length=spec.max_tokens, direction=spec.truncation)
         self._tokenizer = tokenizer
         self._spec = spec
 
@@ -59,7 +67,21 @@ class TextEncoder:
             )
         if not text.strip():
             raise InvalidInput(f"field {field!r}: empty text", field=field)
-        ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+        spec = self._spec
+        ids = self._tokenizer.encode(text, add_special_tokens=spec.special_tokens).ids
         if not ids:
             raise InvalidInput(f"field {field!r}: text has no tokens the model knows", field=field)
-        return np.array(ids[: self._spec.max_tokens], dtype=np.int64), len(ids)
+        kept = ids[-spec.max_tokens :] if spec.truncation == "left" else ids[: spec.max_tokens]
+        return np.array(kept, dtype=np.int64), len(ids)
+
+
+def tokenizer_pad_id(tokenizer: Tokenizer) -> int | None:
+    """The pad id a ``tokenizer.json`` declares (its padding block, else a ``[PAD]``/``<pad>`` token)."""
+    padding = tokenizer.padding
+    if padding is not None and "pad_id" in padding:
+        return int(padding["pad_id"])
+    for token in ("[PAD]", "<pad>"):
+        found = tokenizer.token_to_id(token)
+        if found is not None:
+            return int(found)
+    return None

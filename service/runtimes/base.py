@@ -12,8 +12,6 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from service.errors import ConfigError
-
 
 @dataclass(frozen=True)
 class DeviceSpec:
@@ -48,33 +46,3 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the session or module (and its device memory)."""
         ...
-
-
-def check_input_names(declared: list[str], found: list[str], model_file: str) -> None:
-    """Fail at load, naming the input, when the graph and the config disagree.
-
-    Catching this at load turns a confusing per-request runtime error into one
-    clear message while the repository is being read.
-    """
-    for name in declared:
-        if name not in found:
-            raise ConfigError(f"graph input {name!r} is missing in {model_file}", file=model_file, field=name)
-    for name in found:
-        if name not in declared:
-            raise ConfigError(
-                f"graph has input {name!r} that the config does not declare ({model_file})",
-                file=model_file,
-                field=name,
-            )
-
-
-def check_output_names(declared: list[str], found: list[str], model_file: str) -> None:
-    """Every output the config declares must be one the graph yields."""
-    for name in declared:
-        if name not in found:
-            raise ConfigError(
-                f"output {name!r} declared in the config is not an output of {model_file} "
-                f"(graph outputs: {found})",
-                file=model_file,
-                field=name,
-            )

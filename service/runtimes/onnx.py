@@ -22,8 +22,9 @@ import onnxruntime as ort
 from service.config import default_engine_cache_dir
 from service.cpus import available_cpus
 from service.errors import ConfigError
-from service.model.config import INPUT_DTYPES, ModelConfig
-from service.runtimes.base import DeviceSpec, check_input_names, check_output_names
+from service.model.config import ModelConfig
+from service.model.graph import TensorInfo, check_graph
+from service.runtimes.base import DeviceSpec
 from service.runtimes.gpu_options import cuda_options, tensorrt_options
 from service.runtimes.occupancy import OCCUPANCY
 
@@ -36,12 +37,16 @@ _OPT_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
-#: ORT's type strings for the contract's dtypes.
+#: ORT's type strings → numpy dtype names (what configs say).
 _ORT_TYPES = {
-    np.uint8: "tensor(uint8)",
-    np.bool_: "tensor(bool)",
-    np.float32: "tensor(float)",
-    np.int64: "tensor(int64)",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(bool)": "bool",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
 }
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -108,6 +113,18 @@ def session_options(config: ModelConfig, intra_op_threads: int | None = None) ->
     return opts
 
 
+def _describe(args: list[Any]) -> list[TensorInfo]:
+    """ORT's ``NodeArg`` list as :class:`TensorInfo` (symbolic or unknown axes → ``None``)."""
+    return [
+        TensorInfo(
+            a.name,
+            _ORT_TYPES.get(a.type, a.type),
+            None if a.shape is None else tuple(d if isinstance(d, int) else None for d in a.shape),
+        )
+        for a in args
+    ]
+
+
 class OnnxBackend:
     """A model instance on ONNX Runtime."""
 
@@ -118,7 +135,9 @@ class OnnxBackend:
         self.session = self._open(config, model_path, device)
         self.providers: list[str] = list(self.session.get_providers())
         self.device = self._real_device(device)
-        self._check_graph()
+        check_graph(
+            config, _describe(self.session.get_inputs()), _describe(self.session.get_outputs()), model_path
+        )
         #: IO binding on GPU sessions: ORT's device name for the bound outputs, or None.
         self.binding_device: str | None = None
         if config.onnx.io_binding and self.device != "cpu":
@@ -169,19 +188,6 @@ class OnnxBackend:
             return "cpu"
         log.info("%s: session providers in use: %s", self._file, self.providers)
         return str(device)
-
-    def _check_graph(self) -> None:
-        inputs = {i.name: i.type for i in self.session.get_inputs()}
-        check_input_names(self.input_names, list(inputs), self._file)
-        for name in self.input_names:
-            want = _ORT_TYPES[INPUT_DTYPES[name]]
-            if inputs[name] != want:
-                raise ConfigError(
-                    f"graph input {name!r} in {self._file} has type {inputs[name]}, the contract says {want}",
-                    file=self._file,
-                    field=name,
-                )
-        check_output_names(self.output_names, [o.name for o in self.session.get_outputs()], self._file)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; returns only the outputs the config declares.

@@ -3,12 +3,13 @@
 torch is imported here, lazily, and nowhere else on the serving path: a server
 that only serves ONNX models never loads it.
 
-Inputs are passed positionally in the config's order
-(``ModelConfig.graph_input_names``); the module's ``forward`` argument names
-are checked against that order at load, so a reordered export fails loudly
-instead of silently swapping tensors. The module may return one tensor (one
-declared output), a tuple/list in the config's output order, or a dict keyed
-by output name.
+Inputs are passed by name: each graph input the config maps
+(``ModelConfig.graph_input_names``) must be an argument of ``forward``, checked
+at load, and ``forward`` may take them in any order (an argument with a
+default value may stay unmapped). The module may return one tensor (one
+declared output), a tuple/list (in the config's output order, or at each
+output's ``index``), or a dict keyed by output name. TorchScript is deprecated
+upstream; ONNX is the recommended format (docs/model-config.md).
 
 Threads: ``torch.set_num_threads`` is process-wide, so one model's config must
 not set it for every other model; we leave torch's intra-op pool at its
@@ -26,7 +27,8 @@ import numpy as np
 
 from service.errors import ConfigError, InternalError
 from service.model.config import ModelConfig
-from service.runtimes.base import DeviceSpec, check_input_names
+from service.model.graph import TensorInfo, check_graph
+from service.runtimes.base import DeviceSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ class TorchScriptBackend:
         self._torch = torch
         self.input_names = config.graph_input_names()
         self.output_names = [o.name for o in config.outputs]
+        self._indices = [o.index if o.index is not None else i for i, o in enumerate(config.outputs)]
+        self._positional = all(o.index is None for o in config.outputs)
         self._file = model_path.name
         self.device = str(device)
         if device.kind == "gpu" and not torch.cuda.is_available():
@@ -63,30 +67,27 @@ class TorchScriptBackend:
                 f"{model_path}: torch cannot load the module: {exc}", file=str(model_path)
             ) from exc
         self.module.eval()
-        self._check_signature()
+        self._check_signature(config, model_path)
         log.info("%s: TorchScript module on %s", self._file, self.device)
 
-    def _check_signature(self) -> None:
+    def _check_signature(self, config: ModelConfig, model_path: Path) -> None:
+        """Every mapped input is a ``forward`` argument; every argument without a default is mapped."""
         schema = getattr(getattr(self.module, "forward", None), "schema", None)
         if schema is None:
             return  # not introspectable; calls will fail loudly if it is wrong
-        names = [a.name for a in schema.arguments][1:]  # drop self
-        check_input_names(self.input_names, names, self._file)
-        if names != self.input_names:
-            raise ConfigError(
-                f"{self._file}: forward takes {names}, but inputs are passed positionally in the "
-                f"config's order {self.input_names}",
-                file=self._file,
-            )
+        arguments = schema.arguments[1:]  # drop self
+        mapped = set(self.input_names)
+        inputs = [TensorInfo(a.name) for a in arguments if a.name in mapped or not a.has_default_value()]
+        check_graph(config, inputs, None, model_path)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch under ``inference_mode``; outputs come back as numpy on the CPU."""
         torch = self._torch
         with torch.inference_mode():
-            args = [
-                torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self.input_names
-            ]
-            result = self.module(*args)
+            kwargs = {
+                n: torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self.input_names
+            }
+            result = self.module(**kwargs)
             return {
                 n: np.ascontiguousarray(t.detach().cpu().numpy()) for n, t in self._by_name(result).items()
             }
@@ -100,8 +101,10 @@ class TorchScriptBackend:
             if missing:
                 raise InternalError(f"{self._file} returned no output {missing} (it returned {list(result)})")
             return {n: result[n] for n in self.output_names}
-        if isinstance(result, (tuple, list)) and len(result) == len(self.output_names):
+        if isinstance(result, (tuple, list)) and self._positional and len(result) == len(self.output_names):
             return dict(zip(self.output_names, result, strict=True))
+        if isinstance(result, (tuple, list)) and not self._positional and len(result) > max(self._indices):
+            return {n: result[i] for n, i in zip(self.output_names, self._indices, strict=True)}
         count = len(result) if isinstance(result, (tuple, list)) else "?"
         raise InternalError(
             f"{self._file} returned a {type(result).__name__} of {count} items; "

@@ -135,6 +135,16 @@ class Instance:
         return "cpu" if self.backend.device == "cpu" else "gpu"
 
 
+def _collate_and_run(
+    backend: Backend, rows: list[DecodedRow], config: ModelConfig
+) -> tuple[dict[str, np.ndarray], Timing]:
+    """Feeds for the batch, then the runtime; only the runtime counts as compute time."""
+    feeds, padding = collate(rows, config)
+    start = time.perf_counter()
+    outputs = backend.run(feeds)
+    return outputs, Timing(time.perf_counter() - start, padding)
+
+
 class WorkerPool:
     """Runs the batches of one model version on its instances."""
 
@@ -423,10 +433,7 @@ class WorkerPool:
 
         def run() -> tuple[dict[str, np.ndarray], Timing]:
             try:
-                feeds, padding = collate(rows, config)
-                start = time.perf_counter()
-                outputs = backend.run(feeds)
-                return outputs, Timing(time.perf_counter() - start, padding)
+                return _collate_and_run(backend, rows, config)
             finally:
                 call.finish()
 

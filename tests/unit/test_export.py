@@ -419,12 +419,20 @@ def test_missing_or_wrong_side_files_fail_clearly(
     assert not repo.exists() or list(repo.iterdir()) == []
 
 
-def test_tokenizer_must_follow_the_pad_unk_contract(tmp_path: Path) -> None:
+def test_tokenizer_must_follow_the_pad_unk_contract_when_asked(tmp_path: Path) -> None:
+    """The project's own models demand [PAD]=0, [UNK]=1 (models/entries.py asks); others keep their ids."""
+    from models.verify import TOKENIZER_SPECIALS
+
     bad = tmp_path / "tokenizer.json"
     Tokenizer(WordLevel({"[UNK]": 0, "[PAD]": 1, "one": 2}, unk_token="[UNK]")).save(str(bad))
     with pytest.raises(ExportError, match=r"token \[PAD\] has id 1, the contract needs 0"):
         export_entry(
-            TinyClassifier(), config=_config(), labels=LABELS, tokenizer_path=bad, repo_dir=tmp_path / "r"
+            TinyClassifier(),
+            config=_config(),
+            labels=LABELS,
+            tokenizer_path=bad,
+            repo_dir=tmp_path / "r",
+            tokenizer_specials=TOKENIZER_SPECIALS,
         )
 
 
