@@ -10,6 +10,7 @@ others from loading.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,27 @@ class LoadedVersion:
     batcher: DynamicBatcher
     pool: WorkerPool
     counters: VersionCounters = field(default_factory=VersionCounters)
+    #: Requests that hold this version (decoding, not yet queued). A version
+    #: replaced by a reload or unloaded waits for them before its batcher
+    #: closes, so a request accepted by the old version is answered by it.
+    holders: int = 0
+    _released: asyncio.Event | None = field(default=None, repr=False)
+
+    def hold(self) -> None:
+        self.holders += 1
+
+    def release(self) -> None:
+        self.holders -= 1
+        if self.holders == 0 and self._released is not None:
+            self._released.set()
+
+    async def wait_released(self, timeout_s: float) -> None:
+        """Until no request holds this version (or ``timeout_s`` passes)."""
+        if self.holders == 0:
+            return
+        self._released = asyncio.Event()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._released.wait(), timeout_s)
 
 
 @dataclass
@@ -276,6 +298,7 @@ class ModelRegistry:
     async def _stop_version(
         self, loaded: LoadedVersion, drain_timeout_s: float, *, publish: bool = True
     ) -> None:
+        await loaded.wait_released(drain_timeout_s)
         loaded.batcher.close()
         await loaded.batcher.drain(drain_timeout_s)
         await loaded.pool.stop()

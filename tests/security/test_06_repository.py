@@ -151,3 +151,23 @@ def test_unsafe_entries_are_errors_not_exceptions(tmp_path: Path) -> None:
     for name in repository.names():
         entry = repository.read(name)
         assert entry.error is not None and entry.config is None, name
+
+
+def test_cli_flags_reach_the_settings() -> None:
+    from service.__main__ import build_parser
+
+    args = build_parser().parse_args(["serve", "--allow-torchscript", "--model-control", "explicit"])
+    assert (args.allow_torchscript, args.model_control) == (True, "explicit")
+    assert build_parser().parse_args(["serve"]).allow_torchscript is None  # unset: the env/default decides
+
+
+@pytest.mark.slow
+def test_a_trusted_torchscript_entry_serves(model_repository: Path, tmp_path: Path, server_factory) -> None:
+    """The opt-in side on a real server: ``FUSIONSERVE_ALLOW_TORCHSCRIPT=1`` serves ``model.pt``."""
+    repo = copy_entry(model_repository, tmp_path / "repo", OTHER)
+    _set_config(repo / OTHER, backend="torchscript")
+    server = server_factory(repo, env={"FUSIONSERVE_ALLOW_TORCHSCRIPT": "1"})
+    answer = httpx.post(f"{server.http_url}/v1/models/{OTHER}/embed", json={"text": "seven"}, timeout=60)
+    assert answer.status_code == 200 and answer.json()["embedding"], answer.text
+    meta = httpx.get(f"{server.http_url}/v2/models/{OTHER}", timeout=5).json()
+    assert meta["platform"] == "pytorch_libtorch"
