@@ -36,7 +36,7 @@ venv=.venv-py310
 # The ONNX serving core and the test clients; no torch (the core never imports it).
 "$venv/bin/pip" install -q -e ".[cpu]" "tritonclient[http,grpc]==2.73.0" \
   "pytest>=8" pytest-asyncio pytest-timeout
-"$venv/bin/python" -m pytest -q -p no:cacheprovider \
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -m "not slow" \
   tests/unit/test_batcher.py tests/unit/test_repository.py tests/unit/test_grpc_door.py \
   tests/unit/test_v2_rest_door.py tests/unit/test_http_middleware.py \
   tests/security/test_01_management_plane.py tests/security/test_04_metric_labels.py \

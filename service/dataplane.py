@@ -472,6 +472,7 @@ class DataPlane:
             if not self._accepting:
                 raise NotReady("server is not accepting requests (starting up or draining)")
             lv = self.registry.get(model, version)
+            lv.hold()  # released in _leave; a reload or unload waits for it (registry._stop_version)
             if check is not None:  # what was asked of the model: refused before any decoding
                 check(lv)
             self._check_rows(rows)
@@ -595,6 +596,8 @@ class DataPlane:
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
+        if lv is not None:
+            lv.release()
         self.metrics.child(self.metrics.inflight, protocol).dec()
         version = lv.version if lv else ""
         label = lv.name if lv else self.model_label(model)

@@ -10,9 +10,9 @@ others from loading.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +58,27 @@ class LoadedVersion:
     batcher: DynamicBatcher
     pool: WorkerPool
     counters: VersionCounters = field(default_factory=VersionCounters)
+    #: Requests that hold this version (decoding, not yet queued). A version
+    #: replaced by a reload or unloaded waits for them before its batcher
+    #: closes, so a request accepted by the old version is answered by it.
+    holders: int = 0
+    _released: asyncio.Event | None = field(default=None, repr=False)
+
+    def hold(self) -> None:
+        self.holders += 1
+
+    def release(self) -> None:
+        self.holders -= 1
+        if self.holders == 0 and self._released is not None:
+            self._released.set()
+
+    async def wait_released(self, timeout_s: float) -> None:
+        """Until no request holds this version (or ``timeout_s`` passes)."""
+        if self.holders == 0:
+            return
+        self._released = asyncio.Event()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._released.wait(), timeout_s)
 
 
 @dataclass
@@ -379,14 +400,10 @@ class ModelRegistry:
     ) -> bool:
         """Drain and stop one version; False when work was left or a thread was abandoned.
 
-        Requests that chose this version and are still decoding (announced
-        rows) are let in first: closing under them would fail them.
+        Requests that already chose this version (held from ``DataPlane._serve``
+        until answered) finish first: closing under them would fail them.
         """
-        deadline = time.monotonic() + drain_timeout_s
-        for _ in range(int(drain_timeout_s / 0.005) + 1):
-            if loaded.batcher.expected == 0 or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.005)
+        await loaded.wait_released(drain_timeout_s)
         loaded.batcher.close()
         drained = await loaded.batcher.drain(drain_timeout_s)
         stopped = await loaded.pool.stop(timeout_s=thread_grace_s)

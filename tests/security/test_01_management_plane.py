@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -106,9 +108,31 @@ def test_explicit_needs_admin_token_and_reload_keeps_the_old_version(
     assert meta["versions"] == ["1"]
     assert _predicts(server)
 
-    # A good reload swaps in the new version; requests never see the model missing.
+    # A good reload swaps in the new version; requests sent meanwhile never see the model missing.
     (repo / MODEL / "2" / "model.onnx").write_bytes((repo / MODEL / "1" / "model.onnx").read_bytes())
-    assert httpx.post(f"{url}/load", json={}, headers=admin, timeout=60).status_code == 200
+    statuses: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(base_url=server.http_url, timeout=30) as http:
+            while not stop.is_set():
+                answer = http.post(f"/v1/models/{MODEL}/predict", json=PREDICT)
+                statuses.append((answer.status_code, answer.json().get("version", "")))
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        while not statuses:
+            time.sleep(0.01)
+        assert httpx.post(f"{url}/load", json={}, headers=admin, timeout=60).status_code == 200
+        seen = len(statuses)
+        while len(statuses) < seen + 3:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        sender.join()
+    assert {code for code, _ in statuses} == {200}, statuses
+    assert statuses[0][1] == "1" and statuses[-1][1] == "2"
     meta = httpx.get(f"{server.http_url}/v2/models/{MODEL}", timeout=5).json()
     assert meta["versions"] == ["2"]
     answer = httpx.post(f"{server.http_url}/v1/models/{MODEL}/predict", json=PREDICT, timeout=30)

@@ -40,7 +40,18 @@ def _hostile_repository(model_repository: Path, tmp_path: Path) -> Path:
     torch_entry.rename(repo / "ts-model")
     _set_config(repo / "ts-model", name="ts-model", backend="torchscript")
     (repo / "ts-model" / "1" / "model.pt").write_bytes(b"code would run here")
+    broken = copy_entry(model_repository, tmp_path / "broken", OTHER) / OTHER
+    broken.rename(repo / "broken-graph")
+    _set_config(repo / "broken-graph", name="broken-graph")
+    (repo / "broken-graph" / "1" / "model.onnx").write_bytes(b"not a graph")
     return repo
+
+
+def _settled(url: str) -> bool:
+    """Every entry loaded or failed (none LOADING), the good one ready."""
+    models = httpx.get(f"{url}/v1/models", timeout=5).json()["models"]
+    states = [v["state"] for m in models for v in m["versions"]]
+    return "LOADING" not in states and any(m["name"] == GOOD and m["ready"] for m in models)
 
 
 def test_bad_entries_are_skipped_and_the_server_serves(
@@ -50,9 +61,9 @@ def test_bad_entries_are_skipped_and_the_server_serves(
     server = server_factory(repo, wait=False)
     server.wait_live()
     deadline = time.monotonic() + 120
-    while httpx.get(f"{server.http_url}/v1/models/{GOOD}/ready", timeout=5).status_code != 200:
+    while not _settled(server.http_url):
         assert server.proc.poll() is None, server.log()[-3000:]
-        assert time.monotonic() < deadline, "the good entry never became ready"
+        assert time.monotonic() < deadline, "the repository never finished loading"
         time.sleep(0.1)
     assert server.proc.poll() is None
     answer = httpx.post(f"{server.http_url}/v1/models/{GOOD}/predict", json={"text": "seven"}, timeout=30)
@@ -66,6 +77,14 @@ def test_bad_entries_are_skipped_and_the_server_serves(
     for name in ("linked", "a..b", "ts-model"):
         assert models[name]["ready"] is False
         assert str(tmp_path) not in models[name]["error"]
+    # A graph that does not load: clients get the entry and the reason, the log keeps the path.
+    (broken,) = models["broken-graph"]["versions"]
+    assert broken["state"] == "FAILED" and "model.onnx" in broken["reason"], broken
+    assert str(tmp_path) not in broken["reason"] and "/tmp" not in broken["reason"]
+    answer = httpx.post(f"{server.http_url}/v1/models/broken-graph/embed", json={"text": "s"}, timeout=30)
+    assert answer.status_code == 503 and "broken-graph" in answer.text
+    assert str(tmp_path) not in answer.text
+    assert str(repo / "broken-graph") in server.log()
     # A bad entry is a load failure like any other: counted, and (strict readiness) not ready.
     assert httpx.get(f"{server.http_url}/health/ready", timeout=5).status_code == 503
     metrics = httpx.get(f"{server.http_url}/metrics", timeout=5).text
@@ -151,3 +170,23 @@ def test_unsafe_entries_are_errors_not_exceptions(tmp_path: Path) -> None:
     for name in repository.names():
         entry = repository.read(name)
         assert entry.error is not None and entry.config is None, name
+
+
+def test_cli_flags_reach_the_settings() -> None:
+    from service.__main__ import build_parser
+
+    args = build_parser().parse_args(["serve", "--allow-torchscript", "--model-control", "explicit"])
+    assert (args.allow_torchscript, args.model_control) == (True, "explicit")
+    assert build_parser().parse_args(["serve"]).allow_torchscript is None  # unset: the env/default decides
+
+
+@pytest.mark.slow
+def test_a_trusted_torchscript_entry_serves(model_repository: Path, tmp_path: Path, server_factory) -> None:
+    """The opt-in side on a real server: ``FUSIONSERVE_ALLOW_TORCHSCRIPT=1`` serves ``model.pt``."""
+    repo = copy_entry(model_repository, tmp_path / "repo", OTHER)
+    _set_config(repo / OTHER, backend="torchscript")
+    server = server_factory(repo, env={"FUSIONSERVE_ALLOW_TORCHSCRIPT": "1"})
+    answer = httpx.post(f"{server.http_url}/v1/models/{OTHER}/embed", json={"text": "seven"}, timeout=60)
+    assert answer.status_code == 200 and answer.json()["embedding"], answer.text
+    meta = httpx.get(f"{server.http_url}/v2/models/{OTHER}", timeout=5).json()
+    assert meta["platform"] == "pytorch_libtorch"
