@@ -56,6 +56,7 @@ class FusionServer:
             decode_threads=settings.decode_threads or (os.cpu_count() or 1),
             max_batch_items=settings.max_batch_items,
             max_top_k=settings.max_top_k,
+            strict_readiness=settings.strict_readiness,
         )
         self.http_app = create_http_app(self.dataplane, settings)
         self._stop = asyncio.Event()

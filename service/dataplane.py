@@ -155,8 +155,10 @@ class DataPlane:
         decode_threads: int,
         max_batch_items: int = 64,
         max_top_k: int = 100,
+        strict_readiness: bool = True,
     ) -> None:
         self.registry = registry
+        self.strict_readiness = strict_readiness
         self.metrics = metrics
         self.max_batch_items = max_batch_items
         self.max_top_k = max_top_k
@@ -189,7 +191,30 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return self._accepting and self.registry.all_ready()
+        """Strict: every model has loaded. Lenient (``strict_readiness=False``): at least one has."""
+        if not self._accepting:
+            return False
+        if self.strict_readiness:
+            return self.registry.all_ready()
+        return any(v.state == "READY" for s in self.registry.states() for v in s.versions.values())
+
+    def not_ready_reasons(self) -> dict[str, str]:
+        """Each model that is not ready and why, for ``/health/ready`` (``*``: the server itself)."""
+        reasons: dict[str, str] = {}
+        if not self._accepting:
+            reasons["*"] = "not accepting requests: models still loading, or draining"
+        for state in self.registry.states():
+            waiting = {v: vs for v, vs in state.versions.items() if vs.state != "READY"}
+            if state.error:
+                reasons[state.name] = f"failed: {state.error}"
+            elif not state.versions:
+                reasons[state.name] = "no version found"
+            elif waiting:
+                reasons[state.name] = "; ".join(
+                    f"version {v} {vs.state}" + (f": {vs.reason}" if vs.reason else "")
+                    for v, vs in sorted(waiting.items())
+                )
+        return reasons
 
     def model_ready(self, model: str, version: str | None = None) -> bool:
         try:

@@ -19,6 +19,8 @@ from service.errors import FusionServeError, InternalError
 from service.http.errors import error_response
 from service.http.middleware import GatewayMiddleware
 from service.http.native import native_router
+from service.http.openapi import install_openapi
+from service.http.playground import playground_router
 from service.logs import request_id_var
 
 log = logging.getLogger("fusionserve.http")
@@ -30,13 +32,19 @@ DESCRIPTION = """
 Serve multimodal fusion models. POST any subset of **image** (file), **audio**
 (file) and **text** to `/v1/models/{model}/predict` or `/embed` as
 `multipart/form-data`, or JSON with base64 files. The Open Inference Protocol
-(KServe V2) lives under `/v2`.
+(KServe V2) lives under `/v2`. Try a model in the browser at [/ui](/ui).
+
+Errors: native routes answer `{"error": {"code", "message"}, "request_id"}`,
+`/v2` routes the protocol's `{"error": "message"}`. A method a path does not
+serve answers `405` with an `Allow` header. When the server runs with an API
+token, inference routes need `Authorization: Bearer <token>` (401 otherwise).
 """
 
 
 def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
     app = FastAPIOffline(title="fusionserve", version=__version__, description=DESCRIPTION)
     app.include_router(native_router(dataplane, settings))
+    app.include_router(playground_router())
     try:  # the V2 door is optional while it is being built
         from service.http.v2 import v2_router
     except ImportError:  # pragma: no cover - present in a complete checkout
@@ -58,8 +66,12 @@ def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        body = {"error": {"code": code, "message": str(exc.detail)}, "request_id": request_id_var.get()}
-        return JSONResponse(body, status_code=exc.status_code)
+        message = str(exc.detail)
+        if request.url.path.startswith("/v2"):
+            return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+        body = {"error": {"code": code, "message": message}, "request_id": request_id_var.get()}
+        # exc.headers carries Allow on a 405 (RFC 9110 requires it).
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
@@ -76,6 +88,7 @@ def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
         log.exception("unhandled error on %s", request.url.path)
         return error_response(InternalError(f"internal error: {type(exc).__name__}"), request_id_var.get())
 
+    install_openapi(app)
     app.add_middleware(
         GatewayMiddleware,
         max_body_bytes=settings.max_body_bytes,

@@ -13,9 +13,24 @@ from fastapi.responses import JSONResponse
 
 from service.config import Settings
 from service.dataplane import DataPlane, Embedding, ModelInfo, Prediction
+from service.http import schemas as s
+from service.http.openapi import also, native_body, native_errors, ok
 from service.http.parsing import parse_request, parse_timeout_ms
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
+
+#: Every status an inference route can answer besides 200 (401 only with an API token).
+INFERENCE_ERRORS = (400, 401, 404, 413, 415, 422, 429, 500, 503, 504)
+_PREDICT_DOC: dict[str, Any] = {
+    "response_model": None,
+    "responses": ok(s.PredictResponse, s.PredictBatchResponse) | native_errors(*INFERENCE_ERRORS),
+    "openapi_extra": native_body(top_k=True),
+}
+_EMBED_DOC: dict[str, Any] = {
+    "response_model": None,
+    "responses": ok(s.EmbedResponse, s.EmbedBatchResponse) | native_errors(*INFERENCE_ERRORS),
+    "openapi_extra": native_body(top_k=False),
+}
 
 
 def _prediction_json(p: Prediction) -> dict[str, Any]:
@@ -96,43 +111,96 @@ def native_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
             return {**head, "results": [_embedding_json(e) for e in results]}
         return {**head, **_embedding_json(results[0])}
 
-    @router.post("/v1/models/{model}/predict", tags=["inference"], summary="Classify image/audio/text")
+    @router.post(
+        "/v1/models/{model}/predict",
+        tags=["inference"],
+        summary="Classify image/audio/text",
+        description="The top-k labels for any subset of image, audio and text. Multipart "
+        "form (files), JSON with base64 files, or the JSON batch form `items`.",
+        **_PREDICT_DOC,
+    )
     async def predict(request: Request, model: str) -> dict[str, Any]:
         return await _predict(request, model, None)
 
-    @router.post("/v1/models/{model}/versions/{version}/predict", tags=["inference"])
+    @router.post(
+        "/v1/models/{model}/versions/{version}/predict",
+        tags=["inference"],
+        summary="Classify with one version",
+        **_PREDICT_DOC,
+    )
     async def predict_version(request: Request, model: str, version: str) -> dict[str, Any]:
         return await _predict(request, model, version)
 
-    @router.post("/v1/models/{model}/embed", tags=["inference"], summary="Joint embeddings")
+    @router.post(
+        "/v1/models/{model}/embed",
+        tags=["inference"],
+        summary="Joint embeddings",
+        description="The fused embedding and one per modality sent (embedding models).",
+        **_EMBED_DOC,
+    )
     async def embed(request: Request, model: str) -> dict[str, Any]:
         return await _embed(request, model, None)
 
-    @router.post("/v1/models/{model}/versions/{version}/embed", tags=["inference"])
+    @router.post(
+        "/v1/models/{model}/versions/{version}/embed",
+        tags=["inference"],
+        summary="Joint embeddings from one version",
+        **_EMBED_DOC,
+    )
     async def embed_version(request: Request, model: str, version: str) -> dict[str, Any]:
         return await _embed(request, model, version)
 
-    @router.get("/v1/models", tags=["models"])
+    @router.get(
+        "/v1/models", tags=["models"], summary="Every model", response_model=None, responses=ok(s.ModelList)
+    )
     async def list_models() -> dict[str, Any]:
         return {"models": [model_json(info) for info in dataplane.models()]}
 
-    @router.get("/v1/models/{model}", tags=["models"])
+    @router.get(
+        "/v1/models/{model}",
+        tags=["models"],
+        summary="One model: modalities, limits, labels, versions",
+        response_model=None,
+        responses=ok(s.ModelMetadata) | native_errors(404),
+    )
     async def get_model(model: str) -> dict[str, Any]:
         return model_json(dataplane.model_info(model))
 
-    @router.get("/v1/models/{model}/ready", tags=["health"])
+    @router.get(
+        "/v1/models/{model}/ready",
+        tags=["health"],
+        summary="Whether a model can take requests",
+        response_model=None,
+        responses=ok(s.ModelReady, description="Ready")
+        | also(503, s.ModelReady, "Not ready (loading, failed, or draining)")
+        | native_errors(404),
+    )
     async def model_ready(model: str) -> JSONResponse:
         ready = dataplane.model_ready(model)
         return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
 
-    @router.get("/health/live", tags=["health"])
+    @router.get(
+        "/health/live", tags=["health"], summary="Liveness", response_model=None, responses=ok(s.Live)
+    )
     async def live() -> dict[str, bool]:
         return {"live": dataplane.live()}
 
-    @router.get("/health/ready", tags=["health"])
+    @router.get(
+        "/health/ready",
+        tags=["health"],
+        summary="Readiness",
+        description="503 until every model that should load has loaded (`strict_readiness`, "
+        "the default), and while draining. When not ready, `models` names each model that is "
+        "not and why (e.g. the error that stopped it loading).",
+        response_model=None,
+        responses=ok(s.Ready, description="Ready") | also(503, s.Ready, "Not ready, with the reasons"),
+    )
     async def ready() -> JSONResponse:
-        ok = dataplane.ready()
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        ok_ = dataplane.ready()
+        body: dict[str, Any] = {"ready": ok_}
+        if not ok_:
+            body["models"] = dataplane.not_ready_reasons()
+        return JSONResponse(body, status_code=200 if ok_ else 503)
 
     @router.get("/metrics", tags=["metrics"], include_in_schema=False)
     async def metrics() -> Response:

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
+from service.errors import InvalidInput, UnsupportedMediaType
 from service.http.multipart import parse_multipart
 from service.types import RawInputs
 
@@ -149,5 +149,5 @@ def parse_timeout_ms(value: str | None, max_ms: float = 3_600_000) -> float | No
     except ValueError as exc:
         raise InvalidInput(f"header X-Request-Timeout-Ms must be a number, got {value!r}") from exc
     if not 0 < ms <= max_ms or ms != ms:
-        raise LimitExceeded(f"header X-Request-Timeout-Ms must lie in (0, {max_ms:g}], got {value!r}")
+        raise InvalidInput(f"header X-Request-Timeout-Ms must lie in (0, {max_ms:g}], got {value!r}")
     return ms / 1000.0
