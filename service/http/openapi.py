@@ -118,8 +118,18 @@ def also(status: int, model: type[BaseModel], description: str) -> dict[int | st
 
 _FILE = {"type": "string", "format": "binary"}
 _BASE64 = {"type": "string", "contentEncoding": "base64"}
-_TOP_K = {"type": "integer", "minimum": 1, "description": "how many labels to return (default 5)"}
-_TEXT = {"type": "string", "minLength": 1, "description": "free text (the model's tokenizer applies)"}
+_TOP_K = {
+    "type": "integer",
+    "minimum": 1,
+    "description": "how many labels to return (default 5)",
+    "example": 3,
+}
+_TEXT = {
+    "type": "string",
+    "minLength": 1,
+    "description": "free text (the model's tokenizer applies)",
+    "example": "seven",
+}
 
 
 def _json_item(with_top_k: bool) -> dict[str, Any]:

@@ -70,6 +70,10 @@ def _parse_multipart(body: bytes, content_type: str, allow_top_k: bool) -> Parse
             values["text"] = text
         else:
             top_k = _parse_top_k(text)
+    if any(len(v) for v in values.values()):
+        # A form's fields left empty (a browser or Swagger UI sends every input, an unset
+        # file as an empty part) are not given; only an all-empty form is refused.
+        values = {name: value for name, value in values.items() if len(value)}
     return ParsedRequest(rows=[_row(values, prefix="")], top_k=top_k, batch=False)
 
 
