@@ -94,7 +94,11 @@ def test_playground_predicts_from_an_image_and_an_audio_file(
     assert labels == [p["label"] for p in expected["predictions"]]
     assert sorted(modalities) == ["audio", "image"]
     curl = page.inner_text("#curl")
-    assert "/v1/models/digits-fusion/predict" in curl and "image=@digit.png" in curl and "audio=@digit.wav" in curl
+    assert (
+        "/v1/models/digits-fusion/predict" in curl
+        and "image=@digit.png" in curl
+        and "audio=@digit.wav" in curl
+    )
 
     shot = tmp_path / "playground.png"
     page.screenshot(path=str(shot), full_page=True)
