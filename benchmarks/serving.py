@@ -53,12 +53,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.stats import median_interval, relative_gains  # noqa: E402
-from service.batching import collate  # noqa: E402
-from service.model_config import MODEL_FILES, load_model_config  # noqa: E402
+from service.model.config import MODEL_FILES, load_model_config  # noqa: E402
+from service.model.feeds import collate  # noqa: E402
+from service.model.rows import RawInputs  # noqa: E402
 from service.preprocess import Preprocessor  # noqa: E402
 from service.registry import instance_devices  # noqa: E402
 from service.runtimes import load_backend  # noqa: E402
-from service.types import RawInputs  # noqa: E402
 
 WRK_SCRIPT = r"""
 local bodies = {}
@@ -140,7 +140,7 @@ def load_payloads(folder: Path | None, count: int, seed: int = 0) -> list[Payloa
 
 def make_payloads(count: int, seed: int) -> list[Payload]:
     """Real test-split rows of the project's dataset, encoded as JPEG + WAV + text."""
-    from models.dataset import build_dataset
+    from models.data.dataset import build_dataset
     from models.samples import write_sample_files
 
     dataset = build_dataset(seed=seed)

@@ -40,7 +40,7 @@ from models.train import (
     train_encoders,
     train_fusion,
 )
-from service.model_config import CONFIG_FILE
+from service.model.config import CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class BuildOptions:
 
 
 def default_cache_dir() -> Path:
-    from models.dataset import default_cache_root
+    from models.data.dataset import default_cache_root
 
     return default_cache_root()
 
@@ -283,7 +283,7 @@ def _first_build(out: Path, key: str, timings: dict[str, Any]) -> dict[str, Any]
 
 def build_repo(opts: BuildOptions) -> dict[str, Any]:
     """Build the repository at ``opts.out``; returns the report (also written there)."""
-    from models.dataset import build_dataset
+    from models.data.dataset import build_dataset
     from models.report import build_report, write_report
 
     t_start = time.perf_counter()

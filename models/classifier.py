@@ -1,7 +1,7 @@
 """The classifier that ``digits-fusion`` exports: encoders → fusion strategy → logits.
 
 ``forward`` takes the graph inputs of docs/contracts.md §1 in
-``service.model_config.GRAPH_INPUTS`` order and returns ``class_logits``.
+``service.model.config.GRAPH_INPUTS`` order and returns ``class_logits``.
 ``classify_features`` is the same computation from already-encoded features,
 which training uses when the encoders are frozen and their outputs cached.
 """

@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from models.build_repo import Trainer, default_cache_dir
     from models.checkpoint import load_checkpoint, save_checkpoint
-    from models.dataset import build_dataset
+    from models.data.dataset import build_dataset
     from models.fusion import STRATEGIES
     from models.train import TrainConfig, configure_determinism
 

@@ -1,6 +1,6 @@
 """Regenerate the field tables and JSON Schema in docs/model-config.md.
 
-The schema is derived from ``service.model_config`` so the reference can never
+The schema is derived from ``service.model.config`` so the reference can never
 drift from the validator: this script rewrites only the part of the document
 between the two markers below, and a unit test fails when the committed part
 differs from what the code would generate.
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.model_config import model_config_json_schema
+from service.model.config import model_config_json_schema
 
 BEGIN = "<!-- BEGIN GENERATED: python -m models.config_doc -->"
 END = "<!-- END GENERATED -->"

@@ -13,7 +13,7 @@ from typing import Any
 
 from models.checkpoint import Checkpoint
 from models.contrastive import EMBED_OUTPUTS
-from service.model_config import CONFIG_FILE, ModelConfig, load_model_config
+from service.model.config import CONFIG_FILE, ModelConfig, load_model_config
 
 #: Graph inputs need at least one STFT frame (n_fft samples); the server pads batches to this.
 MIN_AUDIO_SAMPLES = 400

@@ -18,22 +18,31 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import itertools
 import logging
 import os
 import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
+from models.parity import (
+    CapturedRanges,
+    Feeds,
+    ParityCase,
+    ParityError,
+    boundary_cases,
+    check_parity,
+    first_lines,
+    generated_cases,
+    pick_size,
+    presence_patterns,
+    random_batch,
+)
 from models.verify import (
     MIN_OPSET,
     TensorSpec,
@@ -47,12 +56,10 @@ from models.verify import (
     verify_entry,
 )
 from service.errors import ConfigError
-from service.model_config import (
+from service.model.config import (
     CONFIG_FILE,
     MODEL_FILES,
-    Modality,
     ModelConfig,
-    OutputKind,
     dump_model_config,
     load_model_config,
 )
@@ -64,31 +71,12 @@ log = logging.getLogger(__name__)
 #: input → attribute). 18 satisfies the contract's ">= 17".
 DEFAULT_OPSET = 18
 
-#: Batch sizes of the generated parity batches (1 exercises the no-padding path).
-PARITY_BATCH_SIZES = (1, 3, 8)
 
 _TORCH_DTYPES = {"uint8": torch.uint8, "bool": torch.bool, "float32": torch.float32, "int64": torch.int64}
-_ORT_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-
-Feeds = dict[str, Tensor]
-Outputs = dict[str, np.ndarray]
 
 
 class ExportError(Exception):
     """The entry cannot be written; the message names the input, output or runtime at fault."""
-
-
-@dataclass(frozen=True)
-class ParityCase:
-    """One batch that every runtime must answer alike; ``name`` says where it came from."""
-
-    name: str
-    feeds: Feeds
 
 
 def export_entry(
@@ -137,7 +125,10 @@ def export_entry(
         with torch.no_grad():
             ranges = _write_models(module, config, example, version_dir, formats, opset)
             cases += boundary_cases(config, ranges, vocab_size, seed)
-            _check_parity(module, config, version_dir, formats, cases, atol)
+            try:
+                check_parity(module, config, version_dir, formats, cases, atol)
+            except ParityError as exc:
+                raise ExportError(str(exc)) from exc
         final = _final_config(config, labels, tokenizer_path, formats, opset, atol, len(cases))
         _write_side_files(final, labels, tokenizer_path, entry)
         problems = verify_entry(entry)
@@ -278,134 +269,6 @@ def _final_config(
 # --------------------------------------------------------------------------- generated inputs
 
 
-def _spread(low: int, high: int) -> list[int]:
-    """Three distinct-ish sizes from ``low`` to ``high``, one of them odd."""
-    high = max(low, high)
-    return sorted({low, min(high, low + (high - low) // 3 | 1), high})
-
-
-def _presence_patterns(config: ModelConfig) -> list[frozenset[Modality]]:
-    """Every non-empty subset of the model's modalities, largest first."""
-    present = config.modalities.present()
-    subsets = [frozenset(c) for r in range(len(present), 0, -1) for c in itertools.combinations(present, r)]
-    return subsets
-
-
-def random_batch(
-    config: ModelConfig,
-    rows: Sequence[frozenset[Modality]],
-    audio_len: int,
-    text_len: int,
-    vocab_size: int | None,
-    gen: torch.Generator,
-) -> Feeds:
-    """A batch the way the server collates it: absent rows are zeros with mask False.
-
-    Present rows get random content of a random length up to the padded width
-    (at least one row fills it), so padding is always exercised.
-    """
-    n = len(rows)
-    feeds: Feeds = {}
-    spec = config.modalities
-    if spec.image is not None:
-        has = torch.tensor([Modality.image in r for r in rows], dtype=torch.bool)
-        image = torch.randint(
-            0, 256, (n, spec.image.height, spec.image.width, 3), generator=gen, dtype=torch.uint8
-        )
-        feeds["image"] = image * has.view(n, 1, 1, 1).to(torch.uint8)
-        feeds["image_mask"] = has
-    if spec.audio is not None:
-        has = torch.tensor([Modality.audio in r for r in rows], dtype=torch.bool)
-        lengths = _row_lengths(has, audio_len, max(1, audio_len // 8), gen)
-        steps = torch.arange(audio_len).unsqueeze(0)
-        wave = 0.3 * torch.randn(n, audio_len, generator=gen)
-        feeds["audio"] = torch.where(steps < lengths.unsqueeze(1), wave, torch.zeros(()))
-        feeds["audio_length"] = lengths
-        feeds["audio_mask"] = has
-    if spec.text is not None:
-        has = torch.tensor([Modality.text in r for r in rows], dtype=torch.bool)
-        lengths = _row_lengths(has, text_len, 1, gen)
-        attention = (torch.arange(text_len).unsqueeze(0) < lengths.unsqueeze(1)).to(torch.int64)
-        ids = torch.randint(1, max(2, vocab_size or 2), (n, text_len), generator=gen, dtype=torch.int64)
-        feeds["text_ids"] = ids * attention
-        feeds["text_attention"] = attention
-        feeds["text_mask"] = has
-    return {name: feeds[name] for name in config.graph_input_names()}
-
-
-def _row_lengths(has: Tensor, width: int, shortest: int, gen: torch.Generator) -> Tensor:
-    lengths = torch.randint(shortest, width + 1, (len(has),), generator=gen, dtype=torch.int64)
-    if bool(has.any()):
-        lengths[int(torch.nonzero(has)[0, 0])] = width
-    return torch.where(has, lengths, torch.zeros((), dtype=torch.int64))
-
-
-def _shape_label(config: ModelConfig, batch: int, t_len: int, l_len: int) -> str:
-    audio = f" T={t_len}" if config.modalities.audio else ""
-    text = f" L={l_len}" if config.modalities.text else ""
-    return f"batch={batch}{audio}{text}"
-
-
-def generated_cases(config: ModelConfig, vocab_size: int | None, seed: int = 0) -> list[ParityCase]:
-    """Batches of sizes 1, 3 and 8 over several audio/text lengths and every presence subset.
-
-    Batch 1 runs once per presence subset; batches 3 and 8 cycle the subsets
-    over their rows (with 3 modalities, a batch of 8 holds all 7 subsets).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    audio = config.modalities.audio
-    text = config.modalities.text
-    audio_lens = _spread(audio.min_samples, audio.max_samples) if audio else [1]
-    text_lens = _spread(1, text.max_tokens) if text else [1]
-    patterns = _presence_patterns(config)
-    shapes: list[tuple[int, list[frozenset[Modality]]]] = [(1, [p]) for p in patterns]
-    for batch in PARITY_BATCH_SIZES[1:]:
-        for offset in range(2):
-            shapes.append((batch, [patterns[(r + offset) % len(patterns)] for r in range(batch)]))
-    cases = []
-    for i, (batch, rows) in enumerate(shapes):
-        t_len, l_len = audio_lens[i % len(audio_lens)], text_lens[(i + 1) % len(text_lens)]
-        feeds = random_batch(config, rows, t_len, l_len, vocab_size, gen)
-        present = "|".join("+".join(m.value for m in r) for r in rows[:3]) + ("|..." if batch > 3 else "")
-        shape = _shape_label(config, batch, t_len, l_len)
-        cases.append(ParityCase(f"generated {shape} rows={present}", feeds))
-    return cases
-
-
-def boundary_cases(
-    config: ModelConfig, ranges: CapturedRanges, vocab_size: int | None, seed: int = 0
-) -> list[ParityCase]:
-    """Batches at sizes the server may feed but the ONNX graph was not captured for.
-
-    ``torch.export`` may assume an axis has at least some size (2, or enough
-    samples for several STFT frames). The graph usually still works below
-    that, but only running it there proves so: one batch at the server's
-    smallest size and one just below the captured range, per narrowed axis.
-    """
-    audio, text = config.modalities.audio, config.modalities.text
-    floors = {"batch": 1, "T": audio.min_samples if audio else 1, "L": 1}
-    usual = {
-        "batch": 3,
-        "T": _pick(audio.min_samples, max(audio.min_samples, audio.max_samples), set()) if audio else 1,
-        "L": _pick(1, text.max_tokens, set()) if text else 1,
-    }
-    patterns = _presence_patterns(config)
-    gen = torch.Generator().manual_seed(seed + 1)
-    cases = []
-    for axis, (low, _) in sorted(ranges.items()):
-        for size in sorted({floors[axis], low - 1}):
-            if not floors[axis] <= size < low:
-                continue
-            sizes = {**usual, axis: size}
-            rows = [patterns[r % len(patterns)] for r in range(sizes["batch"])]
-            feeds = random_batch(config, rows, sizes["T"], sizes["L"], vocab_size, gen)
-            shape = _shape_label(config, sizes["batch"], sizes["T"], sizes["L"])
-            cases.append(ParityCase(f"below captured {axis} >= {low}: {shape}", feeds))
-    if cases:
-        log.info("ONNX graph captured for %s; parity adds %d batches below that", ranges, len(cases))
-    return cases
-
-
 # --------------------------------------------------------------------------- staging
 
 
@@ -452,28 +315,14 @@ def _export_example(config: ModelConfig, vocab_size: int | None) -> tuple[Tensor
     """
     audio, text, image = config.modalities.audio, config.modalities.text, config.modalities.image
     taken = {1, 2, 3} | ({image.height, image.width} if image else set())
-    l_len = _pick(1, text.max_tokens, taken) if text else 1
-    t_len = (
-        _pick(audio.min_samples, max(audio.min_samples, audio.max_samples), taken | {l_len}) if audio else 1
-    )
-    patterns = _presence_patterns(config)
+    l_len = pick_size(1, text.max_tokens, taken) if text else 1
+    t_len = 1
+    if audio:
+        t_len = pick_size(audio.min_samples, max(audio.min_samples, audio.max_samples), taken | {l_len})
+    patterns = presence_patterns(config)
     rows = [patterns[0], patterns[-1]]  # batch 2
     feeds = random_batch(config, rows, t_len, l_len, vocab_size, torch.Generator().manual_seed(1))
     return tuple(feeds[n] for n in config.graph_input_names())
-
-
-def _pick(low: int, high: int, taken: set[int]) -> int:
-    """A size in ``[low, high]`` near the middle that is not in ``taken`` (``low`` if none is free)."""
-    middle = (low + high) // 2
-    for step in range(high - low + 1):
-        for size in (middle + step, middle - step):
-            if low <= size <= high and size not in taken:
-                return size
-    return low
-
-
-#: Axis ranges the exported graph was captured for: name → (lowest, highest or None).
-CapturedRanges = dict[str, tuple[int, int | None]]
 
 
 def export_onnx(
@@ -515,7 +364,7 @@ def export_onnx(
         except Exception as exc:  # torch.export raises many unrelated types
             raise ExportError(
                 f"torch.export could not capture the module with dynamic batch/T/L: "
-                f"{type(exc).__name__}: {_first_lines(exc, 6)}"
+                f"{type(exc).__name__}: {first_lines(exc, 6)}"
             ) from exc
         try:
             torch.onnx.export(
@@ -530,7 +379,7 @@ def export_onnx(
                 verbose=False,
             )
         except Exception as exc:  # the converter raises many unrelated types
-            raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {_first_lines(exc)}") from exc
+            raise ExportError(f"ONNX conversion failed: {type(exc).__name__}: {first_lines(exc)}") from exc
     problems = onnx_file_problems(path, config)
     if problems:
         raise ExportError("the exported ONNX graph disagrees with the config: " + "; ".join(problems))
@@ -576,13 +425,13 @@ def export_torchscript(
             compiled = torch.jit.script(module)
     except Exception as script_exc:  # scripting failures come in many types
         method = "trace"
-        log.warning("torch.jit.script failed (%s); tracing instead", _first_lines(script_exc))
+        log.warning("torch.jit.script failed (%s); tracing instead", first_lines(script_exc))
         try:
             with jit_deprecation_silenced():
                 compiled = torch.jit.trace(module, example, check_trace=False)
         except Exception as exc:
             raise ExportError(
-                f"TorchScript export failed: script: {_first_lines(script_exc)}; trace: {_first_lines(exc)}"
+                f"TorchScript export failed: script: {first_lines(script_exc)}; trace: {first_lines(exc)}"
             ) from exc
     with jit_deprecation_silenced():
         torch.jit.save(compiled, str(path))
@@ -604,129 +453,7 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _first_lines(exc: BaseException, n: int = 3) -> str:
-    return " ".join(str(exc).strip().splitlines()[:n])
-
-
 # --------------------------------------------------------------------------- parity
-
-
-def _named_outputs(result: Any, config: ModelConfig, runtime: str, case: str) -> Outputs:
-    values = list(result) if isinstance(result, (tuple, list)) else [result]
-    names = [o.name for o in config.outputs]
-    if len(values) != len(names):
-        raise ExportError(f"{runtime} returned {len(values)} outputs on {case}, the config declares {names}")
-    out: Outputs = {}
-    for name, value in zip(names, values, strict=True):
-        if not isinstance(value, Tensor):
-            raise ExportError(f"{runtime} output {name!r} is a {type(value).__name__}, not a tensor ({case})")
-        out[name] = value.detach().cpu().numpy()
-    return out
-
-
-def _check_eager(outputs: Outputs, config: ModelConfig, batch: int, case: str) -> None:
-    """Eager is the reference, so it must itself honour the output contract."""
-    for spec in config.outputs:
-        value = outputs[spec.name]
-        if value.dtype != np.float32 or value.shape != (batch, spec.dims):
-            raise ExportError(
-                f"eager output {spec.name!r} is {value.dtype} {list(value.shape)}, "
-                f"the config needs float32 [{batch}, {spec.dims}] ({case})"
-            )
-        if not np.isfinite(value).all():
-            raise ExportError(f"eager output {spec.name!r} has NaN or inf values ({case})")
-        if spec.kind is OutputKind.embedding:
-            norms = np.linalg.norm(value, axis=1)
-            if not np.allclose(norms[norms > 0], 1.0, atol=1e-3):
-                raise ExportError(
-                    f"eager output {spec.name!r} is an embedding but not L2-normalised ({case})"
-                )
-
-
-def _ort_session(path: Path, config: ModelConfig) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = _ORT_LEVELS[config.onnx.graph_optimization]
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
-    if got.shape != want.shape:
-        return float("inf")
-    if got.size == 0:
-        return 0.0
-    return float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
-
-
-def _compare(runtime: str, got: Outputs, want: Outputs, atol: float, case: str) -> float:
-    worst = 0.0
-    for name, reference in want.items():
-        value = got[name]
-        if value.shape != reference.shape:
-            raise ExportError(
-                f"{runtime} output {name!r} has shape {list(value.shape)}, "
-                f"eager {list(reference.shape)} ({case})"
-            )
-        diff = _max_abs_diff(value, reference)
-        if not diff <= atol:  # also catches NaN
-            raise ExportError(
-                f"{runtime} disagrees with eager on output {name!r}: max abs diff {diff:.3g} > atol {atol:g} "
-                f"({case})"
-            )
-        worst = max(worst, diff)
-    return worst
-
-
-def _check_parity(
-    module: nn.Module,
-    config: ModelConfig,
-    version_dir: Path,
-    formats: tuple[str, ...],
-    cases: list[ParityCase],
-    atol: float,
-) -> dict[str, float]:
-    """Compare the written files with eager on every case; returns the worst diff per runtime."""
-    names = config.graph_input_names()
-    runners: dict[str, Any] = {}
-    if "torchscript" in formats:
-        with jit_deprecation_silenced():
-            scripted = torch.jit.load(str(version_dir / MODEL_FILES["torchscript"]), map_location="cpu")
-        runners["torchscript"] = lambda feeds: scripted(*(feeds[n] for n in names))
-    if "onnx" in formats:
-        session = _ort_session(version_dir / MODEL_FILES["onnx"], config)
-        outputs = [o.name for o in config.outputs]
-        runners["onnx"] = lambda feeds: tuple(
-            torch.from_numpy(a) for a in session.run(outputs, {n: feeds[n].numpy() for n in names})
-        )
-
-    worst = dict.fromkeys(runners, 0.0)
-    for index, case in enumerate(cases):
-        batch = int(case.feeds[names[0]].shape[0])
-        reference = _run("eager", lambda f: module(*(f[n] for n in names)), case, config)
-        _check_eager(reference, config, batch, case.name)
-        if index == 0:
-            again = _run("eager", lambda f: module(*(f[n] for n in names)), case, config)
-            for name in reference:
-                if not _max_abs_diff(again[name], reference[name]) <= atol:
-                    raise ExportError(
-                        f"eager forward is not deterministic: output {name!r} changes between two identical "
-                        f"calls ({case.name}); is dropout on, or is a random number drawn in forward?"
-                    )
-        for runtime, run in runners.items():
-            got = _run(runtime, run, case, config)
-            worst[runtime] = max(worst[runtime], _compare(runtime, got, reference, atol, case.name))
-    log.info("parity over %d batches: worst max abs diff %s", len(cases), worst)
-    return worst
-
-
-def _run(runtime: str, run: Any, case: ParityCase, config: ModelConfig) -> Outputs:
-    try:
-        result = run(case.feeds)
-    except Exception as exc:  # any runtime failure is an export failure, named
-        raise ExportError(
-            f"{runtime} failed on {case.name}: {type(exc).__name__}: {_first_lines(exc)}"
-        ) from exc
-    return _named_outputs(result, config, runtime, case.name)
 
 
 # --------------------------------------------------------------------------- commit

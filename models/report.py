@@ -147,7 +147,7 @@ def recompute(repo: Path, cache_dir: Path | None, seed: int) -> dict[str, Any]:
     """Re-measure subset accuracy and recall@1 of the exported ONNX models on the test split."""
     from tokenizers import Tokenizer
 
-    from models.dataset import build_dataset
+    from models.data.dataset import build_dataset
     from models.features import SUBSETS
     from models.tokenizer import encode_texts
 
@@ -202,6 +202,6 @@ def recompute(repo: Path, cache_dir: Path | None, seed: int) -> dict[str, Any]:
 
 
 def _default_cache() -> Path:
-    from models.dataset import default_cache_root
+    from models.data.dataset import default_cache_root
 
     return default_cache_root()

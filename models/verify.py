@@ -20,7 +20,7 @@ from pathlib import Path
 import onnx
 
 from service.errors import ConfigError
-from service.model_config import (
+from service.model.config import (
     CONFIG_FILE,
     MODEL_FILES,
     Modality,

@@ -7,6 +7,8 @@ scripts/setup.sh --dev
 .venv/bin/ruff format --check service models tests benchmarks
 .venv/bin/mypy service models
 .venv/bin/mypy --explicit-package-bases benchmarks
+# The door tests' fake data plane must stay a DataPlaneApi (service/dataplane.py).
+.venv/bin/mypy tests/unit/v2_fakes.py tests/unit/test_v2_rest_door.py tests/unit/test_grpc_door.py
 # The integration tests serve the real default repository: build it first
 # (reused from its cache when already built), outside pytest's per-test timeout.
 .venv/bin/fusionserve build-repo --out "${FUSIONSERVE_HOME:-$HOME/.cache/fusionserve}/model-repository"

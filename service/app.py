@@ -27,8 +27,8 @@ from service.failpoints import parse_failpoints
 from service.gpu_metrics import sample_gpus
 from service.http.app import create_http_app
 from service.metrics import Metrics
+from service.model.repository import ModelRepository
 from service.registry import ModelRegistry
-from service.repository import ModelRepository
 
 log = logging.getLogger("fusionserve.app")
 
@@ -131,11 +131,8 @@ class FusionServer:
     async def _start_grpc(self) -> None:
         if self.settings.grpc_port is None:
             return
-        try:
-            from service.grpc.server import start_grpc_server
-        except ImportError:  # pragma: no cover - present in a complete checkout
-            log.warning("gRPC door unavailable (service.grpc missing)")
-            return
+        from service.grpc.server import start_grpc_server  # imports grpc only when a port is set
+
         self._grpc, self._grpc_health = await start_grpc_server(self.dataplane, self.settings)
 
     def _set_grpc_serving(self, serving: bool) -> None:

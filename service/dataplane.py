@@ -13,9 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import numpy as np
+from typing import Any, Protocol, TypeVar
 
 from service import __version__
 from service.errors import (
@@ -30,10 +28,11 @@ from service.errors import (
     UnprocessableInput,
 )
 from service.metrics import Metrics
-from service.model_config import ModelConfig, OutputKind
+from service.model.config import ModelConfig
+from service.model.outputs import Embedding, Prediction, embeddings, predictions
+from service.model.rows import DecodedRow, RawInputs, RowOutputs
 from service.offload import offload
 from service.registry import LoadedVersion, ModelRegistry, VersionState
-from service.types import DecodedRow, RawInputs, RowOutputs
 
 T = TypeVar("T")
 
@@ -46,33 +45,6 @@ EXTENSIONS = [
     "model_configuration",
     "health",
 ]
-
-
-@dataclass
-class Prediction:
-    model: str
-    version: str
-    modalities: list[str]
-    labels: list[str]  # top-k, best first
-    scores: list[float]
-    probabilities: np.ndarray  # float32 [C], labels.txt order
-
-
-@dataclass
-class Embedding:
-    model: str
-    version: str
-    modalities: list[str]
-    fused: np.ndarray  # float32 [D]
-    per_modality: dict[str, np.ndarray]  # only the supplied modalities
-
-
-@dataclass
-class InferResult:
-    model: str
-    version: str
-    rows: list[RowOutputs]
-    modalities: list[list[str]]
 
 
 @dataclass
@@ -138,14 +110,63 @@ async def _await_all(awaitables: Sequence[Awaitable[Any]], *, return_exceptions:
     return list(await asyncio.gather(*awaitables, return_exceptions=return_exceptions))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - np.max(logits)
-    exp = np.exp(shifted)
-    return (exp / exp.sum()).astype(np.float32)
+class DataPlaneApi(Protocol):
+    """What the doors call: :class:`DataPlane` in the server, a scripted fake in the door tests.
+
+    Doors depend on this and nothing more, so a fake that drifts from the real
+    data plane fails type checking instead of passing tests it should not.
+    """
+
+    max_batch_items: int
+
+    async def predict(
+        self,
+        model: str,
+        version: str | None,
+        rows: Sequence[RawInputs],
+        *,
+        top_k: int = 5,
+        timeout_s: float | None = None,
+        protocol: str = "http",
+    ) -> list[Prediction]: ...
+
+    async def embed(
+        self,
+        model: str,
+        version: str | None,
+        rows: Sequence[RawInputs],
+        *,
+        timeout_s: float | None = None,
+        protocol: str = "http",
+    ) -> list[Embedding]: ...
+
+    def live(self) -> bool: ...
+
+    def ready(self) -> bool: ...
+
+    def not_ready_reasons(self) -> dict[str, str]: ...
+
+    def model_ready(self, model: str, version: str | None = None) -> bool: ...
+
+    def model_info(self, model: str, version: str | None = None) -> ModelInfo: ...
+
+    def models(self) -> list[ModelInfo]: ...
+
+    def server_metadata(self) -> dict[str, Any]: ...
+
+    async def load(self, model: str) -> None: ...
+
+    async def unload(self, model: str) -> None: ...
+
+    def repository_index(self) -> list[dict[str, str]]: ...
+
+    def statistics(self, model: str | None = None, version: str | None = None) -> list[VersionStats]: ...
+
+    def record_rejected(self, model: str, protocol: str, error: BaseException) -> None: ...
 
 
 class DataPlane:
-    """The protocol-neutral use cases: predict, embed, infer, metadata, repository."""
+    """The protocol-neutral use cases: predict, embed, metadata, repository."""
 
     def __init__(
         self,
@@ -307,26 +328,7 @@ class DataPlane:
         async def run(
             lv: LoadedVersion, outputs: list[RowOutputs], mods: list[list[str]]
         ) -> list[Prediction]:
-            if lv.config.task != "classify":
-                raise InvalidInput(f"model {model!r} is an embedding model: use embed, not predict")
-            k = min(top_k, len(lv.labels or []))
-            logits_name = next(o.name for o in lv.config.outputs if o.kind == OutputKind.logits)
-            answers = []
-            for out, used in zip(outputs, mods, strict=True):
-                probs = softmax(np.asarray(out[logits_name]).reshape(-1))
-                order = np.argsort(-probs, kind="stable")[:k]
-                labels = lv.labels or []
-                answers.append(
-                    Prediction(
-                        model=lv.name,
-                        version=lv.version,
-                        modalities=used,
-                        labels=[labels[i] for i in order],
-                        scores=[float(probs[i]) for i in order],
-                        probabilities=probs,
-                    )
-                )
-            return answers
+            return predictions(lv.config, lv.labels, lv.version, outputs, mods, top_k)
 
         if not 1 <= top_k <= self.max_top_k:
             raise InvalidInput(f"top_k must lie in 1..{self.max_top_k}, got {top_k}", field="top_k")
@@ -342,38 +344,9 @@ class DataPlane:
         protocol: str = "http",
     ) -> list[Embedding]:
         async def run(lv: LoadedVersion, outputs: list[RowOutputs], mods: list[list[str]]) -> list[Embedding]:
-            specs = [o for o in lv.config.outputs if o.kind == OutputKind.embedding]
-            if not specs:
-                raise InvalidInput(f"model {model!r} yields no embedding: use predict")
-            fused_spec = next((o for o in specs if o.source == "fused"), None)
-            answers = []
-            for out, used in zip(outputs, mods, strict=True):
-                per: dict[str, np.ndarray] = {
-                    o.source: np.asarray(out[o.name]) for o in specs if o.source in used
-                }
-                fused = (
-                    np.asarray(out[fused_spec.name]) if fused_spec else _mean_normalised(list(per.values()))
-                )
-                answers.append(Embedding(lv.name, lv.version, used, fused, per))
-            return answers
+            return embeddings(lv.config, lv.version, outputs, mods)
 
         return await self._serve(model, version, rows, timeout_s, protocol, run)
-
-    async def infer(
-        self,
-        model: str,
-        version: str | None,
-        rows: Sequence[RawInputs],
-        *,
-        timeout_s: float | None = None,
-        protocol: str = "http",
-    ) -> InferResult:
-        async def run(
-            lv: LoadedVersion, outputs: list[RowOutputs], mods: list[list[str]]
-        ) -> list[InferResult]:
-            return [InferResult(lv.name, lv.version, outputs, mods)]
-
-        return (await self._serve(model, version, rows, timeout_s, protocol, run))[0]
 
     def record_rejected(self, model: str, protocol: str, error: BaseException) -> None:
         """Count a request a door refused (or its client abandoned) before it reached the core."""
@@ -486,9 +459,3 @@ class DataPlane:
                 lv.counters.success_ns += int(seconds * 1e9)
             else:
                 lv.counters.failure_count += 1
-
-
-def _mean_normalised(vectors: list[np.ndarray]) -> np.ndarray:
-    mean = np.mean(np.stack(vectors), axis=0)
-    norm = float(np.linalg.norm(mean))
-    return (mean / norm if norm > 0 else mean).astype(np.float32)

@@ -18,9 +18,9 @@ from service.batching import DynamicBatcher
 from service.errors import FusionServeError, ModelNotFound, NotReady
 from service.failpoints import Failpoints, wrap_backend
 from service.metrics import Metrics
-from service.model_config import ModelConfig
+from service.model.config import ModelConfig
+from service.model.repository import ModelRepository, RepositoryEntry, check_version_name
 from service.preprocess import Preprocessor
-from service.repository import ModelRepository, RepositoryEntry, check_version_name
 from service.runtimes import Backend, DeviceSpec, load_backend
 from service.workers import WorkerPool
 

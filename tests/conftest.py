@@ -208,7 +208,7 @@ class Sample:
 @pytest.fixture(scope="session")
 def samples(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
     """Twelve real rows of the dataset's test split (built together with the repository)."""
-    from models.dataset import build_dataset
+    from models.data.dataset import build_dataset
     from models.samples import write_sample_files
 
     dataset = build_dataset(seed=0)

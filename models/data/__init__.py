@@ -1,1 +1,1 @@
-"""Pieces of the offline trimodal digit dataset; the public API is :mod:`models.dataset`."""
+"""Pieces of the offline trimodal digit dataset; the public API is :mod:`models.data.dataset`."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from models.dataset import Split, TrimodalDataset
+    from models.data.dataset import Split, TrimodalDataset
 
 N_MELS = 40
 N_FFT = 512

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from models.dataset import TrimodalDataset
+    from models.data.dataset import TrimodalDataset
 
 
 def _train(model, xtr, ytr, xva, epochs: int, lr: float = 2e-3, bs: int = 64):

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 
 from service.errors import DeadlineExceeded, FusionServeError, NotReady, Overloaded
 from service.metrics import Metrics
-from service.model_config import Batching
-from service.types import DecodedRow, RowOutputs
+from service.model.config import Batching
+from service.model.rows import DecodedRow, RowOutputs
 
 log = logging.getLogger(__name__)
 

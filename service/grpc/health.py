@@ -20,7 +20,7 @@ from service.errors import ModelNotFound
 from service.grpc.protos import NATIVE_SERVICE, V2_SERVICE
 
 if TYPE_CHECKING:
-    from service.dataplane import DataPlane
+    from service.dataplane import DataPlaneApi
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -29,7 +29,7 @@ WATCH_INTERVAL_S = 0.5
 
 
 class HealthService(health_pb2_grpc.HealthServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlaneApi) -> None:
         self.dataplane = dataplane
         self._serving = False
         #: The bound port (useful when the configured port is 0).

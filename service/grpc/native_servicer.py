@@ -21,10 +21,11 @@ from service.grpc.errors import (
 )
 from service.grpc.protos import NATIVE
 from service.grpc.streaming import pipelined
-from service.types import RawInputs
+from service.model.rows import RawInputs
 
 if TYPE_CHECKING:
-    from service.dataplane import DataPlane, Embedding, ModelInfo, Prediction
+    from service.dataplane import DataPlaneApi, ModelInfo
+    from service.model.outputs import Embedding, Prediction
 
 PROTOCOL = "grpc"
 DEFAULT_TOP_K = 5  # as the native HTTP API
@@ -85,7 +86,7 @@ def model_message(info: ModelInfo) -> Any:
 
 
 class NativeServicer:
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlaneApi) -> None:
         self.dataplane = dataplane
 
     async def _predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -23,7 +23,7 @@ from service.grpc.v2_servicer import V2Servicer
 
 if TYPE_CHECKING:
     from service.config import Settings
-    from service.dataplane import DataPlane
+    from service.dataplane import DataPlaneApi
 
 log = logging.getLogger("fusionserve.grpc")
 
@@ -66,7 +66,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-def build_grpc_server(dataplane: DataPlane, settings: Settings) -> tuple[grpc.aio.Server, HealthService]:
+def build_grpc_server(dataplane: DataPlaneApi, settings: Settings) -> tuple[grpc.aio.Server, HealthService]:
     """The server with every service registered, not yet bound or started."""
     interceptors = []
     if settings.api_token or settings.admin_token:
@@ -86,7 +86,7 @@ def build_grpc_server(dataplane: DataPlane, settings: Settings) -> tuple[grpc.ai
 
 
 async def start_grpc_server(
-    dataplane: DataPlane, settings: Settings
+    dataplane: DataPlaneApi, settings: Settings
 ) -> tuple[grpc.aio.Server, HealthService]:
     """Bind ``settings.host:settings.grpc_port`` (0 picks a free port: see ``health.port``) and start."""
     server, health_service = build_grpc_server(dataplane, settings)

@@ -24,7 +24,7 @@ from service.v2.load_request import refuse_overrides
 from service.v2.mapping import input_specs, output_specs, require_config, triton_model_config
 
 if TYPE_CHECKING:
-    from service.dataplane import DataPlane, VersionStats
+    from service.dataplane import DataPlaneApi, VersionStats
 
 PROTOCOL = "v2-grpc"
 
@@ -53,7 +53,7 @@ def _statistics(stats: VersionStats) -> Any:
 class V2Servicer:
     """One method per RPC of the service; names match the proto."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlaneApi) -> None:
         self.dataplane = dataplane
 
     @guarded

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidInput
-from service.types import RawInputs
+from service.model.rows import RawInputs
 from service.v2.codec import (
     NUMPY_DTYPES,
     InferRequest,
@@ -57,18 +57,6 @@ def parameters_dict(parameters: Any) -> dict[str, Any]:
         choice = parameter.WhichOneof("parameter_choice")
         values[key] = getattr(parameter, choice) if choice else None
     return values
-
-
-def set_parameter(target: Any, key: str, value: bool | int | str | float) -> None:
-    parameter = target[key]
-    if isinstance(value, bool):
-        parameter.bool_param = value
-    elif isinstance(value, int):
-        parameter.int64_param = value
-    elif isinstance(value, float):
-        parameter.double_param = value
-    else:
-        parameter.string_param = str(value)
 
 
 def _from_contents(name: str, datatype: str, shape: tuple[int, ...], contents: Any) -> np.ndarray:

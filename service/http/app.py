@@ -21,6 +21,7 @@ from service.http.middleware import GatewayMiddleware
 from service.http.native import native_router
 from service.http.openapi import install_openapi
 from service.http.playground import playground_router
+from service.http.v2 import v2_router
 from service.logs import request_id_var
 
 log = logging.getLogger("fusionserve.http")
@@ -43,14 +44,9 @@ token, inference routes need `Authorization: Bearer <token>` (401 otherwise).
 
 def create_http_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
     app = FastAPIOffline(title="fusionserve", version=__version__, description=DESCRIPTION)
-    app.include_router(native_router(dataplane, settings))
+    app.include_router(native_router(dataplane))
     app.include_router(playground_router())
-    try:  # the V2 door is optional while it is being built
-        from service.http.v2 import v2_router
-    except ImportError:  # pragma: no cover - present in a complete checkout
-        log.warning("V2 REST routes unavailable (service.http.v2 missing)")
-    else:
-        app.include_router(v2_router(dataplane, settings))
+    app.include_router(v2_router(dataplane, settings))
 
     @app.exception_handler(FusionServeError)
     async def _core_error(request: Request, exc: FusionServeError) -> JSONResponse:

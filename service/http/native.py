@@ -11,11 +11,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.config import Settings
-from service.dataplane import DataPlane, Embedding, ModelInfo, Prediction
+from service.dataplane import DataPlane, ModelInfo
 from service.http import schemas as s
 from service.http.openapi import also, native_body, native_errors, ok
 from service.http.parsing import parse_request, parse_timeout_ms
+from service.model.outputs import Embedding, Prediction
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
@@ -79,7 +79,7 @@ def model_json(info: ModelInfo) -> dict[str, Any]:
     return body
 
 
-def native_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
+def native_router(dataplane: DataPlane) -> APIRouter:
     router = APIRouter()
 
     async def _predict(request: Request, model: str, version: str | None) -> dict[str, Any]:

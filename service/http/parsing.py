@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from service.errors import InvalidInput, UnsupportedMediaType
 from service.http.multipart import parse_multipart
-from service.types import RawInputs
+from service.model.rows import RawInputs
 
 FILE_FIELDS = ("image", "audio")
 ITEM_FIELDS = ("image", "audio", "text")

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from service.config import Settings
-from service.dataplane import DataPlane, VersionStats
+from service.dataplane import DataPlaneApi, VersionStats
 from service.errors import FusionServeError, InvalidInput, NotReady, Overloaded
 from service.http import schemas as sc
 from service.http.content_coding import compress, decompress, request_coding, response_coding
@@ -175,7 +175,7 @@ _UNLOAD_DOC: dict[str, Any] = {
 }
 
 
-def v2_router(dataplane: DataPlane, settings: Settings) -> APIRouter:
+def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
     router = APIRouter(route_class=V2Route, tags=["v2"])
 
     @router.get("/v2", summary="Server metadata", response_model=None, responses=ok(sc.V2ServerMetadata))

@@ -28,7 +28,7 @@ import soundfile as sf
 import soxr
 
 from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
-from service.model_config import AudioSpec
+from service.model.config import AudioSpec
 from service.preprocess import wav
 from service.preprocess.sniff import DISPLAY_NAMES, sniff
 

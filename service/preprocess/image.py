@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
-from service.model_config import ImageSpec
+from service.model.config import ImageSpec
 from service.preprocess.sniff import IMAGE_KINDS, describe, sniff
 
 #: The one resampling filter of the serving path.

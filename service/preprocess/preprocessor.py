@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 from service.errors import InvalidInput, UnprocessableInput
-from service.model_config import TOKENIZER_FILE, ModelConfig
+from service.model.config import TOKENIZER_FILE, ModelConfig
+from service.model.rows import DecodedRow, RawInputs
 from service.preprocess.audio import decode_audio
 from service.preprocess.image import decode_image
 from service.preprocess.text import TextEncoder
-from service.types import DecodedRow, RawInputs
 
 
 class Preprocessor:

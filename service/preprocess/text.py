@@ -18,7 +18,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from service.errors import ConfigError, InvalidInput, LimitExceeded
-from service.model_config import TextSpec
+from service.model.config import TextSpec
 
 
 class TextEncoder:

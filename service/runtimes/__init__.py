@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.errors import ConfigError
-from service.model_config import MODEL_FILES, ModelConfig
-from service.runtimes.base import INPUT_DTYPES, Backend, DeviceSpec
+from service.model.config import MODEL_FILES, ModelConfig
+from service.runtimes.base import Backend, DeviceSpec
 
-__all__ = ["INPUT_DTYPES", "Backend", "DeviceSpec", "load_backend", "model_file"]
+__all__ = ["Backend", "DeviceSpec", "load_backend", "model_file"]
 
 
 def model_file(config: ModelConfig, version_dir: Path) -> Path:

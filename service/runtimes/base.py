@@ -14,19 +14,6 @@ import numpy as np
 
 from service.errors import ConfigError
 
-#: The dtype of each graph input (docs/contracts.md §1). Backends check the
-#: graph against it at load; collation produces exactly these.
-INPUT_DTYPES: dict[str, type[np.generic]] = {
-    "image": np.uint8,
-    "image_mask": np.bool_,
-    "audio": np.float32,
-    "audio_length": np.int64,
-    "audio_mask": np.bool_,
-    "text_ids": np.int64,
-    "text_attention": np.int64,
-    "text_mask": np.bool_,
-}
-
 
 @dataclass(frozen=True)
 class DeviceSpec:

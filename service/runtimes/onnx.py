@@ -20,8 +20,8 @@ import numpy as np
 import onnxruntime as ort
 
 from service.errors import ConfigError
-from service.model_config import ModelConfig
-from service.runtimes.base import INPUT_DTYPES, DeviceSpec, check_input_names, check_output_names
+from service.model.config import INPUT_DTYPES, ModelConfig
+from service.runtimes.base import DeviceSpec, check_input_names, check_output_names
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import ConfigError, InternalError
-from service.model_config import ModelConfig
+from service.model.config import ModelConfig
 from service.runtimes.base import DeviceSpec, check_input_names
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from service.errors import FusionServeError, InvalidInput
-from service.types import RawInputs
+from service.model.rows import RawInputs
 from service.v2.classification import classify, requested_counts
 from service.v2.codec import InferRequest, Tensor
 from service.v2.mapping import (
@@ -27,8 +27,8 @@ from service.v2.mapping import (
 )
 
 if TYPE_CHECKING:
-    from service.dataplane import DataPlane, ModelInfo
-    from service.model_config import ModelConfig
+    from service.dataplane import DataPlaneApi, ModelInfo
+    from service.model.config import ModelConfig
 
     FastResult = tuple[ModelInfo, ModelConfig, list[RawInputs], InferRequest]
 
@@ -65,7 +65,7 @@ def _timeout(parameters: dict[str, object], transport_s: float | None) -> float 
 FastPath = Callable[[list[str]], "tuple[list[RawInputs], InferRequest] | None"]
 
 
-def _fast(dataplane: DataPlane, model: str, version: str | None, fast: FastPath) -> FastResult | None:
+def _fast(dataplane: DataPlaneApi, model: str, version: str | None, fast: FastPath) -> FastResult | None:
     try:
         info = dataplane.model_info(model, version)
     except FusionServeError:  # the general path reports it, in its own order
@@ -77,7 +77,7 @@ def _fast(dataplane: DataPlane, model: str, version: str | None, fast: FastPath)
 
 
 async def run_infer(
-    dataplane: DataPlane,
+    dataplane: DataPlaneApi,
     model: str,
     version: str | None,
     parse: Callable[[], InferRequest],

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.errors import InvalidInput, NotReady
-from service.model_config import ModelConfig, OutputKind
-from service.types import RawInputs
+from service.model.config import ModelConfig, OutputKind
+from service.model.rows import RawInputs
 from service.v2.codec import RequestedOutput, Tensor
 
 DEFAULT_TOP_K = 1

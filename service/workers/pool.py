@@ -24,13 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.batching import DynamicBatcher, Pending, collate, split_outputs
+from service.batching import DynamicBatcher, Pending
 from service.errors import InternalError, NotReady
 from service.metrics import Metrics
-from service.model_config import ModelConfig
+from service.model.config import ModelConfig
+from service.model.feeds import collate, split_outputs
+from service.model.rows import DecodedRow, RowOutputs
 from service.offload import offload
 from service.runtimes.base import Backend
-from service.types import DecodedRow, RowOutputs
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import pytest
 from service.batching import DynamicBatcher, Pending
 from service.errors import DeadlineExceeded, NotReady, Overloaded
 from service.metrics import Metrics
-from service.model_config import Batching
-from service.types import DecodedRow
+from service.model.config import Batching
+from service.model.rows import DecodedRow
 
 FAR = 1e9  # a deadline/delay that never comes in a test
 

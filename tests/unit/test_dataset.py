@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import dataset as D
+from models.data import dataset as D
 from models.data import texts as T
 from models.samples import write_sample_files
 from models.tokenizer import build_tokenizer, encode_texts, words

@@ -20,9 +20,10 @@ from tokenizers.normalizers import Lowercase
 from tokenizers.pre_tokenizers import Whitespace
 from torch import Tensor, nn
 
-from models.export import ExportError, export_entry, random_batch
+from models.export import ExportError, export_entry
+from models.parity import random_batch
 from models.verify import jit_deprecation_silenced, verify_entry
-from service.model_config import Modality, ModelConfig, load_model_config
+from service.model.config import Modality, ModelConfig, load_model_config
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 LABELS = ["cat", "dog", "bird", "fish"]
@@ -536,7 +537,7 @@ def test_verify_flags_pruned_inputs_static_batch_old_opset_and_external_data(tmp
 
 
 def test_boundary_cases_cover_sizes_below_the_captured_range() -> None:
-    from models.export import boundary_cases
+    from models.parity import boundary_cases
 
     config = _config()
     cases = boundary_cases(config, {"batch": (2, None), "T": (300, None), "L": (1, 64)}, vocab_size=12)

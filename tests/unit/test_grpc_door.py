@@ -38,7 +38,7 @@ from tests.unit.v2_fakes import FakeDataPlane
 @pytest.fixture
 async def door() -> AsyncIterator[tuple[FakeDataPlane, str]]:
     dataplane = FakeDataPlane()
-    server, health = await start_grpc_server(dataplane, Settings(host="127.0.0.1", grpc_port=0))  # type: ignore[arg-type]
+    server, health = await start_grpc_server(dataplane, Settings(host="127.0.0.1", grpc_port=0))
     health.set_serving(True)
     yield dataplane, f"127.0.0.1:{health.port}"
     await server.stop(0)
@@ -94,14 +94,14 @@ async def test_native_core_errors_map_to_status_codes(
 
 
 async def test_unexpected_exception_is_internal_without_leaking_details(
-    door: tuple[FakeDataPlane, str],
+    door: tuple[FakeDataPlane, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dataplane, target = door
 
     async def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret stack detail")
 
-    dataplane.predict = explode  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr(dataplane, "predict", explode)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.FusionServeStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -225,7 +225,7 @@ async def test_health_overall_per_model_and_drain(door: tuple[FakeDataPlane, str
 async def test_health_set_serving_is_the_drain_switch() -> None:
     from service.grpc.health import NOT_SERVING, SERVING, HealthService
 
-    health = HealthService(FakeDataPlane())  # type: ignore[arg-type]
+    health = HealthService(FakeDataPlane())
     assert health.status("") == NOT_SERVING  # until the composition root says the models are up
     health.set_serving(True)
     assert health.status("") == SERVING and health.status("digits-fusion") == SERVING
@@ -236,7 +236,7 @@ async def test_health_set_serving_is_the_drain_switch() -> None:
 async def test_bearer_tokens_guard_inference_and_repository_calls() -> None:
     dataplane = FakeDataPlane()
     settings = Settings(host="127.0.0.1", grpc_port=0, api_token="data-secret", admin_token="admin-secret")
-    server, health = await start_grpc_server(dataplane, settings)  # type: ignore[arg-type]
+    server, health = await start_grpc_server(dataplane, settings)
     client = triton.InferenceServerClient(f"127.0.0.1:{health.port}")
     try:
         assert await client.is_server_live()  # health and metadata stay open
@@ -260,7 +260,7 @@ async def test_bearer_tokens_guard_inference_and_repository_calls() -> None:
 
 async def test_streams_need_the_token_too() -> None:
     settings = Settings(host="127.0.0.1", grpc_port=0, api_token="data-secret")
-    server, health = await start_grpc_server(FakeDataPlane(), settings)  # type: ignore[arg-type]
+    server, health = await start_grpc_server(FakeDataPlane(), settings)
 
     async def requests() -> AsyncIterator[pb.PredictRequest]:
         yield pb.PredictRequest(model="digits-fusion", items=[pb.Item(text="x")], request_id="1")
@@ -327,7 +327,7 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
 async def test_tls_uses_the_configured_certificate(certificate: tuple[Path, Path]) -> None:
     cert, key = certificate
     settings = Settings(host="127.0.0.1", grpc_port=0, tls_cert_file=cert, tls_key_file=key)
-    server, health = await start_grpc_server(FakeDataPlane(), settings)  # type: ignore[arg-type]
+    server, health = await start_grpc_server(FakeDataPlane(), settings)
     health.set_serving(True)
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())

@@ -11,7 +11,7 @@ import yaml
 
 from models.config_doc import DOC_PATH, render_generated, splice
 from service.errors import ConfigError
-from service.model_config import (
+from service.model.config import (
     ModelConfig,
     dump_model_config,
     load_model_config,

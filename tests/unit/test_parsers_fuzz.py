@@ -23,7 +23,7 @@ from service.errors import FusionServeError
 from service.grpc.protos import V2
 from service.grpc.v2_tensors import fast_request, request_from_proto
 from service.http.multipart import parse_multipart
-from service.model_config import AudioSpec, ImageSpec
+from service.model.config import AudioSpec, ImageSpec
 from service.preprocess.audio import decode_audio
 from service.preprocess.image import decode_image
 from service.v2.codec import parse_header_length, parse_infer_request

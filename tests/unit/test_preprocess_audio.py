@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
-from service.model_config import AudioSpec
+from service.model.config import AudioSpec
 from service.preprocess import wav
 from service.preprocess.audio import decode_audio
 from tests.fixtures_media import flac_bytes, gradient_image, ogg_bytes, png_bytes, sine, wav_bytes

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
-from service.model_config import ImageSpec
+from service.model.config import ImageSpec
 from service.preprocess.image import decode_image
 from tests.fixtures_media import (
     bmp_bytes,

@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from service.errors import ConfigError, InvalidInput, LimitExceeded
-from service.model_config import TextSpec
+from service.model.config import TextSpec
 from service.preprocess.text import TextEncoder
 from tests.fixtures_media import write_wordlevel_tokenizer
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from service.errors import ConfigError, InvalidInput, UnprocessableInput
-from service.model_config import ModelConfig
+from service.model.config import ModelConfig
+from service.model.rows import RawInputs
 from service.preprocess import Preprocessor
-from service.types import RawInputs
 from tests.fixtures_media import (
     digit_like_image,
     jpeg_bytes,

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from service.errors import ModelNotFound
-from service.repository import ModelRepository, check_model_name
+from service.model.repository import ModelRepository, check_model_name
 
 CONFIG = {
     "name": "m",

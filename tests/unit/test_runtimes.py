@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from service.errors import ConfigError, InternalError
-from service.model_config import ModelConfig
+from service.model.config import ModelConfig
 from service.runtimes import Backend, DeviceSpec, load_backend, model_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,7 +213,7 @@ def test_serving_onnx_never_imports_torch(tmp_path: Path) -> None:
         from pathlib import Path
         import numpy as np
         import service.runtimes, service.batching, service.workers
-        from service.model_config import ModelConfig
+        from service.model.config import ModelConfig
         from service.runtimes import DeviceSpec, load_backend
         backend = load_backend(ModelConfig.model_validate(json.loads(sys.argv[1])), Path(sys.argv[2]),
                                DeviceSpec("cpu"))

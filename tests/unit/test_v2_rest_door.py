@@ -30,7 +30,7 @@ def dataplane() -> FakeDataPlane:
 @pytest.fixture
 async def client(dataplane: FakeDataPlane) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
-    app.include_router(v2_router(dataplane, Settings()))  # type: ignore[arg-type]
+    app.include_router(v2_router(dataplane, Settings()))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://v2") as http:
         yield http
@@ -198,7 +198,7 @@ async def test_unknown_model_or_version_is_404(client: httpx.AsyncClient, path: 
 async def test_core_errors_use_the_http_table(
     client: httpx.AsyncClient, dataplane: FakeDataPlane, error: Exception, status: int
 ) -> None:
-    dataplane.fail_with = error  # type: ignore[assignment]
+    dataplane.fail_with = error
     answer = await client.post("/v2/models/digits-fusion/infer", json=_text_request("a"))
     assert (answer.status_code, answer.json()) == (status, {"error": str(error)})
 

@@ -11,8 +11,8 @@ import pytest
 from service.batching import DynamicBatcher
 from service.errors import InternalError, NotReady
 from service.metrics import Metrics
-from service.model_config import Batching, ModelConfig
-from service.types import DecodedRow
+from service.model.config import Batching, ModelConfig
+from service.model.rows import DecodedRow
 from service.workers import WorkerPool
 
 FAR = 1e9

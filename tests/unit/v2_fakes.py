@@ -1,4 +1,6 @@
-"""A fake DataPlane for the V2 and gRPC doors: real configs, scripted answers, recorded calls.
+"""A fake data plane for the V2 and gRPC doors: real configs, scripted answers, recorded calls.
+
+It is a :class:`~service.dataplane.DataPlaneApi`, checked by mypy (see the end).
 
 It answers deterministically from the inputs (so tests can check that every
 row and modality arrived) and can be told to fail with any core error, which
@@ -9,15 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.dataplane import Embedding, ModelInfo, Prediction, VersionStats
-from service.errors import FusionServeError, InvalidInput, ModelNotFound
-from service.model_config import parse_model_config
+from service.dataplane import DataPlaneApi, ModelInfo, VersionStats
+from service.errors import InvalidInput, ModelNotFound
+from service.model.config import parse_model_config
+from service.model.outputs import Embedding, Prediction
+from service.model.rows import RawInputs
 from service.registry import VersionState
-from service.types import RawInputs
 
 LABELS = [str(i) for i in range(10)]
 CLASSIFIER = parse_model_config(
@@ -83,7 +86,8 @@ class Call:
 
 @dataclass
 class FakeDataPlane:
-    fail_with: FusionServeError | None = None
+    fail_with: Exception | None = None
+    max_batch_items: int = 64
     is_ready: bool = True
     calls: list[Call] = field(default_factory=list)
     rejected: list[tuple[str, str, str]] = field(default_factory=list)
@@ -159,6 +163,9 @@ class FakeDataPlane:
     def ready(self) -> bool:
         return self.is_ready
 
+    def not_ready_reasons(self) -> dict[str, str]:
+        return {} if self.is_ready else {"*": "not ready (scripted)"}
+
     def model_ready(self, model: str, version: str | None = None) -> bool:
         self._config(model)
         if version not in (None, "1"):
@@ -198,5 +205,9 @@ class FakeDataPlane:
             self._config(name)
         return [VersionStats(n, "1", 3, 1, 5, 2, 1000, 2000, 3000) for n in names]
 
-    def record_rejected(self, model: str, protocol: str, error: FusionServeError) -> None:
+    def record_rejected(self, model: str, protocol: str, error: BaseException) -> None:
         self.rejected.append((model, protocol, type(error).__name__))
+
+
+if TYPE_CHECKING:  # mypy proves the fake is a data plane the doors accept
+    _FAKE_IS_A_DATA_PLANE: DataPlaneApi = FakeDataPlane()

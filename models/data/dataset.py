@@ -12,7 +12,7 @@ Built deterministically from a seed, with no download:
 - text: short English descriptions of the digit, some exact, some vague.
 
 Each modality alone is noisy with independent errors per row, so fusing them
-wins clearly. See docs/dataset.md. ``python -m models.dataset --probe`` prints
+wins clearly. See docs/dataset.md. ``python -m models.data.dataset --probe`` prints
 quick single-modality baselines.
 """
 
@@ -296,7 +296,7 @@ def build_dataset(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.dataset", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m models.data.dataset", description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--limit", type=int, default=None, help="images per split (small test build)")

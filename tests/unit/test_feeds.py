@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.batching import collate, split_outputs
 from service.errors import InternalError
-from service.model_config import ModelConfig
-from service.runtimes import INPUT_DTYPES
-from service.types import DecodedRow
+from service.model.config import INPUT_DTYPES, ModelConfig
+from service.model.feeds import collate, split_outputs
+from service.model.rows import DecodedRow
 
 
 def make_config(**modalities: dict) -> ModelConfig:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from service.errors import InternalError
-from service.model_config import ModelConfig
-from service.types import DecodedRow, RowOutputs
+from service.model.config import ModelConfig
+from service.model.rows import DecodedRow, RowOutputs
 
 Feeds = dict[str, np.ndarray]
 

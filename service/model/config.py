@@ -16,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -40,6 +41,20 @@ GRAPH_INPUTS: dict[Modality, tuple[str, ...]] = {
     Modality.image: ("image", "image_mask"),  # uint8 [B,H,W,3], bool [B]
     Modality.audio: ("audio", "audio_length", "audio_mask"),  # f32 [B,T], i64 [B], bool [B]
     Modality.text: ("text_ids", "text_attention", "text_mask"),  # i64 [B,L], i64 [B,L], bool [B]
+}
+
+
+#: The dtype of each graph input (docs/contracts.md §1). Backends check the
+#: graph against it at load; :mod:`service.model.feeds` produces exactly these.
+INPUT_DTYPES: dict[str, type[np.generic]] = {
+    "image": np.uint8,
+    "image_mask": np.bool_,
+    "audio": np.float32,
+    "audio_length": np.int64,
+    "audio_mask": np.bool_,
+    "text_ids": np.int64,
+    "text_attention": np.int64,
+    "text_mask": np.bool_,
 }
 
 

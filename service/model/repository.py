@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.errors import ConfigError, ModelNotFound
-from service.model_config import CONFIG_FILE, MODEL_FILES, ModelConfig, load_model_config
+from service.model.config import CONFIG_FILE, MODEL_FILES, ModelConfig, load_model_config
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _VERSION = re.compile(r"^[1-9][0-9]{0,8}$")
