@@ -10,6 +10,7 @@ imports torch.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import subprocess
@@ -18,6 +19,17 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("fusionserve")
+
+NO_REPOSITORY = """\
+fusionserve: no model repository to serve.
+  No --model-repository (or FUSIONSERVE_MODEL_REPOSITORY) was given, and the bundled
+  default repository is not built yet at {path}.
+  Building it trains the demo models and needs the training extra, which this install lacks.
+  Either point at a repository you have:
+      fusionserve serve --model-repository /path/to/model-repository
+  or install the training extra and build the default one once (about five minutes):
+      pip install "fusionserve[cpu,torch]" torch==2.13.0
+      fusionserve build-repo"""
 
 
 def _add_serve(sub: Any) -> None:
@@ -47,6 +59,9 @@ def _serve(args: argparse.Namespace) -> int:
     if repository is None:
         repository = default_repository_dir()
         if not repository.is_dir() or not any(repository.iterdir()):
+            if importlib.util.find_spec("torch") is None:
+                print(NO_REPOSITORY.format(path=repository), file=sys.stderr)
+                return 2
             log.info("building the default model repository into %s (first run only)", repository)
             done = subprocess.run([sys.executable, "-m", "service", "build-repo", "--out", str(repository)])
             if done.returncode != 0:

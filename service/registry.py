@@ -10,6 +10,7 @@ others from loading.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,28 @@ def instance_devices(config: ModelConfig) -> list[DeviceSpec]:
     return devices
 
 
+#: At most this many model names in an unknown-model answer.
+LISTED_MODELS = 20
+
+
+def unknown_model(name: str, known: list[str]) -> ModelNotFound:
+    """ModelNotFound that lists the models there are and the closest name to the one asked for."""
+    closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    listed = known[:LISTED_MODELS]
+    message = f"unknown model {name!r}"
+    if closest:
+        message += f"; did you mean {closest[0]!r}?"
+    if listed:
+        more = f" and {len(known) - len(listed)} more" if len(known) > len(listed) else ""
+        message += f" Models: {', '.join(listed)}{more} (GET /v1/models lists them)."
+    else:
+        message += "; the repository has no models"
+    details: dict[str, object] = {"model": name, "available": listed}
+    if closest:
+        details["closest"] = closest[0]
+    return ModelNotFound(message, **details)
+
+
 class ModelRegistry:
     def __init__(
         self, repository: ModelRepository, metrics: Metrics, failpoints: Failpoints | None = None
@@ -97,7 +120,7 @@ class ModelRegistry:
         """State of a model the registry has seen; ModelNotFound otherwise."""
         state = self._states.get(name)
         if state is None:
-            raise ModelNotFound(f"unknown model {name!r}", model=name)
+            raise unknown_model(name, sorted(self._states))
         return state
 
     def get(self, name: str, version: str | None = None) -> LoadedVersion:
