@@ -46,9 +46,17 @@ def _add_serve(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.app import serve
-    from service.config import Settings, default_repository_dir
-    from service.logs import configure_logging
+    try:
+        from service.app import serve
+        from service.config import Settings, default_repository_dir
+        from service.logs import configure_logging
+    except ImportError as exc:  # a client-only install (no `cpu`/`gpu` extra)
+        print(
+            f"fusionserve serve: this install has no server ({exc.name} is missing); "
+            'install one with: pip install "fusionserve[cpu]"  (or [gpu] on a CUDA host)',
+            file=sys.stderr,
+        )
+        return 2
 
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
     if overrides.get("grpc_port") == -1:
