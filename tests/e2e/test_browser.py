@@ -33,6 +33,9 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # A fake microphone (a tone) that needs no permission prompt, for the recording test.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
 ]
 WAIT_MS = 60_000
 
@@ -177,3 +180,26 @@ def test_swagger_ui_try_it_out_uploads_an_image_to_predict(
     body = operation.locator(".live-responses-table tbody .response-col_description pre").first.inner_text()
     assert status.inner_text().strip() == "200", body
     assert '"predictions"' in body and '"image"' in body and '"text"' not in body
+
+
+def test_playground_records_the_microphone_as_wav(browser: Any, running_server: RunningServer) -> None:
+    """Chromium's fake microphone (a tone) → MediaRecorder → Web Audio → a WAV the server accepts."""
+    context = browser.new_context()
+    context.grant_permissions(["microphone"])
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    try:
+        _open_playground(page, running_server, "digits-fusion")
+        page.click("#record")
+        page.wait_for_selector("#record.recording")
+        page.wait_for_timeout(1500)  # record a second and a half of the tone
+        page.click("#record")
+        page.wait_for_function(
+            "document.getElementById('audio-info').textContent.startsWith('recording.wav')"
+        )
+        page.click("#submit")
+        page.wait_for_selector("#result .bar")
+        assert page.locator("#modalities .chip").all_inner_texts() == ["audio"]
+        assert page.inner_text("#audio-error") == ""
+    finally:
+        context.close()
