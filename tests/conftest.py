@@ -226,3 +226,16 @@ def samples(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
             )
         )
     return rows
+
+
+@pytest.fixture(scope="session")
+def token_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A second shared server: digits-embed alone, behind an API token (``s3cret``), no gRPC.
+
+    For tests that need a token, or that unload and reload its model (they load it back).
+    """
+    root = tmp_path_factory.mktemp("token-server")
+    repository = copy_entry(model_repository, root / "repo", "digits-embed")
+    server = launch_server(repository, root, grpc=False, env={"FUSIONSERVE_API_TOKEN": "s3cret"})
+    yield server
+    server.stop()

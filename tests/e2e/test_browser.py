@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, RunningServer, Sample, copy_entry
+from tests.conftest import ROOT, RunningServer, Sample
 
 pytestmark = pytest.mark.browser
 
@@ -140,26 +140,20 @@ def test_playground_compares_the_inputs_of_an_embedding_model(
     assert diagonal == "1.000"
 
 
-def test_playground_asks_for_the_api_token(
-    page: Any,
-    model_repository: Path,
-    server_factory: Callable[..., RunningServer],
-    samples: list[Sample],
-    tmp_path: Path,
-) -> None:
-    repository = copy_entry(model_repository, tmp_path / "repo", "digits-fusion")
-    server = server_factory(repository, grpc=False, env={"FUSIONSERVE_API_TOKEN": "s3cret"})
-    _open_playground(page, server, "digits-fusion")
-    page.fill("#text-input", samples[2].text)
+def test_playground_asks_for_the_api_token(page: Any, token_server: RunningServer) -> None:
+    _open_playground(page, token_server, "digits-embed")
+    page.fill("#text-input", "seven")
     page.click("#submit")
     page.locator("#token-error").wait_for(state="visible")
     assert page.inner_text("#token-error").startswith("401:")
     page.fill("#token-input", "s3cret")
     page.dispatch_event("#token-input", "change")
     page.wait_for_selector("#model-select:not([disabled])")
-    page.select_option("#model-select", "digits-fusion")
+    page.select_option("#model-select", "digits-embed")
     page.click("#submit")
-    page.wait_for_selector("#result .bar")
+    page.wait_for_selector("#answer:not([hidden])")
+    assert page.locator("#modalities .chip").all_inner_texts() == ["text"]
+    assert page.inner_text("#token-error") == ""
     assert "Authorization: Bearer $FUSIONSERVE_API_TOKEN" in page.inner_text("#curl")
 
 
