@@ -22,12 +22,10 @@ TIMEOUT_HEADER = "x-request-timeout-ms"
 #: Every status an inference route can answer besides 200 (401 only with an API token).
 INFERENCE_ERRORS = (400, 401, 404, 413, 415, 422, 429, 500, 503, 504)
 _PREDICT_DOC: dict[str, Any] = {
-    "response_model": None,
     "responses": ok(s.PredictResponse, s.PredictBatchResponse) | native_errors(*INFERENCE_ERRORS),
     "openapi_extra": native_body(top_k=True),
 }
 _EMBED_DOC: dict[str, Any] = {
-    "response_model": None,
     "responses": ok(s.EmbedResponse, s.EmbedBatchResponse) | native_errors(*INFERENCE_ERRORS),
     "openapi_extra": native_body(top_k=False),
 }
@@ -150,9 +148,7 @@ def native_router(dataplane: DataPlane) -> APIRouter:
     async def embed_version(request: Request, model: str, version: str) -> dict[str, Any]:
         return await _embed(request, model, version)
 
-    @router.get(
-        "/v1/models", tags=["models"], summary="Every model", response_model=None, responses=ok(s.ModelList)
-    )
+    @router.get("/v1/models", tags=["models"], summary="Every model", responses=ok(s.ModelList))
     async def list_models() -> dict[str, Any]:
         return {"models": [model_json(info) for info in dataplane.models()]}
 
@@ -160,7 +156,6 @@ def native_router(dataplane: DataPlane) -> APIRouter:
         "/v1/models/{model}",
         tags=["models"],
         summary="One model: modalities, limits, labels, versions",
-        response_model=None,
         responses=ok(s.ModelMetadata) | native_errors(404),
     )
     async def get_model(model: str) -> dict[str, Any]:
@@ -170,7 +165,6 @@ def native_router(dataplane: DataPlane) -> APIRouter:
         "/v1/models/{model}/ready",
         tags=["health"],
         summary="Whether a model can take requests",
-        response_model=None,
         responses=ok(s.ModelReady, description="Ready")
         | also(503, s.ModelReady, "Not ready (loading, failed, or draining)")
         | native_errors(404),
@@ -179,9 +173,7 @@ def native_router(dataplane: DataPlane) -> APIRouter:
         ready = dataplane.model_ready(model)
         return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
 
-    @router.get(
-        "/health/live", tags=["health"], summary="Liveness", response_model=None, responses=ok(s.Live)
-    )
+    @router.get("/health/live", tags=["health"], summary="Liveness", responses=ok(s.Live))
     async def live() -> dict[str, bool]:
         return {"live": dataplane.live()}
 
@@ -192,7 +184,6 @@ def native_router(dataplane: DataPlane) -> APIRouter:
         description="503 until every model that should load has loaded (`strict_readiness`, "
         "the default), and while draining. When not ready, `models` names each model that is "
         "not and why (e.g. the error that stopped it loading).",
-        response_model=None,
         responses=ok(s.Ready, description="Ready") | also(503, s.Ready, "Not ready, with the reasons"),
     )
     async def ready() -> JSONResponse:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 
 from service.errors import ModelNotFound
 
@@ -33,14 +33,7 @@ def playground_router() -> APIRouter:
     def page(name: str) -> Response:
         return Response(cache[name], media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
 
-    @router.get(
-        "/ui",
-        summary="Playground: try a model in the browser",
-        response_model=None,
-        responses={
-            200: {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}
-        },
-    )
+    @router.get("/ui", summary="Playground: try a model in the browser", response_class=HTMLResponse)
     async def ui() -> Response:
         return page("index.html")
 

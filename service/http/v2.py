@@ -125,25 +125,20 @@ def _binary_outputs(
 #: The documented answers of each kind of V2 route (``service.http.openapi``).
 _VERSIONED = (400, 404)  # a malformed version name is 400, an unknown one 404
 _STATS_DOC: dict[str, Any] = {
-    "response_model": None,
     "responses": ok(sc.V2StatsResponse) | v2_errors(*_VERSIONED),
 }
 _READY_DOC: dict[str, Any] = {
-    "response_model": None,
     "responses": ok(sc.ModelReady, description="Ready")
     | also(503, sc.ModelReady, "Not ready")
     | v2_errors(*_VERSIONED),
 }
 _CONFIG_DOC: dict[str, Any] = {
-    "response_model": None,
     "responses": ok(sc.V2ModelConfig) | v2_errors(*_VERSIONED, 503),
 }
 _METADATA_DOC: dict[str, Any] = {
-    "response_model": None,
     "responses": ok(sc.V2ModelMetadata) | v2_errors(*_VERSIONED, 503),
 }
 _INFER_DOC: dict[str, Any] = {
-    "response_model": None,
     "responses": {
         200: {
             "description": "Outputs as JSON, or (binary outputs asked for) the JSON header of "
@@ -164,12 +159,10 @@ _INFER_DOC: dict[str, Any] = {
     "openapi_extra": v2_infer_body(),
 }
 _LOAD_DOC: dict[str, Any] = {
-    "response_model": None,
     "responses": ok(sc.Empty, description="Loaded") | v2_errors(400, 401, 404, 413, 503),
     "openapi_extra": v2_json_body(sc.V2LoadRequest),
 }
 _UNLOAD_DOC: dict[str, Any] = {
-    "response_model": None,
     "responses": ok(sc.Empty, description="Unloaded") | v2_errors(400, 401, 404, 413),
     "openapi_extra": v2_json_body(sc.Empty),
 }
@@ -178,14 +171,13 @@ _UNLOAD_DOC: dict[str, Any] = {
 def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
     router = APIRouter(route_class=V2Route, tags=["v2"])
 
-    @router.get("/v2", summary="Server metadata", response_model=None, responses=ok(sc.V2ServerMetadata))
+    @router.get("/v2", summary="Server metadata", responses=ok(sc.V2ServerMetadata))
     async def server_metadata() -> dict[str, Any]:
         return dataplane.server_metadata()
 
     @router.get(
         "/v2/health/live",
         summary="Liveness",
-        response_model=None,
         responses=ok(sc.V2Live) | also(503, sc.V2Live, "Not live"),
     )
     async def live() -> JSONResponse:
@@ -195,7 +187,6 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
     @router.get(
         "/v2/health/ready",
         summary="Readiness",
-        response_model=None,
         responses=ok(sc.V2Ready) | also(503, sc.V2Ready, "Not ready (loading, failed model, draining)"),
     )
     async def ready() -> JSONResponse:
@@ -248,7 +239,6 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
     @router.get(
         "/v2/models/stats",
         summary="Statistics of every model",
-        response_model=None,
         responses=ok(sc.V2StatsResponse),
     )
     async def all_stats() -> dict[str, Any]:
@@ -310,7 +300,6 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
     @router.post(
         "/v2/repository/index",
         summary="Repository index",
-        response_model=None,
         responses=ok(sc.V2RepositoryEntry, array=True) | v2_errors(400, 401, 413),
         openapi_extra=v2_json_body(sc.V2RepositoryIndexRequest),
     )
