@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -48,7 +49,9 @@ class FusionServer:
         self.settings = settings
         self.metrics = Metrics()
         self.registry = ModelRegistry(
-            ModelRepository(repository), self.metrics, parse_failpoints(settings.failpoints)
+            ModelRepository(repository, allow_torchscript=settings.allow_torchscript),
+            self.metrics,
+            parse_failpoints(settings.failpoints),
         )
         self.dataplane = DataPlane(
             self.registry,
@@ -124,6 +127,10 @@ class FusionServer:
             http="httptools",
             ssl_certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
             ssl_keyfile=str(s.tls_key_file) if s.tls_key_file else None,
+            # mTLS: with a client CA, a client without a certificate it signed
+            # cannot complete the handshake (same rule as the gRPC door).
+            ssl_ca_certs=str(s.tls_client_ca_file) if s.tls_client_ca_file else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if s.tls_client_ca_file else ssl.CERT_NONE,
             timeout_graceful_shutdown=max(1, int(s.drain_timeout_s)),
             backlog=2048,
         )

@@ -155,8 +155,17 @@ def launch_server(
 def running_server(
     model_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    """One shared server on the default repository (HTTP + gRPC)."""
-    server = launch_server(model_repository, tmp_path_factory.mktemp("server-logs"))
+    """One shared server on the default repository (HTTP + gRPC).
+
+    It runs with ``--model-control explicit`` (no admin token, loopback only) so
+    tests of the repository extension can load and unload; tests of the closed
+    default start a server of their own (``tests/security/``).
+    """
+    server = launch_server(
+        model_repository,
+        tmp_path_factory.mktemp("server-logs"),
+        env={"FUSIONSERVE_MODEL_CONTROL": "explicit"},
+    )
     yield server
     server.stop()
 
@@ -230,12 +239,14 @@ def samples(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="session")
 def token_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """A second shared server: digits-embed alone, behind an API token (``s3cret``), no gRPC.
+    """A second shared server: digits-embed alone, behind an API token (``s3cret``), no gRPC,
+    with repository load/unload allowed (``--model-control explicit``, loopback only).
 
     For tests that need a token, or that unload and reload its model (they load it back).
     """
     root = tmp_path_factory.mktemp("token-server")
     repository = copy_entry(model_repository, root / "repo", "digits-embed")
-    server = launch_server(repository, root, grpc=False, env={"FUSIONSERVE_API_TOKEN": "s3cret"})
+    env = {"FUSIONSERVE_API_TOKEN": "s3cret", "FUSIONSERVE_MODEL_CONTROL": "explicit"}
+    server = launch_server(repository, root, grpc=False, env=env)
     yield server
     server.stop()

@@ -16,9 +16,11 @@ from service.errors import (
     FusionServeError,
     InternalError,
     InvalidInput,
+    LoadFailed,
     ModelNotFound,
     NotReady,
     Overloaded,
+    PermissionDenied,
 )
 from service.grpc.handlers import reject_undecodable
 from service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
@@ -28,6 +30,8 @@ log = logging.getLogger("fusionserve.grpc")
 #: Most specific first. Everything else (internal, config) is INTERNAL.
 CODE_TABLE: tuple[tuple[type[FusionServeError], grpc.StatusCode], ...] = (
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (LoadFailed, grpc.StatusCode.INVALID_ARGUMENT),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReady, grpc.StatusCode.UNAVAILABLE),

@@ -29,7 +29,12 @@ from service.http import schemas
 _NATIVE_EXAMPLES: dict[int, tuple[str, str, str]] = {
     400: ("invalid_input", "field 'image' must be a file upload, not a text field", "Malformed request"),
     401: ("unauthenticated", "missing bearer token", "API token required (server started with one)"),
-    403: ("forbidden", "model control is disabled on this server", "Operation not allowed"),
+    403: (
+        "permission_denied",
+        "load of model 'digits-fusion' refused: the server runs with model_control=none; "
+        "start it with --model-control explicit",
+        "Refused: repository control is off (--model-control none, the default)",
+    ),
     404: ("not_found", "unknown model 'digits-fuson'", "Unknown model or version"),
     413: ("limit_exceeded", "request body exceeds max_body_bytes=67108864", "Over a configured limit"),
     415: (

@@ -24,6 +24,7 @@ from service.http import schemas as sc
 from service.http.content_coding import compress, decompress, request_coding, response_coding
 from service.http.errors import http_status
 from service.http.openapi import also, ok, ref, v2_errors, v2_infer_body, v2_json_body
+from service.model_control import require_model_control
 from service.v2.codec import (
     HEADER_LENGTH,
     InferRequest,
@@ -159,11 +160,11 @@ _INFER_DOC: dict[str, Any] = {
     "openapi_extra": v2_infer_body(),
 }
 _LOAD_DOC: dict[str, Any] = {
-    "responses": ok(sc.Empty, description="Loaded") | v2_errors(400, 401, 404, 413, 503),
+    "responses": ok(sc.Empty, description="Loaded") | v2_errors(400, 401, 403, 404, 413, 503),
     "openapi_extra": v2_json_body(sc.V2LoadRequest),
 }
 _UNLOAD_DOC: dict[str, Any] = {
-    "responses": ok(sc.Empty, description="Unloaded") | v2_errors(400, 401, 404, 413),
+    "responses": ok(sc.Empty, description="Unloaded") | v2_errors(400, 401, 403, 404, 413),
     "openapi_extra": v2_json_body(sc.Empty),
 }
 
@@ -314,6 +315,7 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
 
     @router.post("/v2/repository/models/{model}/load", summary="Load a model", **_LOAD_DOC)
     async def load(request: Request, model: str) -> dict[str, Any]:
+        require_model_control(settings.model_control, "load", model)
         document = await _json_body(request)
         parameters = document.get("parameters") or {}
         if not isinstance(parameters, dict):
@@ -324,6 +326,7 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
 
     @router.post("/v2/repository/models/{model}/unload", summary="Unload a model", **_UNLOAD_DOC)
     async def unload(request: Request, model: str) -> dict[str, Any]:
+        require_model_control(settings.model_control, "unload", model)
         await _json_body(request)
         await dataplane.unload(model)
         return {}
