@@ -25,7 +25,7 @@ from service.http import schemas
 
 # ------------------------------------------------------------------- statuses
 
-#: status -> (error code, example message) for the native error body.
+#: status -> (error code, example message, description) for the error responses.
 _NATIVE_EXAMPLES: dict[int, tuple[str, str, str]] = {
     400: ("invalid_input", "field 'image' must be a file upload, not a text field", "Malformed request"),
     401: ("unauthenticated", "missing bearer token", "API token required (server started with one)"),
