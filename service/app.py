@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import ssl
 import time
@@ -23,12 +22,15 @@ from typing import Any
 import uvicorn
 
 from service.config import Settings
+from service.cpus import available_cpus
 from service.dataplane import DataPlane
 from service.failpoints import parse_failpoints
 from service.gpu_metrics import sample_gpus
 from service.http.app import create_http_app
+from service.http.transport import TransportLimits, bounded_protocol
 from service.metrics import Metrics
 from service.model.repository import ModelRepository
+from service.preprocess.image import set_max_decoded_bytes
 from service.registry import ModelRegistry
 
 log = logging.getLogger("fusionserve.app")
@@ -47,6 +49,7 @@ class FusionServer:
 
     def __init__(self, settings: Settings, repository: Path) -> None:
         self.settings = settings
+        set_max_decoded_bytes(settings.max_decoded_image_bytes)
         self.metrics = Metrics()
         self.registry = ModelRegistry(
             ModelRepository(repository, allow_torchscript=settings.allow_torchscript),
@@ -56,7 +59,7 @@ class FusionServer:
         self.dataplane = DataPlane(
             self.registry,
             self.metrics,
-            decode_threads=settings.decode_threads or (os.cpu_count() or 1),
+            decode_threads=settings.decode_threads or available_cpus(),
             max_batch_items=settings.max_batch_items,
             max_top_k=settings.max_top_k,
             strict_readiness=settings.strict_readiness,
@@ -124,7 +127,15 @@ class FusionServer:
             log_config=None,
             access_log=False,
             lifespan="off",
-            http="httptools",
+            http=bounded_protocol(
+                TransportLimits(
+                    max_url_bytes=s.max_url_bytes,
+                    max_header_bytes=s.max_header_bytes,
+                    header_timeout_s=s.header_timeout_s,
+                    body_timeout_s=s.body_timeout_s,
+                    max_connections=s.max_connections,
+                )
+            ),
             ssl_certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
             ssl_keyfile=str(s.tls_key_file) if s.tls_key_file else None,
             # mTLS: with a client CA, a client without a certificate it signed

@@ -27,11 +27,44 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
 
     # Work limits
-    decode_threads: int = Field(default=0, ge=0, description="decoder threads; 0 = one per core")
+    decode_threads: int = Field(default=0, ge=0, description="decoder threads; 0 = CPUs the cgroup allows")
+    max_decoded_image_bytes: int = Field(
+        default=160 * 1024 * 1024,
+        ge=1024,
+        description="memory one image may decode to (width x height x bytes per pixel; 413 beyond)",
+    )
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="largest request body")
     max_batch_items: int = Field(default=64, ge=1, description="rows in one request (batch form)")
     max_top_k: int = Field(default=100, ge=1)
+    max_tensor_rank: int = Field(default=8, ge=1, le=32, description="dimensions of one V2 tensor")
+    max_tensor_elements: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="elements of one numeric V2 tensor (checked from its shape)",
+    )
+    max_tensor_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1, description="bytes of one numeric V2 tensor (shape x item size)"
+    )
     grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    # Transport limits (service/http/transport.py; gRPC channel arguments)
+    max_url_bytes: int = Field(default=8 * 1024, ge=256, description="request target size (414 beyond)")
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="request header size, HTTP and gRPC metadata (431 beyond)"
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="time to receive a request's headers (408 and close beyond)"
+    )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="time to receive a request's body after its headers (408 beyond)"
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, description="open HTTP connections, and gRPC connections (refused beyond)"
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        default=2048,
+        ge=1,
+        description="gRPC calls in progress, all connections (RESOURCE_EXHAUSTED beyond)",
+    )
     grpc_max_concurrent_streams: int = Field(
         default=1024, ge=1, description="calls one gRPC connection may have open at once; more wait"
     )

@@ -341,7 +341,9 @@ class DataPlane:
             return predictions(lv.config, lv.labels, lv.version, outputs, mods, top_k)
 
         if not 1 <= top_k <= self.max_top_k:
-            raise InvalidInput(f"top_k must lie in 1..{self.max_top_k}, got {top_k}", field="top_k")
+            error = InvalidInput(f"top_k must lie in 1..{self.max_top_k}, got {top_k}", field="top_k")
+            self.record_rejected(model, protocol, error)
+            raise error
         return await self._serve(model, version, rows, timeout_s, protocol, run)
 
     async def embed(

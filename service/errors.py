@@ -105,3 +105,21 @@ class ConfigError(FusionServeError):
     """A model-repository entry is malformed; names the file and the field."""
 
     code = "config_error"
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """A short, always-computable ``repr`` of a client's value for an error message.
+
+    Never fails and never grows with the input: nesting, long strings and
+    huge integers (whose ``repr`` raises past 4,300 digits) are elided.
+    """
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxlist, shortener.maxdict = 3, 6, 6
+    shortener.maxstring, shortener.maxother, shortener.maxlong = limit, limit, 40
+    try:
+        text = shortener.repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -16,6 +16,7 @@ from service.errors import (
     FusionServeError,
     InternalError,
     InvalidInput,
+    LimitExceeded,
     LoadFailed,
     ModelNotFound,
     NotReady,
@@ -27,8 +28,10 @@ from service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
 
 log = logging.getLogger("fusionserve.grpc")
 
-#: Most specific first. Everything else (internal, config) is INTERNAL.
+#: Most specific first. Everything else (internal, config) is INTERNAL. A bound
+#: exceeded (HTTP 413) is RESOURCE_EXHAUSTED, as gRPC answers a message too large.
 CODE_TABLE: tuple[tuple[type[FusionServeError], grpc.StatusCode], ...] = (
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (LoadFailed, grpc.StatusCode.INVALID_ARGUMENT),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
@@ -77,7 +80,7 @@ def guarded(method: Handler) -> Handler:
         logged = False
         try:
             try:
-                reject_undecodable(request)
+                _reject_counted(self, request)
                 return await method(self, request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -99,6 +102,17 @@ def guarded(method: Handler) -> Handler:
             request_id_var.reset(token)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _reject_counted(servicer: Any, request: object) -> None:
+    """Refuse a message that did not parse (or was over a count bound), counted in the metrics."""
+    try:
+        reject_undecodable(request)
+    except FusionServeError as exc:
+        dataplane = getattr(servicer, "dataplane", None)
+        if dataplane is not None:
+            dataplane.record_rejected("", getattr(servicer, "protocol", "grpc"), exc)
+        raise
 
 
 def log_call(rpc: str, code: grpc.StatusCode, started: float) -> None:

@@ -20,8 +20,9 @@ from typing import Any
 import grpc
 from google.protobuf import message, message_factory
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, LimitExceeded
 from service.grpc import protos
+from service.grpc.wire import Rule, check_counts
 
 
 @dataclass(frozen=True)
@@ -41,14 +42,29 @@ class Undecodable:
         return InvalidInput(f"request is not a valid {self.type_name} message (the bytes do not parse)")
 
 
+@dataclass(frozen=True)
+class Refused(Undecodable):
+    """A request message whose wire bytes hold more of a field than allowed: never parsed."""
+
+    reason: str = ""
+
+    def error(self) -> InvalidInput:
+        return LimitExceeded(self.reason)
+
+
 def reject_undecodable(request: object) -> None:
     """Raise the client's error for a message that did not parse; no-op otherwise."""
     if isinstance(request, Undecodable):
         raise request.error()
 
 
-def _deserializer(message_class: Any) -> Callable[[bytes], Any]:
+def _deserializer(message_class: Any, schema: dict[int, Rule] | None) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
+        if schema is not None:
+            try:
+                check_counts(data, schema)
+            except LimitExceeded as exc:
+                return Refused(message_class.DESCRIPTOR.full_name, reason=exc.message)
         try:
             return message_class.FromString(data)
         except message.DecodeError:
@@ -65,7 +81,11 @@ _FACTORIES = {
 }
 
 
-def generic_handler(service_name: str, servicer: object) -> grpc.GenericRpcHandler:
+def generic_handler(
+    service_name: str, servicer: object, schemas: dict[str, dict[int, Rule]] | None = None
+) -> grpc.GenericRpcHandler:
+    """Handlers of the servicer's methods; ``schemas`` bounds a method's request counts
+    (``service.grpc.wire``) before its message is parsed."""
     descriptor = protos.service(service_name)
     handlers: dict[str, Any] = {}
     for method in descriptor.methods:
@@ -77,7 +97,7 @@ def generic_handler(service_name: str, servicer: object) -> grpc.GenericRpcHandl
         factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = factory(
             implementation,
-            request_deserializer=_deserializer(request_class),
+            request_deserializer=_deserializer(request_class, (schemas or {}).get(method.name)),
             response_serializer=response_class.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(service_name, handlers)

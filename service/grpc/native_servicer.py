@@ -86,6 +86,8 @@ def model_message(info: ModelInfo) -> Any:
 
 
 class NativeServicer:
+    protocol = PROTOCOL
+
     def __init__(self, dataplane: DataPlaneApi) -> None:
         self.dataplane = dataplane
 

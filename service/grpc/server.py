@@ -14,12 +14,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.grpc import protos
+from service.grpc import protos, wire
 from service.grpc.auth import BearerAuthInterceptor
 from service.grpc.handlers import generic_handler
 from service.grpc.health import HealthService
 from service.grpc.native_servicer import NativeServicer
 from service.grpc.v2_servicer import V2Servicer
+from service.v2.codec import TensorLimits
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -51,6 +52,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # unbounded number of calls (each a task and its buffers) open at once;
         # its further calls wait in its own transport.
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        # Connections and metadata (gRPC's headers) bounded as over HTTP.
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        ("grpc.max_metadata_size", settings.max_header_bytes),
         # Recycle long-lived connections so clients balancing over a
         # headless Service discover new replicas (docs/deployment.md).
         ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
@@ -76,11 +80,32 @@ def build_grpc_server(dataplane: DataPlaneApi, settings: Settings) -> tuple[grpc
     interceptors = []
     if settings.api_token or settings.admin_token:
         interceptors.append(BearerAuthInterceptor(settings.api_token, settings.admin_token))
-    server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
+    server = grpc.aio.server(
+        options=server_options(settings),
+        interceptors=interceptors,
+        # Calls in progress over every connection; more are answered RESOURCE_EXHAUSTED.
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+    )
+    limits = TensorLimits.from_settings(settings)
+    v2 = wire.v2_infer_schema(
+        max_tensors=limits.max_tensors,
+        max_rank=limits.max_rank,
+        max_bytes_elements=limits.max_bytes_elements,
+        max_elements=limits.max_elements,
+    )
+    native = wire.native_schema(settings.max_batch_items)
     server.add_generic_rpc_handlers(
         (
-            generic_handler(protos.V2_SERVICE, V2Servicer(dataplane, model_control=settings.model_control)),
-            generic_handler(protos.NATIVE_SERVICE, NativeServicer(dataplane)),
+            generic_handler(
+                protos.V2_SERVICE,
+                V2Servicer(dataplane, limits, model_control=settings.model_control),
+                {"ModelInfer": v2, "ModelStreamInfer": v2},
+            ),
+            generic_handler(
+                protos.NATIVE_SERVICE,
+                NativeServicer(dataplane),
+                {"Predict": native, "Embed": native, "PredictStream": native},
+            ),
         )
     )
     health_service = HealthService(dataplane)

@@ -20,6 +20,7 @@ from service.grpc.protos import V2
 from service.grpc.streaming import pipelined
 from service.grpc.v2_tensors import fast_request, request_from_proto, response_to_proto
 from service.model_control import require_model_control
+from service.v2.codec import DEFAULT_LIMITS, TensorLimits
 from service.v2.infer import run_infer
 from service.v2.load_request import refuse_overrides
 from service.v2.mapping import input_specs, output_specs, require_config, triton_model_config
@@ -54,8 +55,13 @@ def _statistics(stats: VersionStats) -> Any:
 class V2Servicer:
     """One method per RPC of the service; names match the proto."""
 
-    def __init__(self, dataplane: DataPlaneApi, *, model_control: str = "none") -> None:
+    protocol = PROTOCOL
+
+    def __init__(
+        self, dataplane: DataPlaneApi, limits: TensorLimits = DEFAULT_LIMITS, *, model_control: str = "none"
+    ) -> None:
         self.dataplane = dataplane
+        self.limits = limits
         self.model_control = model_control  # service.model_control
 
     @guarded
@@ -109,10 +115,10 @@ class V2Servicer:
             self.dataplane,
             request.model_name,
             request.model_version or None,
-            lambda: request_from_proto(request),
+            lambda: request_from_proto(request, self.limits),
             timeout_s=remaining_seconds(context),
             protocol=PROTOCOL,
-            fast=lambda accepted: fast_request(request, accepted),
+            fast=lambda accepted: fast_request(request, accepted, self.limits.max_bytes_elements),
         )
         return response_to_proto(
             V2.ModelInferResponse, result.model, result.version, result.id, result.outputs

@@ -16,13 +16,15 @@ import numpy as np
 from service.errors import InvalidInput
 from service.model.rows import RawInputs
 from service.v2.codec import (
+    DEFAULT_LIMITS,
     NUMPY_DTYPES,
     InferRequest,
     RequestedOutput,
     Tensor,
-    check_datatype,
+    TensorLimits,
     check_int_range,
-    check_shape,
+    check_name,
+    check_tensor,
     deserialize_bytes,
     element_count,
     from_raw,
@@ -78,17 +80,18 @@ def _from_contents(name: str, datatype: str, shape: tuple[int, ...], contents: A
     return array.astype(dtype).reshape(shape)
 
 
-def request_from_proto(message: Any) -> InferRequest:
+def request_from_proto(message: Any, limits: TensorLimits = DEFAULT_LIMITS) -> InferRequest:
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
         raise InvalidInput(
             f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; give one per input"
         )
     inputs = []
+    if len(message.inputs) > limits.max_tensors or len(message.outputs) > limits.max_tensors:
+        raise InvalidInput(f"a request may name at most {limits.max_tensors} inputs and outputs")
     for index, tensor in enumerate(message.inputs):
-        name = tensor.name
-        datatype = check_datatype(name, tensor.datatype)
-        shape = check_shape(name, tuple(tensor.shape))
+        name = check_name(f"inputs[{index}]", tensor.name)
+        datatype, shape = check_tensor(name, tensor.datatype, list(tensor.shape), limits)
         if raw:
             data = from_raw(name, datatype, shape, raw[index])
         else:
@@ -98,7 +101,9 @@ def request_from_proto(message: Any) -> InferRequest:
     return InferRequest(inputs, outputs, message.id, parameters_dict(message.parameters))
 
 
-def fast_request(message: Any, accepted: Collection[str]) -> tuple[list[RawInputs], InferRequest] | None:
+def fast_request(
+    message: Any, accepted: Collection[str], limit: int = DEFAULT_LIMITS.max_bytes_elements
+) -> tuple[list[RawInputs], InferRequest] | None:
     """The common ``ModelInfer`` straight to rows, without building tensors.
 
     Taken only when every input is ``BYTES`` in ``raw_input_contents`` with
@@ -119,11 +124,11 @@ def fast_request(message: Any, accepted: Collection[str]) -> tuple[list[RawInput
         if tensor.datatype != "BYTES" or name not in accepted or name in columns or tensor.parameters:
             return None
         shape = tensor.shape
-        if not is_bytes_column_shape(shape) or shape[0] < 1 or (batch and shape[0] != batch):
+        if not is_bytes_column_shape(shape) or not 1 <= shape[0] <= limit or (batch and shape[0] != batch):
             return None
         batch = shape[0]
         try:
-            elements = deserialize_bytes(name, buffer)
+            elements = deserialize_bytes(name, buffer, batch)
             if len(elements) != batch:
                 return None
             columns[name] = bytes_column(name, elements)

@@ -39,6 +39,9 @@ Errors: native routes answer `{"error": {"code", "message"}, "request_id"}`,
 `/v2` routes the protocol's `{"error": "message"}`. A method a path does not
 serve answers `405` with an `Allow` header. When the server runs with an API
 token, inference routes need `Authorization: Bearer <token>` (401 otherwise).
+Any route may also meet the transport's limits before it runs: 408 (headers or
+body too slow), 414 (URL too long), 431 (headers too large), each closing the
+connection, and 503 `too_many_connections`.
 """
 
 

@@ -12,9 +12,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.dataplane import DataPlane, ModelInfo
+from service.errors import FusionServeError
 from service.http import schemas as s
 from service.http.openapi import also, native_body, native_errors, ok
-from service.http.parsing import parse_request, parse_timeout_ms
+from service.http.parsing import ParsedRequest, parse_request, parse_timeout_ms
 from service.model.outputs import Embedding, Prediction
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
@@ -80,14 +81,25 @@ def model_json(info: ModelInfo) -> dict[str, Any]:
 def native_router(dataplane: DataPlane) -> APIRouter:
     router = APIRouter()
 
+    async def _parse(request: Request, model: str, allow_top_k: bool) -> tuple[ParsedRequest, float | None]:
+        """The rows and deadline; a refusal here is counted like one from the core."""
+        try:
+            parsed = await parse_request(
+                request, allow_top_k=allow_top_k, max_items=dataplane.max_batch_items
+            )
+            return parsed, parse_timeout_ms(request.headers.get(TIMEOUT_HEADER))
+        except FusionServeError as exc:
+            dataplane.record_rejected(model, "http", exc)
+            raise
+
     async def _predict(request: Request, model: str, version: str | None) -> dict[str, Any]:
-        parsed = await parse_request(request, allow_top_k=True)
+        parsed, timeout_s = await _parse(request, model, allow_top_k=True)
         results = await dataplane.predict(
             model,
             version,
             parsed.rows,
             top_k=parsed.top_k or 5,
-            timeout_s=parse_timeout_ms(request.headers.get(TIMEOUT_HEADER)),
+            timeout_s=timeout_s,
             protocol="http",
         )
         head = {"model": results[0].model, "version": results[0].version}
@@ -96,12 +108,12 @@ def native_router(dataplane: DataPlane) -> APIRouter:
         return {**head, **_prediction_json(results[0])}
 
     async def _embed(request: Request, model: str, version: str | None) -> dict[str, Any]:
-        parsed = await parse_request(request, allow_top_k=False)
+        parsed, timeout_s = await _parse(request, model, allow_top_k=False)
         results = await dataplane.embed(
             model,
             version,
             parsed.rows,
-            timeout_s=parse_timeout_ms(request.headers.get(TIMEOUT_HEADER)),
+            timeout_s=timeout_s,
             protocol="http",
         )
         head = {"model": results[0].model, "version": results[0].version}

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 
-from service.errors import InvalidInput, UnsupportedMediaType
+from service import jsonbody
+from service.errors import InvalidInput, UnsupportedMediaType, brief
 from service.http.multipart import parse_multipart
 from service.model.rows import RawInputs
 
@@ -29,13 +30,14 @@ class ParsedRequest:
     batch: bool  # the JSON batch form ("items") was used
 
 
-async def parse_request(request: Request, *, allow_top_k: bool) -> ParsedRequest:
+async def parse_request(request: Request, *, allow_top_k: bool, max_items: int = 64) -> ParsedRequest:
+    """The body's rows; a JSON ``items`` list longer than ``max_items`` is refused while parsing."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
         return _parse_multipart(await request.body(), content_type, allow_top_k)
     if media_type == "application/json":
-        return _parse_json(await request.body(), allow_top_k)
+        return _parse_json(await request.body(), allow_top_k, max_items)
     raise UnsupportedMediaType(
         f"Content-Type {media_type or '(none)'!r} is not supported; "
         "send multipart/form-data (fields image, audio, text) or application/json"
@@ -77,14 +79,17 @@ def _parse_multipart(body: bytes, content_type: str, allow_top_k: bool) -> Parse
     return ParsedRequest(rows=[_row(values, prefix="")], top_k=top_k, batch=False)
 
 
-def _parse_json(body: bytes, allow_top_k: bool) -> ParsedRequest:
-    try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+def _parse_json(body: bytes, allow_top_k: bool, max_items: int = 64) -> ParsedRequest:
+    options = OPTION_FIELDS if allow_top_k else ()
+    jsonbody.check_structure(body, "body")
+    doc = jsonbody.load_object(
+        body,
+        list_limits={"items": max_items},
+        allowed=("items", *ITEM_FIELDS, *options),
+        what="body",
+    )
     if not isinstance(doc, dict):
         raise InvalidInput("JSON body must be an object")
-    options = OPTION_FIELDS if allow_top_k else ()
     top_k = _parse_top_k(doc.get("top_k")) if allow_top_k else None
     if "items" in doc:
         unknown = sorted(set(doc) - {"items", *options})
@@ -132,15 +137,32 @@ def _row(values: dict[str, Any], prefix: str) -> RawInputs:
     return RawInputs(image=values.get("image"), audio=values.get("audio"), text=values.get("text"))
 
 
+#: top_k is checked against max_top_k later; this only keeps the conversion bounded.
+_TOP_K_DIGITS = 9
+
+
 def _parse_top_k(value: Any) -> int | None:
+    """An integer from JSON (an integral float too) or a multipart text field.
+
+    ``1e400`` and ``Infinity`` (infinite floats), ``NaN``, booleans and
+    digit strings of any other script are the client's error, never an
+    ``OverflowError`` on its way to a 500.
+    """
     if value is None:
         return None
-    try:
+    top_k: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        top_k = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
         top_k = int(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"top_k must be an integer, got {value!r}", field="top_k") from exc
-    if isinstance(value, bool) or top_k < 1:
-        raise InvalidInput(f"top_k must be a positive integer, got {value!r}", field="top_k")
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.isascii() and text.isdigit() and len(text) <= _TOP_K_DIGITS:
+            top_k = int(text)
+    if top_k is None:
+        raise InvalidInput(f"top_k must be an integer, got {brief(value)}", field="top_k")
+    if top_k < 1:
+        raise InvalidInput(f"top_k must be a positive integer, got {brief(value)}", field="top_k")
     return top_k
 
 
@@ -151,7 +173,7 @@ def parse_timeout_ms(value: str | None, max_ms: float = 3_600_000) -> float | No
     try:
         ms = float(value)
     except ValueError as exc:
-        raise InvalidInput(f"header X-Request-Timeout-Ms must be a number, got {value!r}") from exc
+        raise InvalidInput(f"header X-Request-Timeout-Ms must be a number, got {brief(value)}") from exc
     if not 0 < ms <= max_ms or ms != ms:
-        raise InvalidInput(f"header X-Request-Timeout-Ms must lie in (0, {max_ms:g}], got {value!r}")
+        raise InvalidInput(f"header X-Request-Timeout-Ms must lie in (0, {max_ms:g}], got {brief(value)}")
     return ms / 1000.0

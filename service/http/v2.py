@@ -9,7 +9,6 @@ HTTP table, ``service.http.errors``) instead of the native body.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -17,6 +16,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from service import jsonbody
 from service.config import Settings
 from service.dataplane import DataPlaneApi, VersionStats
 from service.errors import FusionServeError, InvalidInput, NotReady, Overloaded
@@ -29,6 +29,7 @@ from service.v2.codec import (
     HEADER_LENGTH,
     InferRequest,
     RequestedOutput,
+    TensorLimits,
     encode_infer_response,
     parse_header_length,
     parse_infer_request,
@@ -99,10 +100,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
     body = await request.body()
     if not body.strip():
         return {}
-    try:
-        document = json.loads(body)
-    except ValueError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+    jsonbody.check_structure(body)
+    document = jsonbody.loads(body)
     if not isinstance(document, dict):
         raise InvalidInput("request body must be a JSON object")
     return document
@@ -171,6 +170,7 @@ _UNLOAD_DOC: dict[str, Any] = {
 
 def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
     router = APIRouter(route_class=V2Route, tags=["v2"])
+    limits = TensorLimits.from_settings(settings)
 
     @router.get("/v2", summary="Server metadata", responses=ok(sc.V2ServerMetadata))
     async def server_metadata() -> dict[str, Any]:
@@ -218,7 +218,7 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
             if coding is not None:  # the header length counts the uncompressed body
                 data = decompress(body, coding, settings.max_body_bytes)
             header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(data))
-            return parse_infer_request(data, header_length)
+            return parse_infer_request(data, header_length, limits)
 
         result = await run_infer(dataplane, model, version, parse, timeout_s=None, protocol=PROTOCOL)
         asked = result.request

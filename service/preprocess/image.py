@@ -54,6 +54,27 @@ _SWAPS_AXES = frozenset({5, 6, 7, 8})
 
 Image.init()  # import every plugin once, not on a request thread
 
+#: The most memory one image may decode to (bytes: width x height x Pillow's bytes
+#: per pixel), checked from the header before any pixel is decoded. Set once at
+#: start-up from ``Settings.max_decoded_image_bytes`` (:func:`set_max_decoded_bytes`).
+#: At most ``decode_threads`` images decode at once, which bounds the decode
+#: memory of a request, and of the process, to ``decode_threads`` x this.
+MAX_DECODED_BYTES = 160 * 1024 * 1024
+#: Bytes per pixel as Pillow stores each mode; every mode not listed takes 4.
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+#: Pixels converted per step when reducing 16/32-bit images to 8 bits.
+_CHUNK_PIXELS = 1 << 20
+
+
+def set_max_decoded_bytes(limit: int) -> None:
+    global MAX_DECODED_BYTES
+    MAX_DECODED_BYTES = limit
+
+
+def decoded_bytes(width: int, height: int, mode: str) -> int:
+    """What decoding an image of this size and mode takes, before any conversion."""
+    return width * height * _BYTES_PER_PIXEL.get(mode, 4)
+
 
 def decode_image(data: bytes | np.ndarray, spec: ImageSpec, field: str = "image") -> np.ndarray:
     """Decode and resize one image to uint8 ``[spec.height, spec.width, 3]``.
@@ -105,6 +126,7 @@ def _load(data: bytes, spec: ImageSpec, field: str) -> tuple[Image.Image, int]:
     try:
         im = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
         _check_pixels(im.width, im.height, spec, field)
+        _check_decoded_bytes(im, field)
         is_jpeg = im.format in ("JPEG", "MPO")
         if is_jpeg:  # JPEG's EXIF is parsed with the header: decode at reduced scale
             orientation = _orientation(im)
@@ -141,6 +163,19 @@ def _check_pixels(width: int, height: int, spec: ImageSpec, field: str) -> None:
             limit="max_pixels",
             max=spec.max_pixels,
             actual=width * height,
+        )
+
+
+def _check_decoded_bytes(im: Image.Image, field: str) -> None:
+    size = decoded_bytes(im.width, im.height, im.mode)
+    if size > MAX_DECODED_BYTES:
+        raise LimitExceeded(
+            f"field {field!r}: a {im.width}x{im.height} {im.mode} image decodes to {size} bytes; "
+            f"the limit is max_decoded_image_bytes={MAX_DECODED_BYTES}",
+            field=field,
+            limit="max_decoded_image_bytes",
+            max=MAX_DECODED_BYTES,
+            actual=size,
         )
 
 
@@ -197,13 +232,24 @@ def _to_l_or_rgb(im: Image.Image) -> Image.Image:
 
 
 def _high_depth_gray(im: Image.Image) -> Image.Image:
-    """16-bit grayscale (``I;16*``, ``I``) → ``L``, scaling 0..65535 to 0..255."""
-    values = np.asarray(im)
-    if values.dtype.kind == "f":
-        scaled = np.clip(values, 0, 255)
-    else:
-        scaled = np.clip(values.astype(np.int64), 0, 65535) / 257.0
-    return Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
+    """16-bit grayscale (``I;16*``, ``I``) → ``L``, scaling 0..65535 to 0..255.
+
+    Memory-frugal: converted a strip of rows (about a million pixels) at a
+    time into the 8-bit result, so a 40-megapixel image costs its decoded
+    pixels plus 40 MB, not full-size copies as int64 and float64 (~800 MB).
+    ``(v + 128) // 257`` equals ``rint(v / 257)`` for every 16-bit ``v`` (no
+    value lies halfway).
+    """
+    width, height = im.size
+    out = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, _CHUNK_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        strip = np.asarray(im.crop((0, top, width, min(height, top + rows))))
+        if strip.dtype.kind == "f":
+            out[top : top + strip.shape[0]] = np.rint(np.clip(strip, 0, 255))
+        else:
+            out[top : top + strip.shape[0]] = (np.clip(strip, 0, 65535).astype(np.uint32) + 128) // 257
+    return Image.fromarray(out, "L")
 
 
 def _resize_to_array(im: Image.Image, spec: ImageSpec) -> np.ndarray:

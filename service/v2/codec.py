@@ -16,11 +16,15 @@ import math
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.errors import InvalidInput
+from service import jsonbody
+from service.errors import InvalidInput, LimitExceeded, brief
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 #: V2 datatype -> numpy dtype (little-endian). BF16 has no numpy type and is refused.
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
@@ -41,6 +45,36 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
 BINARY_SIZE = "binary_data_size"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _LENGTH = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class TensorLimits:
+    """Bounds every tensor meets before anything is allocated for it.
+
+    ``max_bytes_elements`` bounds ``BYTES`` tensors separately: each element
+    becomes a Python object, and every ``BYTES`` input here is one element
+    per row (so the doors pass ``max_batch_items``).
+    """
+
+    max_rank: int = 8
+    max_elements: int = 64 * 1024 * 1024
+    max_bytes: int = 256 * 1024 * 1024
+    max_bytes_elements: int = 64
+    max_tensors: int = 64
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TensorLimits:
+        return cls(
+            max_rank=settings.max_tensor_rank,
+            max_elements=settings.max_tensor_elements,
+            max_bytes=settings.max_tensor_bytes,
+            max_bytes_elements=settings.max_batch_items,
+        )
+
+
+DEFAULT_LIMITS = TensorLimits()
+#: Longest tensor/output name accepted (names echo into messages and logs).
+MAX_NAME_LENGTH = 256
 
 
 @dataclass
@@ -73,21 +107,72 @@ class InferRequest:
 # -- shapes and datatypes ---------------------------------------------------
 
 
+def check_name(what: str, name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"{what} needs a string 'name'")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"{what}: name of {len(name)} characters; the limit is {MAX_NAME_LENGTH}")
+    return name
+
+
 def check_datatype(name: str, datatype: object) -> str:
     if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
         known = ", ".join(NUMPY_DTYPES)
-        raise InvalidInput(f"tensor {name!r}: unsupported datatype {datatype!r}; expected one of {known}")
+        raise InvalidInput(
+            f"tensor {name!r}: unsupported datatype {brief(datatype)}; expected one of {known}"
+        )
     return datatype
 
 
-def check_shape(name: str, shape: object) -> tuple[int, ...]:
-    if isinstance(shape, list | tuple):
-        for dim in shape:
-            if type(dim) is not int or dim < 0:
-                break
-        else:
-            return tuple(shape)
-    raise InvalidInput(f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+def check_shape(
+    name: str, shape: object, datatype: str | None = None, limits: TensorLimits = DEFAULT_LIMITS
+) -> tuple[int, ...]:
+    """The shape as a tuple, bounded in rank, element count and byte size.
+
+    A zero dimension does not excuse the others: ``[0, 2**63-1]`` holds no
+    element but numpy cannot represent it, so every dimension counts (as 1
+    when zero) toward the element bound.
+    """
+    if not isinstance(shape, list | tuple):
+        raise InvalidInput(
+            f"tensor {name!r}: shape must be a list of non-negative integers, got {brief(shape)}"
+        )
+    if len(shape) > limits.max_rank:
+        raise InvalidInput(
+            f"tensor {name!r}: shape has {len(shape)} dimensions; the limit is {limits.max_rank}"
+        )
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise InvalidInput(
+                f"tensor {name!r}: shape must be a list of non-negative integers, got {brief(shape)}"
+            )
+    bound = limits.max_bytes_elements if datatype == "BYTES" else limits.max_elements
+    spread = 1
+    for dim in shape:
+        spread *= max(dim, 1)
+        if spread > bound:
+            what = "BYTES elements" if datatype == "BYTES" else "elements"
+            raise LimitExceeded(
+                f"tensor {name!r}: shape {brief(list(shape))} holds more than {bound} {what}",
+                field=name,
+            )
+    if datatype is not None and datatype != "BYTES":
+        size = element_count(shape) * NUMPY_DTYPES[datatype].itemsize
+        if size > limits.max_bytes:
+            raise LimitExceeded(
+                f"tensor {name!r}: {datatype} shape {list(shape)} is {size} bytes; "
+                f"the limit is {limits.max_bytes}",
+                field=name,
+            )
+    return tuple(shape)
+
+
+def check_tensor(
+    name: str, datatype: object, shape: object, limits: TensorLimits = DEFAULT_LIMITS
+) -> tuple[str, tuple[int, ...]]:
+    """Datatype and bounded shape of one tensor, checked before its data is touched."""
+    checked = check_datatype(name, datatype)
+    return checked, check_shape(name, shape, checked, limits)
 
 
 def check_int_range(name: str, datatype: str, low: int, high: int) -> None:
@@ -124,14 +209,22 @@ def serialize_bytes(elements: Iterable[object]) -> bytes:
     return b"".join(parts)
 
 
-def deserialize_bytes(name: str, buffer: bytes | memoryview) -> list[bytes]:
-    """Split a length-prefixed BYTES buffer; a truncated element is an error, not a guess."""
+def deserialize_bytes(name: str, buffer: bytes | memoryview, limit: int | None = None) -> list[bytes]:
+    """Split a length-prefixed BYTES buffer; a truncated element is an error, not a guess.
+
+    With ``limit``, stops at the element past it (InvalidInput): a buffer of
+    millions of empty elements is refused without building them.
+    """
     view = memoryview(buffer)
     if len(view) >= 4 and _LENGTH.unpack_from(view)[0] == len(view) - 4:  # the common single element
         return [bytes(view[4:])]
     elements: list[bytes] = []
     offset = 0
     while offset < len(view):
+        if limit is not None and len(elements) == limit:
+            raise InvalidInput(
+                f"tensor {name!r}: the BYTES data holds more than the {limit} elements its shape needs"
+            )
         if offset + 4 > len(view):
             raise InvalidInput(f"tensor {name!r}: truncated BYTES element length at byte {offset}")
         (length,) = _LENGTH.unpack_from(view, offset)
@@ -159,7 +252,7 @@ def from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memo
     """A tensor from its raw bytes (binary extension part or gRPC raw contents)."""
     count = element_count(shape)
     if datatype == "BYTES":
-        elements = deserialize_bytes(name, raw)
+        elements = deserialize_bytes(name, raw, count)
         if len(elements) != count:
             raise InvalidInput(
                 f"tensor {name!r}: shape {list(shape)} needs {count} BYTES elements, got {len(elements)}"
@@ -236,8 +329,13 @@ def _numbers(name: str, datatype: str, flat: list[Any]) -> np.ndarray:
         return np.asarray(flat, dtype=dtype)
     if not _only(flat, {int, float}):
         raise InvalidInput(f"tensor {name!r}: {datatype} data must be numbers")
-    with np.errstate(over="ignore", invalid="ignore"):
-        array = np.asarray(flat, dtype=dtype)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = np.asarray(flat, dtype=dtype)
+    except OverflowError as exc:  # an integer past any float (e.g. 400 digits)
+        raise InvalidInput(
+            f"tensor {name!r}: {datatype} data must be finite numbers within the type's range"
+        ) from exc
     # JSON numbers are finite: an infinity here is a value past the type's
     # range (or Python's non-standard NaN/Infinity tokens), not a real input.
     if not np.isfinite(array).all():
@@ -282,22 +380,23 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     """The ``Inference-Header-Content-Length`` value, checked against the body."""
     if value is None:
         return None
-    if not value.strip().isdigit():
-        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
-    length = int(value)
+    digits = value.strip()
+    # ASCII digits only: str.isdigit() also says yes to "²" and other scripts' digits.
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 20:
+        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {brief(value)}")
+    length = int(digits)
     if length == 0 or length > body_length:
         raise InvalidInput(f"{HEADER_LENGTH}={length} does not fit a body of {body_length} bytes")
     return length
 
 
-def _input_tensor(raw: object, index: int, binary: memoryview, cursor: int) -> tuple[Tensor, int]:
+def _input_tensor(
+    raw: object, index: int, binary: memoryview, cursor: int, limits: TensorLimits
+) -> tuple[Tensor, int]:
     if not isinstance(raw, dict):
         raise InvalidInput(f"inputs[{index}] must be a JSON object")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        raise InvalidInput(f"inputs[{index}] needs a string 'name'")
-    datatype = check_datatype(name, raw.get("datatype"))
-    shape = check_shape(name, raw.get("shape"))
+    name = check_name(f"inputs[{index}]", raw.get("name"))
+    datatype, shape = check_tensor(name, raw.get("datatype"), raw.get("shape"), limits)
     parameters = _mapping(f"inputs[{index}].parameters", raw.get("parameters"))
     size = parameters.get(BINARY_SIZE)
     if size is None:
@@ -317,14 +416,16 @@ def _input_tensor(raw: object, index: int, binary: memoryview, cursor: int) -> t
     return Tensor(name, datatype, shape, data, parameters), cursor + size
 
 
-def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+def parse_infer_request(
+    body: bytes, header_length: int | None, limits: TensorLimits = DEFAULT_LIMITS
+) -> InferRequest:
     """A REST infer body: JSON, or JSON header + binary parts when ``header_length`` is given."""
     header = body if header_length is None else body[:header_length]
     binary = memoryview(body)[len(header) :]
-    try:
-        document = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+    jsonbody.check_structure(header)
+    document = jsonbody.load_object(
+        header, list_limits={"inputs": limits.max_tensors, "outputs": limits.max_tensors}
+    )
     if not isinstance(document, dict):
         raise InvalidInput("request body must be a JSON object")
     raw_inputs = document.get("inputs")
@@ -333,7 +434,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     inputs: list[Tensor] = []
     cursor = 0
     for index, raw in enumerate(raw_inputs):
-        tensor, cursor = _input_tensor(raw, index, binary, cursor)
+        tensor, cursor = _input_tensor(raw, index, binary, cursor, limits)
         inputs.append(tensor)
     if cursor != len(binary):
         raise InvalidInput(f"{len(binary) - cursor} bytes of binary data are not claimed by any input")
@@ -342,8 +443,9 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     if not isinstance(raw_outputs, list):
         raise InvalidInput("'outputs' must be a list")
     for index, raw in enumerate(raw_outputs):
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        if not isinstance(raw, dict):
             raise InvalidInput(f"outputs[{index}] needs a string 'name'")
+        check_name(f"outputs[{index}]", raw.get("name"))
         outputs.append(
             RequestedOutput(raw["name"], _mapping(f"outputs[{index}].parameters", raw.get("parameters")))
         )

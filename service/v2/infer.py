@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 #: Triton's request parameter for a server-side timeout, in microseconds (0: none).
 TIMEOUT_PARAMETER = "timeout"
+#: The longest ``timeout`` accepted (one hour, as ``X-Request-Timeout-Ms``), in microseconds.
+MAX_TIMEOUT_US = 3_600_000_000
 
 
 @dataclass
@@ -51,8 +53,11 @@ def _timeout(parameters: dict[str, object], transport_s: float | None) -> float 
     value = parameters.get(TIMEOUT_PARAMETER)
     if value is None:
         return transport_s
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidInput(f"parameter {TIMEOUT_PARAMETER} must be a non-negative integer (microseconds)")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIMEOUT_US:
+        raise InvalidInput(
+            f"parameter {TIMEOUT_PARAMETER} must be an integer in 0..{MAX_TIMEOUT_US} (microseconds)",
+            field=f"parameters.{TIMEOUT_PARAMETER}",
+        )
     if value == 0:  # as in Triton: no timeout of its own
         return transport_s
     own = value / 1e6

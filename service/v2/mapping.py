@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import InvalidInput, NotReady
+from service.errors import InvalidInput, NotReady, brief
 from service.model.config import ModelConfig, OutputKind
 from service.model.rows import RawInputs
 from service.v2.codec import RequestedOutput, Tensor
@@ -182,7 +182,9 @@ def rows_from_inputs(model: str, config: ModelConfig, inputs: list[Tensor]) -> l
 def top_k_of(parameters: dict[str, object]) -> int:
     value = parameters.get("top_k", DEFAULT_TOP_K)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidInput(f"parameter top_k must be an integer, got {value!r}")
+        raise InvalidInput(
+            f"parameter top_k must be an integer, got {brief(value)}", field="parameters.top_k"
+        )
     return value
 
 

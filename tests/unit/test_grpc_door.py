@@ -52,7 +52,7 @@ def _text(*values: bytes) -> triton.InferInput:
 
 CASES = [
     (InvalidInput("bad image"), "StatusCode.INVALID_ARGUMENT", "bad image"),
-    (LimitExceeded("image too large"), "StatusCode.INVALID_ARGUMENT", "image too large"),
+    (LimitExceeded("image too large"), "StatusCode.RESOURCE_EXHAUSTED", "image too large"),
     (ModelNotFound("no such model"), "StatusCode.NOT_FOUND", "no such model"),
     (Overloaded("queue full"), "StatusCode.RESOURCE_EXHAUSTED", "queue full"),
     (NotReady("draining"), "StatusCode.UNAVAILABLE", "draining"),

@@ -1,0 +1,163 @@
+"""HTTP/1.1 transport limits below the ASGI app: URL and header size, receive time, connections.
+
+uvicorn's httptools protocol accepts a URL or headers of any size (an 8 MiB
+URL and 64 MiB of headers were served), waits forever for a request's bytes
+(slowloris: one byte every few seconds holds a connection and its buffers),
+and accepts any number of connections. This subclass of it answers, before
+the app sees the request:
+
+- 414 when the request target passes ``max_url_bytes``;
+- 431 when the headers (names, values and separators) pass ``max_header_bytes``;
+- 408 when the headers are not complete ``header_timeout_s`` after the
+  connection opened or the request began, or the body is not complete
+  ``body_timeout_s`` after the headers (a request the app already answers is
+  cut off: the client is gone for practical purposes);
+- 503 and close when ``max_connections`` connections are already open.
+
+Each refusal closes the connection: its state cannot be trusted any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("fusionserve.http")
+
+REASONS = {
+    408: "Request Timeout",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+CODES = {408: "request_timeout", 414: "uri_too_long", 431: "headers_too_large", 503: "too_many_connections"}
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    max_url_bytes: int = 8 * 1024
+    max_header_bytes: int = 64 * 1024
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    max_connections: int = 1024
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing a refused request."""
+
+
+def refusal(status: int, message: str) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection, in the native error shape."""
+    body = json.dumps({"error": {"code": CODES[status], "message": message}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {REASONS[status]}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol class with ``limits`` (pass as ``Config(http=...)``)."""
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        _limits = limits
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._url_bytes = 0
+            self._header_bytes = 0
+            self._timer: asyncio.TimerHandle | None = None
+            self._refused = False
+
+        # -- connection ----------------------------------------------------
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            if len(self.connections) >= self._limits.max_connections:
+                log.warning("connection refused: %d connections open", len(self.connections))
+                self._refused = True
+                transport.write(
+                    refusal(503, f"too many connections (max_connections={self._limits.max_connections})")
+                )
+                transport.close()
+                return
+            super().connection_made(transport)
+            self._arm(self._limits.header_timeout_s, "headers")
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            if self.transport is None:  # refused in connection_made
+                return
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            super().data_received(data)
+
+        def send_400_response(self, msg: str) -> None:
+            if self._refused:  # the refusal was written already; the parser error is ours
+                return
+            super().send_400_response(msg)
+
+        # -- parser callbacks -----------------------------------------------
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._url_bytes = self._header_bytes = 0
+            if self._timer is None:
+                self._arm(self._limits.header_timeout_s, "headers")
+
+        def on_url(self, url: bytes) -> None:
+            self._url_bytes += len(url)
+            if self._url_bytes > self._limits.max_url_bytes:
+                self._refuse(414, f"request target exceeds max_url_bytes={self._limits.max_url_bytes}")
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._header_bytes += len(name) + len(value) + 4
+            if self._header_bytes > self._limits.max_header_bytes:
+                self._refuse(431, f"request headers exceed max_header_bytes={self._limits.max_header_bytes}")
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._arm(self._limits.body_timeout_s, "body")
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        # -- refusals -----------------------------------------------------------
+        def _refuse(self, status: int, message: str) -> None:
+            log.warning("request refused (%d): %s", status, message)
+            self._refused = True
+            self._disarm()
+            self.transport.write(refusal(status, message))
+            self.transport.close()
+            raise _Refused(message)
+
+        def _arm(self, seconds: float, part: str) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(seconds, self._too_slow, seconds, part)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _too_slow(self, seconds: float, part: str) -> None:
+            self._timer = None
+            if self.transport is None or self.transport.is_closing():
+                return
+            log.warning("request %s not received within %.1f s: connection closed", part, seconds)
+            self._refused = True
+            if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
+                self.transport.write(refusal(408, f"request {part} not received within {seconds:g} s"))
+            self.transport.close()
+
+    return BoundedHttpToolsProtocol
