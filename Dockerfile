@@ -13,7 +13,8 @@
 # Every base image is a build argument, so the CPU target can be built against a
 # local base (docker/local-base.sh makes one with debootstrap; see
 # docs/deployment.md). Exact Python versions come from docker/constraints.txt
-# (regenerate with docker/update-constraints.sh); pin the base images by digest
+# and, hashed, docker/requirements-cpu.txt (regenerate both with
+# docker/update-constraints.sh); pin the base images by digest
 # in production (`--build-arg PYTHON_BASE=python:3.11-slim-bookworm@sha256:...`).
 
 ARG PYTHON_BASE=python:3.11-slim-bookworm
@@ -26,6 +27,7 @@ WORKDIR /src
 COPY pyproject.toml README.m[d] ./
 COPY service ./service
 COPY models ./models
+COPY fusionserve ./fusionserve
 COPY proto ./proto
 COPY docker/constraints.txt ./docker/constraints.txt
 
@@ -37,15 +39,20 @@ ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-COPY --from=sources /src /src
 WORKDIR /src
-# A venv keeps the install away from the distribution's Python (PEP 668) and
-# is copied whole into the runtime stage.
+# Dependencies first, from the hashed lock (docker/update-constraints.sh writes it), so
+# this layer is reused while only the sources change. A venv keeps the install away
+# from the distribution's Python (PEP 668) and is copied whole into the runtime stage.
+COPY docker/requirements-cpu.txt ./docker/requirements-cpu.txt
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --constraint docker/constraints.txt ".[cpu,media]" \
+    && /opt/venv/bin/pip install --require-hashes --no-deps -r docker/requirements-cpu.txt \
     && if [ "$WITH_TORCH" = "1" ]; then \
         /opt/venv/bin/pip install --index-url "$TORCH_CPU_INDEX" "torch==${TORCH_VERSION}"; \
-    fi \
+    fi
+# Then the sources; `pip check` fails the build when the lock no longer covers pyproject.
+COPY --from=sources /src /src
+RUN /opt/venv/bin/pip install --no-deps ".[cpu,media]" \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/python -c "import onnxruntime, service.app; print('onnxruntime', onnxruntime.__version__)"
 
 # ---------------------------------------------------------------- cpu

@@ -10,7 +10,8 @@ dev=0
 
 # espeak-ng synthesises the dataset's speech; the rest serve the tests and benchmarks.
 packages=(espeak-ng)
-(( dev )) && packages+=(sox wrk nghttp2-client prometheus docker-compose)
+# chromium: the browser tests of /ui and /docs (tests/e2e/test_browser.py).
+(( dev )) && packages+=(sox wrk nghttp2-client prometheus docker-compose chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

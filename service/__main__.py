@@ -10,6 +10,7 @@ imports torch.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import subprocess
@@ -18,6 +19,17 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("fusionserve")
+
+NO_REPOSITORY = """\
+fusionserve: no model repository to serve.
+  No --model-repository (or FUSIONSERVE_MODEL_REPOSITORY) was given, and the bundled
+  default repository is not built yet at {path}.
+  Building it trains the demo models and needs the training extra, which this install lacks.
+  Either point at a repository you have:
+      fusionserve serve --model-repository /path/to/model-repository
+  or install the training extra and build the default one once (about five minutes):
+      pip install "fusionserve[cpu,torch]" torch==2.13.0
+      fusionserve build-repo"""
 
 
 def _add_serve(sub: Any) -> None:
@@ -56,11 +68,19 @@ def _add_serve(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
+    try:
+        from pydantic import ValidationError
 
-    from service.app import serve
-    from service.config import Settings, default_repository_dir, default_repository_is_current
-    from service.logs import configure_logging
+        from service.app import serve
+        from service.config import Settings, default_repository_dir, default_repository_is_current
+        from service.logs import configure_logging
+    except ImportError as exc:  # a client-only install (no `cpu`/`gpu` extra)
+        print(
+            f"fusionserve serve: this install has no server ({exc.name} is missing); "
+            'install one with: pip install "fusionserve[cpu]"  (or [gpu] on a CUDA host)',
+            file=sys.stderr,
+        )
+        return 2
 
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
     if overrides.get("grpc_port") == -1:
@@ -76,6 +96,9 @@ def _serve(args: argparse.Namespace) -> int:
     if repository is None:
         repository = default_repository_dir()
         if not repository.is_dir() or not any(repository.iterdir()):
+            if importlib.util.find_spec("torch") is None:
+                print(NO_REPOSITORY.format(path=repository), file=sys.stderr)
+                return 2
             log.info("building the default model repository into %s (first run only)", repository)
             rebuild = True
         elif not default_repository_is_current(repository):

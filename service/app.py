@@ -99,6 +99,7 @@ class FusionServer:
             max_batch_items=settings.max_batch_items,
             max_top_k=settings.max_top_k,
             max_timeout_s=settings.max_timeout_s,
+            strict_readiness=settings.strict_readiness,
         )
         self.http_activity = Activity()
         self.http_app = create_http_app(self.dataplane, settings, self.http_activity)

@@ -160,6 +160,8 @@ class DataPlaneApi(Protocol):
 
     def ready(self) -> bool: ...
 
+    def not_ready_reasons(self) -> dict[str, str]: ...
+
     def model_ready(self, model: str, version: str | None = None) -> bool: ...
 
     def model_info(self, model: str, version: str | None = None) -> ModelInfo: ...
@@ -191,8 +193,10 @@ class DataPlane:
         max_batch_items: int = 64,
         max_top_k: int = 100,
         max_timeout_s: float = 300.0,
+        strict_readiness: bool = True,
     ) -> None:
         self.registry = registry
+        self.strict_readiness = strict_readiness
         self.metrics = metrics
         self.max_batch_items = max_batch_items
         self.max_top_k = max_top_k
@@ -262,15 +266,40 @@ class DataPlane:
         return not self.readiness()
 
     def readiness(self) -> list[str]:
-        """Why the server is not ready (empty when it is); with several processes, all of them."""
+        """Why the server is not ready (empty when it is); with several processes, all of them.
+
+        Strict (``strict_readiness``, the default): every model that should load
+        has loaded and has a healthy instance. Lenient: one serving model is enough.
+        """
         reasons: list[str] = []
         if self.draining:
             reasons.append("draining: shutting down")
         elif not self._accepting:
             reasons.append("starting: models are loading")
-        reasons.extend(self.registry.not_ready_reasons())
+        if self.strict_readiness:
+            reasons.extend(self.registry.not_ready_reasons())
+        elif not any(v.state == "READY" for s in self.registry.states() for v in s.versions.values()):
+            reasons.append("no model is ready")
         if not reasons and self.peers is not None and not self.peers.all_ready():
             reasons.append("another server process is not ready")
+        return reasons
+
+    def not_ready_reasons(self) -> dict[str, str]:
+        """Each model that is not ready and why, for ``/health/ready`` (``*``: the server itself)."""
+        reasons: dict[str, str] = {}
+        if not self._accepting:
+            reasons["*"] = "not accepting requests: models still loading, or draining"
+        for state in self.registry.states():
+            waiting = {v: vs for v, vs in state.versions.items() if vs.state != "READY"}
+            if state.error:
+                reasons[state.name] = f"failed: {state.error}"
+            elif not state.versions:
+                reasons[state.name] = "no version found"
+            elif waiting:
+                reasons[state.name] = "; ".join(
+                    f"version {v} {vs.state}" + (f": {vs.reason}" if vs.reason else "")
+                    for v, vs in sorted(waiting.items())
+                )
         return reasons
 
     def model_ready(self, model: str, version: str | None = None) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -136,6 +137,29 @@ def process_share(batching: Batching, process_count: int) -> Batching:
     return batching.model_copy(update={"max_queue_size": share})
 
 
+#: At most this many model names in an unknown-model answer.
+LISTED_MODELS = 20
+
+
+def unknown_model(name: str, known: list[str]) -> ModelNotFound:
+    """ModelNotFound that lists the models there are and the closest name to the one asked for."""
+    # A name longer than any error shows is no typo of a model's (and difflib is quadratic).
+    closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6) if len(name) <= SHOWN_CHARS else []
+    listed = known[:LISTED_MODELS]
+    message = f"unknown model {shown(name)}"
+    if closest:
+        message += f"; did you mean {closest[0]!r}?"
+    if listed:
+        more = f" and {len(known) - len(listed)} more" if len(known) > len(listed) else ""
+        message += f" Models: {', '.join(listed)}{more} (GET /v1/models lists them)."
+    else:
+        message += "; the repository has no models"
+    details: dict[str, object] = {"model": name[:SHOWN_CHARS], "available": listed}
+    if closest:
+        details["closest"] = closest[0]
+    return ModelNotFound(message, **details)
+
+
 class ModelRegistry:
     def __init__(
         self,
@@ -171,7 +195,7 @@ class ModelRegistry:
         """State of a model the registry has seen; ModelNotFound otherwise."""
         state = self._states.get(name)
         if state is None:
-            raise ModelNotFound(f"unknown model {shown(name)}", model=name[:SHOWN_CHARS])
+            raise unknown_model(name, sorted(self._states))
         return state
 
     def get(self, name: str, version: str | None = None) -> LoadedVersion:

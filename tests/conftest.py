@@ -247,3 +247,18 @@ def samples(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
             )
         )
     return rows
+
+
+@pytest.fixture(scope="session")
+def token_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A second shared server: digits-embed alone, behind an API token (``s3cret``), no gRPC,
+    with repository load/unload allowed (``--model-control explicit``, loopback only).
+
+    For tests that need a token, or that unload and reload its model (they load it back).
+    """
+    root = tmp_path_factory.mktemp("token-server")
+    repository = copy_entry(model_repository, root / "repo", "digits-embed")
+    env = {"FUSIONSERVE_API_TOKEN": "s3cret", "FUSIONSERVE_MODEL_CONTROL": "explicit"}
+    server = launch_server(repository, root, grpc=False, env=env)
+    yield server
+    server.stop()

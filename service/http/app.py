@@ -22,6 +22,8 @@ from service.http.errors import error_response
 from service.http.middleware import Activity, GatewayMiddleware
 from service.http.native import native_router
 from service.http.openai import openai_router
+from service.http.openapi import install_openapi
+from service.http.playground import playground_router
 from service.http.v2 import v2_router
 from service.logs import request_id_var
 
@@ -34,7 +36,15 @@ DESCRIPTION = """
 Serve multimodal fusion models. POST any subset of **image** (file), **audio**
 (file) and **text** to `/v1/models/{model}/predict` or `/embed` as
 `multipart/form-data`, or JSON with base64 files. The Open Inference Protocol
-(KServe V2) lives under `/v2`.
+(KServe V2) lives under `/v2`. Try a model in the browser at [/ui](/ui).
+
+Errors: native routes answer `{"error": {"code", "message"}, "request_id"}`,
+`/v2` routes the protocol's `{"error": "message"}`. A method a path does not
+serve answers `405` with an `Allow` header. When the server runs with an API
+token, inference routes need `Authorization: Bearer <token>` (401 otherwise).
+Any route may also meet the transport's limits before it runs: 408 (headers or
+body too slow), 414 (URL too long), 431 (headers too large), each closing the
+connection, and 503 `too_many_connections`.
 """
 
 
@@ -42,6 +52,7 @@ def create_http_app(dataplane: DataPlane, settings: Settings, activity: Activity
     app = FastAPIOffline(title="fusionserve", version=__version__, description=DESCRIPTION)
     app.include_router(native_router(dataplane))
     app.include_router(openai_router(dataplane))
+    app.include_router(playground_router())
     app.include_router(v2_router(dataplane, settings))
 
     @app.exception_handler(FusionServeError)
@@ -58,8 +69,12 @@ def create_http_app(dataplane: DataPlane, settings: Settings, activity: Activity
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        body = {"error": {"code": code, "message": str(exc.detail)}, "request_id": request_id_var.get()}
-        return JSONResponse(body, status_code=exc.status_code)
+        message = str(exc.detail)
+        if request.url.path.startswith("/v2"):
+            return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+        body = {"error": {"code": code, "message": message}, "request_id": request_id_var.get()}
+        # exc.headers carries Allow on a 405 (RFC 9110 requires it).
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
@@ -82,6 +97,7 @@ def create_http_app(dataplane: DataPlane, settings: Settings, activity: Activity
         log.exception("unhandled error on %s", request.url.path)
         return error_response(InternalError(f"internal error: {type(exc).__name__}"), request_id_var.get())
 
+    install_openapi(app)
     limit = settings.max_inflight_bytes or default_budget()
     app.add_middleware(MemoryBudgetMiddleware, budget=MemoryBudget(limit, dataplane.metrics))
     app.add_middleware(  # outermost: request ids, access log and Connection: close cover everything

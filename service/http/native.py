@@ -14,11 +14,24 @@ from fastapi.responses import JSONResponse
 
 from service.dataplane import DataPlane, ModelInfo
 from service.errors import FusionServeError
+from service.http import schemas as s
 from service.http.disconnect import unless_disconnected
+from service.http.openapi import also, native_body, native_errors, ok
 from service.http.parsing import ParsedRequest, parse_request, parse_timeout_ms
 from service.model.outputs import Embedding, Prediction
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
+
+#: Every status an inference route can answer besides 200 (401 only with an API token).
+INFERENCE_ERRORS = (400, 401, 404, 413, 415, 422, 429, 500, 503, 504)
+_PREDICT_DOC: dict[str, Any] = {
+    "responses": ok(s.PredictResponse, s.PredictBatchResponse) | native_errors(*INFERENCE_ERRORS),
+    "openapi_extra": native_body(top_k=True),
+}
+_EMBED_DOC: dict[str, Any] = {
+    "responses": ok(s.EmbedResponse, s.EmbedBatchResponse) | native_errors(*INFERENCE_ERRORS),
+    "openapi_extra": native_body(top_k=False),
+}
 
 
 def truncated_json(truncated: dict[str, tuple[int, int]]) -> dict[str, dict[str, int]]:
@@ -150,13 +163,18 @@ def native_router(dataplane: DataPlane) -> APIRouter:
         "/v1/models/{model}/predict",
         tags=["inference"],
         summary="Classify image/audio/text",
-        response_model=dict[str, Any],
+        description="The top-k labels for any subset of image, audio and text. Multipart "
+        "form (files), JSON with base64 files, or the JSON batch form `items`.",
+        **_PREDICT_DOC,
     )
     async def predict(request: Request, model: str) -> Response:
         return await _predict(request, model, None)
 
     @router.post(
-        "/v1/models/{model}/versions/{version}/predict", tags=["inference"], response_model=dict[str, Any]
+        "/v1/models/{model}/versions/{version}/predict",
+        tags=["inference"],
+        summary="Classify with one version",
+        **_PREDICT_DOC,
     )
     async def predict_version(request: Request, model: str, version: str) -> Response:
         return await _predict(request, model, version)
@@ -165,43 +183,73 @@ def native_router(dataplane: DataPlane) -> APIRouter:
         "/v1/models/{model}/embed",
         tags=["inference"],
         summary="Joint embeddings",
-        response_model=dict[str, Any],
+        description="The fused embedding and one per modality sent (embedding models).",
+        **_EMBED_DOC,
     )
     async def embed(request: Request, model: str) -> Response:
         return await _embed(request, model, None)
 
     @router.post(
-        "/v1/models/{model}/versions/{version}/embed", tags=["inference"], response_model=dict[str, Any]
+        "/v1/models/{model}/versions/{version}/embed",
+        tags=["inference"],
+        summary="Joint embeddings from one version",
+        **_EMBED_DOC,
     )
     async def embed_version(request: Request, model: str, version: str) -> Response:
         return await _embed(request, model, version)
 
-    @router.get("/v1/models", tags=["models"])
+    @router.get("/v1/models", tags=["models"], summary="Every model", responses=ok(s.ModelList))
     async def list_models() -> dict[str, Any]:
         return {"models": [model_json(info) for info in dataplane.models()]}
 
-    @router.get("/v1/models/{model}", tags=["models"])
+    @router.get(
+        "/v1/models/{model}",
+        tags=["models"],
+        summary="One model: modalities, limits, labels, versions",
+        responses=ok(s.ModelMetadata) | native_errors(404),
+    )
     async def get_model(model: str) -> dict[str, Any]:
         return model_json(dataplane.model_info(model))
 
-    @router.get("/v1/models/{model}/ready", tags=["health"])
+    @router.get(
+        "/v1/models/{model}/ready",
+        tags=["health"],
+        summary="Whether a model can take requests",
+        responses=ok(s.ModelReady, description="Ready")
+        | also(503, s.ModelReady, "Not ready (loading, failed, or draining)")
+        | native_errors(404),
+    )
     async def model_ready(model: str) -> JSONResponse:
         ready = dataplane.model_ready(model)
         return JSONResponse({"name": model, "ready": ready}, status_code=200 if ready else 503)
 
-    @router.get("/health/live", tags=["health"])
+    @router.get(
+        "/health/live",
+        tags=["health"],
+        summary="Liveness",
+        responses=ok(s.Live) | also(503, s.Live, "Not live: the process cannot recover (e.g. stuck threads)"),
+    )
     async def live() -> JSONResponse:
         reason = dataplane.liveness()
         if reason is None:
             return JSONResponse({"live": True})
         return JSONResponse({"live": False, "reason": reason}, status_code=503)
 
-    @router.get("/health/ready", tags=["health"])
+    @router.get(
+        "/health/ready",
+        tags=["health"],
+        summary="Readiness",
+        description="503 until every model that should load has loaded (`strict_readiness`, "
+        "the default), and while draining. When not ready, `models` names each model that is "
+        "not and why (e.g. the error that stopped it loading).",
+        responses=ok(s.Ready, description="Ready") | also(503, s.Ready, "Not ready, with the reasons"),
+    )
     async def ready() -> JSONResponse:
         reasons = dataplane.readiness()
         if not reasons:
             return JSONResponse({"ready": True})
-        return JSONResponse({"ready": False, "reasons": reasons}, status_code=503)
+        body = {"ready": False, "reasons": reasons, "models": dataplane.not_ready_reasons()}
+        return JSONResponse(body, status_code=503)
 
     @router.get("/metrics", tags=["metrics"], include_in_schema=False)
     async def metrics() -> Response:

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 
 from service import jsonbody
-from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType, brief
+from service.errors import InvalidInput, UnsupportedMediaType, brief
 from service.http.multipart import parse_multipart
 from service.model.rows import RawInputs
 
@@ -77,6 +77,10 @@ def _parse_multipart(body: bytes, content_type: str, allow_top_k: bool) -> Parse
             include = _parse_include(text)
         else:
             top_k = _parse_top_k(text)
+    if any(len(v) for v in values.values()):
+        # A form's fields left empty (a browser or Swagger UI sends every input, an unset
+        # file as an empty part) are not given; only an all-empty form is refused.
+        values = {name: value for name, value in values.items() if len(value)}
     return ParsedRequest(rows=[_row(values, prefix="")], top_k=top_k, batch=False, include=include)
 
 
@@ -193,5 +197,5 @@ def parse_timeout_ms(value: str | None, max_ms: float = 3_600_000) -> float | No
     except ValueError as exc:
         raise InvalidInput(f"header X-Request-Timeout-Ms must be a number, got {brief(value)}") from exc
     if not 0 < ms <= max_ms or ms != ms:
-        raise LimitExceeded(f"header X-Request-Timeout-Ms must lie in (0, {max_ms:g}], got {brief(value)}")
+        raise InvalidInput(f"header X-Request-Timeout-Ms must lie in (0, {max_ms:g}], got {brief(value)}")
     return ms / 1000.0

@@ -20,9 +20,11 @@ from service import jsonbody
 from service.config import Settings
 from service.dataplane import DataPlaneApi, VersionStats
 from service.errors import FusionServeError, InvalidInput, NotReady, Overloaded
+from service.http import schemas as sc
 from service.http.content_coding import compress, decompress, request_coding, response_coding
 from service.http.disconnect import unless_disconnected
 from service.http.errors import http_status
+from service.http.openapi import also, ok, ref, v2_errors, v2_infer_body, v2_json_body
 from service.model_control import require_model_control
 from service.v2.codec import (
     HEADER_LENGTH,
@@ -121,20 +123,74 @@ def _binary_outputs(
     return chosen
 
 
+#: The documented answers of each kind of V2 route (``service.http.openapi``).
+_VERSIONED = (400, 404)  # a malformed version name is 400, an unknown one 404
+_STATS_DOC: dict[str, Any] = {
+    "responses": ok(sc.V2StatsResponse) | v2_errors(*_VERSIONED),
+}
+_READY_DOC: dict[str, Any] = {
+    "responses": ok(sc.ModelReady, description="Ready")
+    | also(503, sc.ModelReady, "Not ready")
+    | v2_errors(*_VERSIONED),
+}
+_CONFIG_DOC: dict[str, Any] = {
+    "responses": ok(sc.V2ModelConfig) | v2_errors(*_VERSIONED, 503),
+}
+_METADATA_DOC: dict[str, Any] = {
+    "responses": ok(sc.V2ModelMetadata) | v2_errors(*_VERSIONED, 503),
+}
+_INFER_DOC: dict[str, Any] = {
+    "responses": {
+        200: {
+            "description": "Outputs as JSON, or (binary outputs asked for) the JSON header of "
+            "Inference-Header-Content-Length bytes followed by the raw tensor bytes",
+            "content": {
+                "application/json": {"schema": ref(sc.V2InferResponse)},
+                BINARY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+            },
+            "headers": {
+                HEADER_LENGTH: {
+                    "description": "length of the JSON header (binary answers only)",
+                    "schema": {"type": "integer"},
+                }
+            },
+        }
+    }
+    | v2_errors(400, 401, 404, 413, 415, 422, 429, 500, 503, 504),
+    "openapi_extra": v2_infer_body(),
+}
+_LOAD_DOC: dict[str, Any] = {
+    "responses": ok(sc.Empty, description="Loaded") | v2_errors(400, 401, 403, 404, 413, 503),
+    "openapi_extra": v2_json_body(sc.V2LoadRequest),
+}
+_UNLOAD_DOC: dict[str, Any] = {
+    "responses": ok(sc.Empty, description="Unloaded") | v2_errors(400, 401, 403, 404, 413),
+    "openapi_extra": v2_json_body(sc.Empty),
+}
+
+
 def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
     router = APIRouter(route_class=V2Route, tags=["v2"])
     limits = TensorLimits.from_settings(settings)
 
-    @router.get("/v2", summary="Server metadata")
+    @router.get("/v2", summary="Server metadata", responses=ok(sc.V2ServerMetadata))
     async def server_metadata() -> dict[str, Any]:
         return dataplane.server_metadata()
 
-    @router.get("/v2/health/live")
+    @router.get(
+        "/v2/health/live",
+        summary="Liveness",
+        responses=ok(sc.V2Live) | also(503, sc.V2Live, "Not live"),
+    )
     async def live() -> JSONResponse:
         ok = dataplane.live()
         return JSONResponse({"live": ok}, status_code=200 if ok else 503)
 
-    @router.get("/v2/health/ready")
+    @router.get(
+        "/v2/health/ready",
+        summary="Readiness",
+        responses=ok(sc.V2Ready) | also(503, sc.V2Ready, "Not ready (loading, failed model, draining)"),
+    )
     async def ready() -> JSONResponse:
         ok = dataplane.ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
@@ -184,23 +240,29 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
         headers[HEADER_LENGTH] = str(json_length)
         return Response(payload, media_type=BINARY_CONTENT_TYPE, headers=headers)
 
-    @router.get("/v2/models/stats", summary="Statistics of every model")
+    @router.get(
+        "/v2/models/stats",
+        summary="Statistics of every model",
+        responses=ok(sc.V2StatsResponse),
+    )
     async def all_stats() -> dict[str, Any]:
         return {"model_stats": [stats_json(s) for s in dataplane.statistics()]}
 
-    @router.get("/v2/models/{model}/stats")
+    @router.get("/v2/models/{model}/stats", summary="Statistics of a model", **_STATS_DOC)
     async def model_stats(model: str) -> dict[str, Any]:
         return {"model_stats": [stats_json(s) for s in dataplane.statistics(model)]}
 
-    @router.get("/v2/models/{model}/versions/{version}/stats")
+    @router.get(
+        "/v2/models/{model}/versions/{version}/stats", summary="Statistics of a version", **_STATS_DOC
+    )
     async def version_stats(model: str, version: str) -> dict[str, Any]:
         return {"model_stats": [stats_json(s) for s in dataplane.statistics(model, version)]}
 
-    @router.get("/v2/models/{model}/ready")
+    @router.get("/v2/models/{model}/ready", summary="Model readiness", **_READY_DOC)
     async def model_ready(model: str) -> JSONResponse:
         return await _model_ready(model, None)
 
-    @router.get("/v2/models/{model}/versions/{version}/ready")
+    @router.get("/v2/models/{model}/versions/{version}/ready", summary="Version readiness", **_READY_DOC)
     async def version_ready(model: str, version: str) -> JSONResponse:
         return await _model_ready(model, version)
 
@@ -209,39 +271,52 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
         config = require_config(model, info.config, info.error)
         return triton_model_config(info.name, info.platform, config, info.labels, dataplane.max_batch_items)
 
-    @router.get("/v2/models/{model}/config", summary="Model configuration (Triton's extension)")
+    @router.get(
+        "/v2/models/{model}/config", summary="Model configuration (Triton's extension)", **_CONFIG_DOC
+    )
     async def model_config(model: str) -> dict[str, Any]:
         return _config(model, None)
 
-    @router.get("/v2/models/{model}/versions/{version}/config")
+    @router.get(
+        "/v2/models/{model}/versions/{version}/config", summary="Version configuration", **_CONFIG_DOC
+    )
     async def version_config(model: str, version: str) -> dict[str, Any]:
         return _config(model, version)
 
-    @router.get("/v2/models/{model}", summary="Model metadata: inputs and outputs")
+    @router.get("/v2/models/{model}", summary="Model metadata: inputs and outputs", **_METADATA_DOC)
     async def model_metadata(model: str) -> dict[str, Any]:
         return await _metadata(model, None)
 
-    @router.get("/v2/models/{model}/versions/{version}")
+    @router.get("/v2/models/{model}/versions/{version}", summary="Version metadata", **_METADATA_DOC)
     async def version_metadata(model: str, version: str) -> dict[str, Any]:
         return await _metadata(model, version)
 
-    @router.post("/v2/models/{model}/infer", summary="Inference (JSON or binary tensor data)")
+    @router.post("/v2/models/{model}/infer", summary="Inference (JSON or binary tensor data)", **_INFER_DOC)
     async def infer(request: Request, model: str) -> Response:
         return await _infer(request, model, None)
 
-    @router.post("/v2/models/{model}/versions/{version}/infer")
+    @router.post(
+        "/v2/models/{model}/versions/{version}/infer", summary="Inference on a version", **_INFER_DOC
+    )
     async def infer_version(request: Request, model: str, version: str) -> Response:
         return await _infer(request, model, version)
 
-    @router.post("/v2/repository/index", summary="Repository index")
+    @router.post(
+        "/v2/repository/index",
+        summary="Repository index",
+        responses=ok(sc.V2RepositoryEntry, array=True) | v2_errors(400, 401, 413),
+        openapi_extra=v2_json_body(sc.V2RepositoryIndexRequest),
+    )
     async def repository_index(request: Request) -> list[dict[str, str]]:
         document = await _json_body(request)
+        if not isinstance(document.get("ready", False), bool):
+            raise InvalidInput("'ready' must be true or false")
         index = dataplane.repository_index()
         if document.get("ready") is True:
             index = [entry for entry in index if entry["state"] == "READY"]
         return index
 
-    @router.post("/v2/repository/models/{model}/load")
+    @router.post("/v2/repository/models/{model}/load", summary="Load a model", **_LOAD_DOC)
     async def load(request: Request, model: str) -> dict[str, Any]:
         require_model_control(settings.model_control, "load", model)
         document = await _json_body(request)
@@ -252,7 +327,7 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
         await dataplane.load(model)
         return {}
 
-    @router.post("/v2/repository/models/{model}/unload")
+    @router.post("/v2/repository/models/{model}/unload", summary="Unload a model", **_UNLOAD_DOC)
     async def unload(request: Request, model: str) -> dict[str, Any]:
         require_model_control(settings.model_control, "unload", model)
         await _json_body(request)

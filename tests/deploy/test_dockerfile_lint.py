@@ -172,8 +172,10 @@ def test_constraints_pin_every_runtime_dependency() -> None:
             name, version = line.split("==")
             pins[canonicalize_name(name)] = version
     extras = project["optional-dependencies"]
-    for spec in [*project["dependencies"], *extras["cpu"], *extras["gpu"]]:
+    for spec in [*project["dependencies"], *extras["server"], *extras["cpu"], *extras["gpu"]]:
         requirement = Requirement(spec)
+        if canonicalize_name(requirement.name) == "fusionserve":
+            continue  # `cpu`/`gpu` pull in the `server` extra
         name = canonicalize_name(requirement.name)
         assert name in pins, (
             f"{name} is not pinned in docker/constraints.txt (run docker/update-constraints.sh)"
@@ -196,3 +198,28 @@ def test_dockerignore_admits_every_copied_path() -> None:
     assert copied == admitted
     for path in copied:
         assert (ROOT / path).exists() or path == "README.md", path
+
+
+def test_cpu_lock_hashes_every_dependency_at_the_constrained_version() -> None:
+    """docker/requirements-cpu.txt: each serving dependency once, ==-pinned as in constraints, hashed."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    constraints = dict(
+        line.split("==")
+        for line in (ROOT / "docker" / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    text = (ROOT / "docker" / "requirements-cpu.txt").read_text().replace("\\\n", " ")
+    locked: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        pin, *hashes = line.split()
+        name, version = pin.split("==")
+        assert hashes and all(re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", h) for h in hashes), line
+        assert constraints[name] == version, (name, version, constraints[name])
+        locked[canonicalize_name(name)] = version
+    extras = project["optional-dependencies"]
+    for spec in [*project["dependencies"], *extras["server"], *extras["cpu"]]:
+        name = canonicalize_name(Requirement(spec).name)
+        assert name == "fusionserve" or name in locked, f"{name} missing from docker/requirements-cpu.txt"

@@ -156,7 +156,11 @@ def test_broken_model_does_not_stop_the_others(
                 break
             time.sleep(0.1)
         assert client.get("/v1/models/digits-fusion/ready").status_code == 200
-        assert client.get("/health/ready").status_code == 503  # strict: one model failed
+        readiness = client.get("/health/ready")
+        assert readiness.status_code == 503  # strict: one model failed, and it says which and why
+        assert readiness.json()["models"]["digits-embed"].startswith("failed: ")
+        assert "modalities" in readiness.json()["models"]["digits-embed"]
+        assert "digits-fusion" not in readiness.json()["models"]
         broken = client.get("/v1/models/digits-embed").json()
         assert "config.yaml" in broken["error"] and "modalities" in broken["error"]
         answer = client.post(PREDICT, files={"text": (None, "seven")})
@@ -165,6 +169,18 @@ def test_broken_model_does_not_stop_the_others(
         assert unavailable.status_code == 503
         metrics = client.get("/metrics").text
         assert metric_value(metrics, "fusionserve_model_load_failures_total", model="digits-embed") >= 1
+
+
+def test_lenient_readiness_is_ready_with_one_model_loaded(
+    tmp_path: Path, model_repository: Path, server_factory: Callable[..., RunningServer]
+) -> None:
+    """FUSIONSERVE_STRICT_READINESS=false: ready once any model serves; the failed one is still named."""
+    repo = copy_entry(model_repository, tmp_path / "repo", "digits-fusion")
+    copy_entry(model_repository, repo, "digits-embed")
+    (repo / "digits-embed" / "config.yaml").write_text("name: digits-embed\ntask: embed\nmodalities: {}\n")
+    server = server_factory(repo, grpc=False, env={"FUSIONSERVE_STRICT_READINESS": "false"})
+    assert httpx.get(f"{server.http_url}/health/ready").json() == {"ready": True}
+    assert httpx.get(f"{server.http_url}/v1/models/digits-embed").json()["ready"] is False
 
 
 async def test_sigterm_drains_in_flight_requests(gated, samples: list[Sample]) -> None:

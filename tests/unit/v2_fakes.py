@@ -164,6 +164,9 @@ class FakeDataPlane:
     def ready(self) -> bool:
         return self.is_ready
 
+    def not_ready_reasons(self) -> dict[str, str]:
+        return {} if self.is_ready else {"*": "not ready (scripted)"}
+
     def model_ready(self, model: str, version: str | None = None) -> bool:
         self._config(model)
         if version not in (None, "1"):

@@ -1,0 +1,8 @@
+"""``python -m fusionserve ...`` is ``fusionserve ...``."""
+
+import sys
+
+from service.__main__ import main
+
+if __name__ == "__main__":
+    sys.exit(main())
