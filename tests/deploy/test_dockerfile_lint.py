@@ -145,7 +145,7 @@ def test_image_environment_names_real_settings(target: str) -> None:
 
 def test_cpu_image_has_no_torch_unless_asked() -> None:
     run = " ".join(BY_NAME["cpu-build"].all("RUN"))
-    assert '".[cpu]"' in run and "onnxruntime-gpu" not in run
+    assert '".[cpu,media]"' in run and "onnxruntime-gpu" not in run
     torch_installs = re.findall(r"if \[ \"\$WITH_TORCH\" = \"1\" \]; then [^;]*torch==", run)
     assert len(torch_installs) == 1 and run.count("torch==") == 1
 
@@ -158,7 +158,7 @@ def test_gpu_image_installs_gpu_wheels_pinned() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["ONNXRUNTIME_GPU_VERSION"])
     run = " ".join(stage.all("RUN"))
     assert '"torch==${TORCH_VERSION}"' in run and '--index-url "$TORCH_CUDA_INDEX"' in run
-    assert '".[gpu]"' in run and "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" in run
+    assert '".[gpu,media]"' in run and "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" in run
     assert '".[cpu' not in run  # onnxruntime and onnxruntime-gpu never share a venv
 
 

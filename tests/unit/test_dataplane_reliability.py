@@ -34,7 +34,7 @@ class CountingDecoder:
         self.calls = 0
         self.lock = threading.Lock()
 
-    def decode(self, raw: RawInputs) -> DecodedRow:
+    def decode(self, raw: RawInputs, gate: object = None) -> DecodedRow:
         with self.lock:
             self.calls += 1
         return DecodedRow(text_ids=np.ones(2, dtype=np.int64), decode_seconds={"text": 0.0})
@@ -49,6 +49,13 @@ class FakeVersion:
     config: ModelConfig = CONFIG
     labels: list[str] | None = field(default_factory=lambda: ["a", "b"])
     counters: VersionCounters = field(default_factory=VersionCounters)
+    holders: int = 0
+
+    def hold(self) -> None:
+        self.holders += 1
+
+    def release(self) -> None:
+        self.holders -= 1
 
 
 class FakeRegistry:

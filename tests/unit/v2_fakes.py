@@ -17,6 +17,7 @@ import numpy as np
 
 from service.dataplane import DataPlaneApi, ModelInfo, VersionStats
 from service.errors import InvalidInput, ModelNotFound
+from service.metrics import Metrics
 from service.model.config import parse_model_config
 from service.model.outputs import Embedding, Prediction
 from service.model.rows import RawInputs
@@ -92,6 +93,7 @@ class FakeDataPlane:
     calls: list[Call] = field(default_factory=list)
     rejected: list[tuple[str, str, str]] = field(default_factory=list)
     loaded: dict[str, bool] = field(default_factory=lambda: {"digits-fusion": True, "digits-embed": True})
+    metrics: Metrics = field(default_factory=Metrics)
 
     def _config(self, model: str) -> Any:
         if model not in self.loaded:
