@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 
+from service import jsonbody
 from service.dataplane import DataPlane
 from service.errors import InvalidInput, UnsupportedMediaType
-from service.http.native import TIMEOUT_HEADER
+from service.http import schemas
+from service.http.native import INFERENCE_ERRORS, TIMEOUT_HEADER
+from service.http.openapi import native_errors, ok
 from service.http.parsing import parse_timeout_ms
 from service.model.rows import RawInputs
 
@@ -34,16 +36,12 @@ ENCODING_FORMATS = ("float", "base64")
 FIELDS = ("model", "input", "encoding_format", "dimensions", "user")
 
 
-def _parse_body(body: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+def _parse_body(body: bytes, max_items: int) -> dict[str, Any]:
+    """The request, parsed with the same bounds as every JSON door (depth, counts, ``input`` length)."""
+    jsonbody.check_structure(body, "body")
+    doc = jsonbody.load_object(body, list_limits={"input": max_items}, allowed=FIELDS, what="body")
     if not isinstance(doc, dict):
         raise InvalidInput("JSON body must be an object with model and input")
-    unknown = sorted(set(doc) - set(FIELDS))
-    if unknown:
-        raise InvalidInput(f"unknown field(s) {unknown}; expected any of {list(FIELDS)}", fields=unknown)
     if not isinstance(doc.get("model"), str) or not doc["model"]:
         raise InvalidInput("'model' must name a model (a non-empty string)", field="model")
     fmt = doc.get("encoding_format", "float")
@@ -122,12 +120,52 @@ def _vector(values: np.ndarray, fmt: str) -> list[float] | str:
     return [float(v) for v in values]
 
 
+#: The request body as the OpenAPI document shows it (parsing stays in :func:`_parse_body`).
+OPENAI_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["model", "input"],
+                    "properties": {
+                        "model": {"type": "string", "minLength": 1, "example": "digits-embed"},
+                        "input": {
+                            "oneOf": [
+                                {"type": "string", "minLength": 1},
+                                {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                            ],
+                            "description": "text, or a data: URL of an image or a sound (extension)",
+                            "example": "seven",
+                        },
+                        "encoding_format": {"type": "string", "enum": list(ENCODING_FORMATS)},
+                        "dimensions": {"type": "integer", "description": "must equal the model's"},
+                        "user": {"type": "string", "description": "ignored"},
+                    },
+                    "additionalProperties": False,
+                }
+            }
+        },
+    }
+}
+
+
 def openai_router(dataplane: DataPlane) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/v1/embeddings", tags=["inference"], summary="OpenAI-compatible embeddings")
+    @router.post(
+        "/v1/embeddings",
+        tags=["inference"],
+        summary="OpenAI-compatible embeddings",
+        description="The OpenAI embeddings API for embedding models: each input is one row, its "
+        "vector the model's fused embedding. Extension: an input may be a `data:image/...;base64,` "
+        "or `data:audio/...;base64,` URL.",
+        responses=ok(schemas.OpenAIEmbeddingList) | native_errors(*INFERENCE_ERRORS),
+        openapi_extra=OPENAI_BODY,
+    )
     async def embeddings(request: Request) -> dict[str, Any]:
-        doc = _parse_body(await request.body())
+        doc = _parse_body(await request.body(), dataplane.max_batch_items)
         model = doc["model"]
         rows = [_row(v, i) for i, v in enumerate(_inputs(doc.get("input")))]
         dims = _check_model_takes(dataplane, model, rows)

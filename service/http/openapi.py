@@ -137,6 +137,13 @@ _TEXT = {
 }
 
 
+_INCLUDE = {
+    "type": "string",
+    "description": "also answer `embeddings` and/or `attribution` (comma-separated) from the same run",
+    "example": "embeddings",
+}
+
+
 def _json_item(with_top_k: bool) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "image": {**_BASE64, "description": "an image file, base64-encoded"},
@@ -145,6 +152,7 @@ def _json_item(with_top_k: bool) -> dict[str, Any]:
     }
     if with_top_k:
         properties["top_k"] = _TOP_K
+        properties["include"] = _INCLUDE
     return {"type": "object", "properties": properties, "additionalProperties": False}
 
 
@@ -157,7 +165,8 @@ def native_body(*, top_k: bool) -> dict[str, Any]:
     }
     if top_k:
         form["top_k"] = _TOP_K
-    batch_options = {"top_k": _TOP_K} if top_k else {}
+        form["include"] = _INCLUDE
+    batch_options = {"top_k": _TOP_K, "include": _INCLUDE} if top_k else {}
     batch = {
         "type": "object",
         "required": ["items"],

@@ -44,9 +44,22 @@ class LabelScore(BaseModel):
     score: float = Field(description="probability of the label (softmax over all labels)")
 
 
+class Attribution(BaseModel):
+    kind: str = Field(description="`logits` (late fusion), `gate` (gated fusion) or `attention`")
+    modalities: dict[str, Any] = Field(description="per modality present: its logits or its weight")
+
+
 class PredictionResult(BaseModel):
     modalities: list[str] = Field(description="the modalities this row carried, e.g. `[image, audio]`")
     predictions: list[LabelScore] = Field(description="the top-k labels, most probable first")
+    embedding: list[float] | None = Field(default=None, description="with `include=embeddings`: fused")
+    embeddings: dict[str, list[float]] | None = Field(
+        default=None, description="with `include=embeddings`: one per modality sent"
+    )
+    attribution: Attribution | None = Field(default=None, description="with `include=attribution`")
+    truncated: dict[str, dict[str, int]] | None = Field(
+        default=None, description="inputs cut to the model's bounds: `{modality: {given, kept}}`"
+    )
 
 
 class PredictResponse(PredictionResult):
@@ -277,3 +290,26 @@ class V2ModelConfig(BaseModel):
     input: list[dict[str, Any]]
     output: list[dict[str, Any]]
     dynamic_batching: dict[str, Any] | None = None
+
+
+# ------------------------------------------------------------ OpenAI embeddings
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 little-endian float32")
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingList(BaseModel):
+    """`POST /v1/embeddings`' answer, as OpenAI's API gives it."""
+
+    object: Literal["list"]
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage

@@ -94,6 +94,7 @@ class FakeDataPlane:
     rejected: list[tuple[str, str, str]] = field(default_factory=list)
     loaded: dict[str, bool] = field(default_factory=lambda: {"digits-fusion": True, "digits-embed": True})
     metrics: Metrics = field(default_factory=Metrics)
+    draining: bool = False
 
     def _config(self, model: str) -> Any:
         if model not in self.loaded:
