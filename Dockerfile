@@ -77,7 +77,7 @@ WORKDIR /home/fusionserve
 USER 10001:10001
 # Readiness, with the standard library only (no curl in the image).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python3", "-c", "import os, sys, urllib.request as u; port = os.environ.get('FUSIONSERVE_HTTP_PORT', '8000'); sys.exit(0 if u.urlopen(f'http://127.0.0.1:{port}/health/ready', timeout=4).status == 200 else 1)"]
+    CMD ["fusionserve", "healthcheck"]
 # Exec form: the server is PID 1 and receives SIGTERM itself (it drains).
 ENTRYPOINT ["fusionserve"]
 CMD ["serve", "--model-repository", "/models"]
@@ -137,7 +137,7 @@ VOLUME ["/models"]
 WORKDIR /home/fusionserve
 USER 10001:10001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
-    CMD ["python3", "-c", "import os, sys, urllib.request as u; port = os.environ.get('FUSIONSERVE_HTTP_PORT', '8000'); sys.exit(0 if u.urlopen(f'http://127.0.0.1:{port}/health/ready', timeout=4).status == 200 else 1)"]
+    CMD ["fusionserve", "healthcheck"]
 ENTRYPOINT ["fusionserve"]
 CMD ["serve", "--model-repository", "/models"]
 

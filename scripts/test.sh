@@ -13,3 +13,5 @@ scripts/setup.sh --dev
 # (reused from its cache when already built), outside pytest's per-test timeout.
 .venv/bin/fusionserve build-repo --out "${FUSIONSERVE_HOME:-$HOME/.cache/fusionserve}/model-repository"
 .venv/bin/python -m pytest -q -m "not slow" "$@"
+# pyproject.toml's floor, Python 3.10: the serving core's tests on that interpreter.
+scripts/test-python-floor.sh

@@ -30,10 +30,23 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--decode-threads", type=int)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "text"])
+    p.add_argument(
+        "--model-control",
+        choices=["none", "explicit"],
+        help="none (default): repository load/unload refused; explicit: allowed (admin token)",
+    )
+    p.add_argument(
+        "--allow-torchscript",
+        action="store_const",
+        const=True,
+        help="load TorchScript model.pt files (they are code: trusted repositories only)",
+    )
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from service.app import serve
     from service.config import Settings, default_repository_dir
     from service.logs import configure_logging
@@ -41,7 +54,12 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
     if overrides.get("grpc_port") == -1:
         overrides["grpc_port"] = None
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        print(f"fusionserve: invalid settings: {problems}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     repository = settings.model_repository
     if repository is None:
@@ -98,11 +116,31 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_healthcheck(sub: Any) -> None:
+    p = sub.add_parser(
+        "healthcheck",
+        help="probe this container's server (exit 0 when ready); TLS and mTLS from the same settings",
+    )
+    p.add_argument("--live", action="store_true", help="check liveness instead of readiness")
+    p.add_argument("--timeout", type=float, default=4.0)
+    p.set_defaults(func=_healthcheck)
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    from service.config import Settings
+    from service.healthcheck import probe
+
+    ok, detail = probe(Settings(), live=args.live, timeout_s=args.timeout)
+    print(detail, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_predict(sub)
+    _add_healthcheck(sub)
     try:
         from models.cli import register
     except ImportError:  # a slim install without models/

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -51,7 +52,9 @@ class FusionServer:
         set_max_decoded_bytes(settings.max_decoded_image_bytes)
         self.metrics = Metrics()
         self.registry = ModelRegistry(
-            ModelRepository(repository), self.metrics, parse_failpoints(settings.failpoints)
+            ModelRepository(repository, allow_torchscript=settings.allow_torchscript),
+            self.metrics,
+            parse_failpoints(settings.failpoints),
         )
         self.dataplane = DataPlane(
             self.registry,
@@ -134,6 +137,10 @@ class FusionServer:
             ),
             ssl_certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
             ssl_keyfile=str(s.tls_key_file) if s.tls_key_file else None,
+            # mTLS: with a client CA, a client without a certificate it signed
+            # cannot complete the handshake (same rule as the gRPC door).
+            ssl_ca_certs=str(s.tls_client_ca_file) if s.tls_client_ca_file else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if s.tls_client_ca_file else ssl.CERT_NONE,
             timeout_graceful_shutdown=max(1, int(s.drain_timeout_s)),
             backlog=2048,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -90,14 +90,55 @@ class Settings(BaseSettings):
         default=True, description="ready only when every model that should load has loaded"
     )
 
-    # Security (optional)
+    # Security (README "Security")
     api_token: str | None = Field(default=None, description="bearer token for inference calls")
-    admin_token: str | None = Field(default=None, description="bearer token for load/unload calls")
+    admin_token: str | None = Field(default=None, description="bearer token for repository calls")
+    model_control: Literal["none", "explicit"] = Field(
+        default="none",
+        description="none: repository load/unload refused (403); explicit: allowed, with admin_token "
+        "(without one only on a loopback bind)",
+    )
+    allow_torchscript: bool = Field(
+        default=False, description="load model.pt files (TorchScript is code: trusted repositories only)"
+    )
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = Field(
+        default=None, description="require client certificates signed by this CA on both doors (mTLS)"
+    )
+    probe_cert_file: Path | None = Field(
+        default=None, description="client certificate `fusionserve healthcheck` presents under mTLS"
+    )
+    probe_key_file: Path | None = None
 
     # Testing and drills only (service/failpoints.py); unset in production.
     failpoints: str | None = Field(default=None, description="fault injection, e.g. gate=/tmp/g;fail=m:1")
+
+    @model_validator(mode="after")
+    def _safe_combination(self) -> Settings:
+        if self.model_control == "explicit" and not self.admin_token and not is_loopback(self.host):
+            raise ValueError(
+                f"model_control=explicit on host {self.host!r} needs admin_token "
+                "(FUSIONSERVE_ADMIN_TOKEN): without it anyone who reaches the port could load and "
+                "unload models; bind 127.0.0.1 or set the token"
+            )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs TLS: set tls_cert_file and tls_key_file")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address reaches only this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_repository_dir() -> Path:

@@ -17,17 +17,20 @@ from typing import Any, Protocol, TypeVar
 
 from service import __version__
 from service.errors import (
+    SHOWN_CHARS,
     DeadlineExceeded,
     FusionServeError,
     InternalError,
     InvalidInput,
     LimitExceeded,
+    LoadFailed,
     ModelNotFound,
     NotReady,
     Overloaded,
     UnprocessableInput,
+    shown,
 )
-from service.metrics import Metrics
+from service.metrics import UNKNOWN_MODEL_LABEL, Metrics
 from service.model.config import ModelConfig
 from service.model.outputs import Embedding, Prediction, embeddings, predictions
 from service.model.rows import DecodedRow, RawInputs, RowOutputs
@@ -226,7 +229,9 @@ class DataPlane:
     def model_info(self, model: str, version: str | None = None) -> ModelInfo:
         info = self._info(model)
         if version is not None and version not in info.states:
-            raise ModelNotFound(f"model {model!r} has no version {version!r}", model=model, version=version)
+            raise ModelNotFound(
+                f"model {model!r} has no version {shown(version)}", model=model, version=version[:SHOWN_CHARS]
+            )
         return info
 
     def _info(self, model: str) -> ModelInfo:
@@ -258,8 +263,13 @@ class DataPlane:
         return index
 
     async def load(self, model: str) -> None:
+        """Load or reload an entry; LoadFailed (with what still serves) when it cannot be served."""
         self.registry.repository.entry_dir(model)  # ModelNotFound for unknown/unsafe names
-        await self.registry.load(model)
+        state = await self.registry.load(model)
+        if state.last_load_error:
+            serving = sorted(v for v, s in state.versions.items() if s.state == "READY")
+            still = f"; version(s) {', '.join(serving)} keep serving" if serving else ""
+            raise LoadFailed(f"load of model {model!r} failed: {state.last_load_error}{still}", model=model)
 
     async def unload(self, model: str) -> None:
         await self.registry.unload(model)
@@ -325,7 +335,16 @@ class DataPlane:
 
     def record_rejected(self, model: str, protocol: str, error: BaseException) -> None:
         """Count a request a door refused (or its client abandoned) before it reached the core."""
-        self.metrics.child(self.metrics.requests, model, "", protocol, outcome_of(error)).inc()
+        label = self.model_label(model)
+        self.metrics.child(self.metrics.requests, label, "", protocol, outcome_of(error)).inc()
+
+    def model_label(self, model: str) -> str:
+        """The ``model`` label for a name a client sent: known entries as is, anything else one value.
+
+        Clients choose the names they send; labelling them as given would let
+        anyone grow ``/metrics`` (and the server's memory) without bound.
+        """
+        return model if self.registry.is_known(model) else UNKNOWN_MODEL_LABEL
 
     # -- the shared path ---------------------------------------------------
     async def _serve(
@@ -425,8 +444,9 @@ class DataPlane:
             self._idle.set()
         self.metrics.child(self.metrics.inflight, protocol).dec()
         version = lv.version if lv else ""
-        self.metrics.child(self.metrics.requests, model, version, protocol, outcome_of(error)).inc()
-        self.metrics.child(self.metrics.request_seconds, model, protocol).observe(seconds)
+        label = lv.name if lv else self.model_label(model)
+        self.metrics.child(self.metrics.requests, label, version, protocol, outcome_of(error)).inc()
+        self.metrics.child(self.metrics.request_seconds, label, protocol).observe(seconds)
         if lv is not None:
             if error is None:
                 lv.counters.success_count += 1

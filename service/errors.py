@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+#: The most of a client-given name an error message repeats back.
+SHOWN_CHARS = 128
+
+
+def shown(value: str) -> str:
+    """``repr(value)``, cut to ``SHOWN_CHARS``: an error names what was wrong without echoing megabytes."""
+    return repr(value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "...")
+
 
 class FusionServeError(Exception):
     """Base of every error the core raises on purpose."""
@@ -61,6 +69,18 @@ class NotReady(FusionServeError):
     """The server or model cannot take work now: loading or draining (HTTP 503)."""
 
     code = "unavailable"
+
+
+class PermissionDenied(FusionServeError):
+    """The server's settings forbid the call, whoever makes it (HTTP 403, PERMISSION_DENIED)."""
+
+    code = "permission_denied"
+
+
+class LoadFailed(FusionServeError):
+    """A repository load found the entry broken; what served before still serves (HTTP 400)."""
+
+    code = "load_failed"
 
 
 class Overloaded(FusionServeError):

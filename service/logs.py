@@ -54,14 +54,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+#: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``, ...).
+
+    A client chooses paths, model names and header values; in a line-based log
+    an unescaped newline in one of them would start a forged log line.
+    """
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class TextFormatter(logging.Formatter):
+    """One line per record, whatever its fields hold: control characters escaped in every field.
+
+    A traceback follows on lines of its own, each indented with ``  | `` so no
+    line of it can pass for a record of its own.
+    """
+
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = [f"{k}={getattr(record, k)}" for k in _EXTRA_FIELDS if getattr(record, k, None) is not None]
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = escape_control(self.formatMessage(record))
+        extras = [
+            f"{k}={escape_control(str(getattr(record, k)))}"
+            for k in _EXTRA_FIELDS
+            if getattr(record, k, None) is not None
+        ]
         request_id = request_id_var.get()
         if request_id:
-            extras.append(f"request_id={request_id}")
-        return f"{line} {' '.join(extras)}" if extras else line
+            extras.append(f"request_id={escape_control(request_id)}")
+        if extras:
+            line = f"{line} {' '.join(extras)}"
+        if record.exc_info:
+            trace = self.formatException(record.exc_info)
+            line += "".join(f"\n  | {escape_control(t)}" for t in trace.splitlines())
+        return line
 
 
 def configure_logging(level: str, fmt: str) -> None:

@@ -58,6 +58,17 @@ OUTCOMES = (
 )
 
 
+#: The one ``model`` label value of every request for a model the server does not know.
+UNKNOWN_MODEL_LABEL = "_unknown"
+#: No label value is longer: a client-given value can never make a scrape large.
+MAX_LABEL_CHARS = 128
+
+
+def bounded(value: str) -> str:
+    """A label value cut to ``MAX_LABEL_CHARS`` (marked with a trailing ``~``)."""
+    return value if len(value) <= MAX_LABEL_CHARS else value[: MAX_LABEL_CHARS - 1] + "~"
+
+
 class Metrics:
     """All fusionserve metrics, on a registry of their own.
 
@@ -196,7 +207,9 @@ class Metrics:
         key = (id(metric), labels)
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = metric.labels(*labels)
+            found = metric.labels(*(bounded(v) for v in labels))
+            if all(len(v) <= MAX_LABEL_CHARS for v in labels):
+                self._children[key] = found
         return found
 
     def exposition(self) -> tuple[bytes, str]:

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.batching import DynamicBatcher
-from service.errors import FusionServeError, ModelNotFound, NotReady
+from service.errors import SHOWN_CHARS, FusionServeError, ModelNotFound, NotReady, shown
 from service.failpoints import Failpoints, wrap_backend
 from service.metrics import Metrics
 from service.model.config import ModelConfig
-from service.model.repository import ModelRepository, RepositoryEntry, check_version_name
+from service.model.repository import ModelRepository, RepositoryEntry, check_version_name, public_reason
 from service.preprocess import Preprocessor
 from service.runtimes import Backend, DeviceSpec, load_backend
 from service.workers import WorkerPool
@@ -66,6 +66,7 @@ class ModelState:
     labels: list[str] | None
     versions: dict[str, VersionState] = field(default_factory=dict)
     error: str | None = None
+    last_load_error: str | None = None  # why the latest (re)load failed; None when it succeeded
 
 
 def instance_devices(config: ModelConfig) -> list[DeviceSpec]:
@@ -93,11 +94,15 @@ class ModelRegistry:
     def states(self) -> list[ModelState]:
         return [self._states[n] for n in sorted(self._states)]
 
+    def is_known(self, name: str) -> bool:
+        """Whether ``name`` is an entry the registry has seen (metrics label only these)."""
+        return name in self._states
+
     def known(self, name: str) -> ModelState:
         """State of a model the registry has seen; ModelNotFound otherwise."""
         state = self._states.get(name)
         if state is None:
-            raise ModelNotFound(f"unknown model {name!r}", model=name)
+            raise ModelNotFound(f"unknown model {shown(name)}", model=name[:SHOWN_CHARS])
         return state
 
     def get(self, name: str, version: str | None = None) -> LoadedVersion:
@@ -143,25 +148,72 @@ class ModelRegistry:
         await asyncio.gather(*(self.load(name) for name in names))
 
     async def load(self, name: str) -> ModelState:
-        """(Re)load an entry from disk. Failures are recorded, never raised (but unknown names are)."""
+        """(Re)load an entry from disk. Failures are recorded in the state, never raised.
+
+        A reload builds the new versions beside the old ones, which keep
+        serving; only when every new version is ready do they replace the old
+        (which then drain). A reload that fails leaves the old in place and
+        says why in ``last_load_error``.
+        """
         async with self._lock(name):
             entry = await asyncio.to_thread(self.repository.read, name)
-            await self._unload_locked(name)
+            old_loaded = self._loaded.get(name, {})
+            old_state = self._states.get(name)
             state = ModelState(name=name, config=entry.config, labels=entry.labels, error=entry.error)
-            self._states[name] = state
             if entry.error or entry.config is None:
-                log.error("model %s cannot be served: %s", name, entry.error)
-                self.metrics.load_failures.labels(name).inc()
+                self._record_failure(name, None, entry.error or "no configuration", entry.path)
+                if old_loaded and old_state is not None:
+                    return self._keep_old(old_state, public_reason(entry.error or "", self.repository.root))
+                await self._unload_locked(name)
+                state.error = public_reason(entry.error or "", self.repository.root)
+                state.last_load_error = state.error
+                self._states[name] = state
                 return state
             for vf in entry.versions:
                 state.versions[vf.version] = VersionState(LOADING)
+            if not old_loaded:
+                self._states[name] = state  # a first load shows LOADING while it loads
+            new_loaded: dict[str, LoadedVersion] = {}
             for vf in entry.versions:
-                await self._load_version(entry, vf.version, vf.path, state)
+                loaded = await self._load_version(entry, vf.version, vf.path, state)
+                if loaded is not None:
+                    new_loaded[vf.version] = loaded
+            failed = [f"version {v}: {s.reason}" for v, s in state.versions.items() if s.state == FAILED]
+            if old_loaded and old_state is not None and failed:
+                for loaded in new_loaded.values():
+                    await self._stop_version(loaded, 0.0, publish=False)
+                return self._keep_old(old_state, "; ".join(failed))
+            self._states[name] = state
+            self._loaded.pop(name, None)
+            if new_loaded:
+                self._loaded[name] = new_loaded
+            for loaded in new_loaded.values():
+                self.metrics.model_ready.labels(name, loaded.version).set(1)
+                self.metrics.queue_capacity.labels(name, loaded.version).set(
+                    loaded.config.batching.max_queue_size
+                )
+            for version, loaded in old_loaded.items():
+                await self._stop_version(loaded, 30.0, publish=version not in new_loaded)
+            state.last_load_error = "; ".join(failed) or None
             return state
+
+    def _keep_old(self, old_state: ModelState, reason: str) -> ModelState:
+        """A failed reload: the versions that served keep serving; the failure is reported."""
+        log.error("model %s: reload failed, the loaded version(s) keep serving: %s", old_state.name, reason)
+        old_state.last_load_error = reason
+        return old_state
+
+    def _record_failure(self, name: str, version: str | None, reason: str, where: Path) -> None:
+        """Count and log a load failure; the log keeps the server's paths, clients never see them."""
+        self.metrics.child(self.metrics.load_failures, name).inc()  # an on-disk name: bounded label
+        if version is None:
+            log.error("model %s cannot be served: %s (entry %s)", name, reason, where)
+        else:
+            log.error("model %s version %s failed to load: %s (file %s)", name, version, reason, where)
 
     async def _load_version(
         self, entry: RepositoryEntry, version: str, path: Path, state: ModelState
-    ) -> None:
+    ) -> LoadedVersion | None:
         assert entry.config is not None
         config = entry.config
         backends: list[Backend] = []
@@ -191,12 +243,14 @@ class ModelRegistry:
             for backend in backends:
                 backend.close()
             reason = exc.message if isinstance(exc, FusionServeError) else f"{type(exc).__name__}: {exc}"
-            state.versions[version] = VersionState(FAILED, reason)
-            self.metrics.load_failures.labels(entry.name).inc()
-            self.metrics.model_ready.labels(entry.name, version).set(0)
-            log.error("model %s version %s failed to load: %s", entry.name, version, reason)
-            return
-        self._loaded.setdefault(entry.name, {})[version] = LoadedVersion(
+            state.versions[version] = VersionState(FAILED, public_reason(reason, self.repository.root))
+            self._record_failure(entry.name, version, reason, path)
+            if entry.name not in self._loaded or version not in self._loaded[entry.name]:
+                self.metrics.model_ready.labels(entry.name, version).set(0)
+            return None
+        state.versions[version] = VersionState(READY)
+        log.info("model %s version %s ready (%d instance(s))", entry.name, version, len(backends))
+        return LoadedVersion(
             name=entry.name,
             version=version,
             config=config,
@@ -205,10 +259,6 @@ class ModelRegistry:
             batcher=batcher,
             pool=pool,
         )
-        state.versions[version] = VersionState(READY)
-        self.metrics.model_ready.labels(entry.name, version).set(1)
-        self.metrics.queue_capacity.labels(entry.name, version).set(config.batching.max_queue_size)
-        log.info("model %s version %s ready (%d instance(s))", entry.name, version, len(backends))
 
     async def unload(self, name: str, drain_timeout_s: float = 30.0) -> None:
         self.known(name)
@@ -223,11 +273,14 @@ class ModelRegistry:
         for loaded in versions.values():
             await self._stop_version(loaded, drain_timeout_s)
 
-    async def _stop_version(self, loaded: LoadedVersion, drain_timeout_s: float) -> None:
+    async def _stop_version(
+        self, loaded: LoadedVersion, drain_timeout_s: float, *, publish: bool = True
+    ) -> None:
         loaded.batcher.close()
         await loaded.batcher.drain(drain_timeout_s)
         await loaded.pool.stop()
-        self.metrics.model_ready.labels(loaded.name, loaded.version).set(0)
+        if publish:
+            self.metrics.model_ready.labels(loaded.name, loaded.version).set(0)
 
     async def close(self, drain_timeout_s: float) -> None:
         """Stop taking work, finish what is queued and in flight, release every instance."""

@@ -155,8 +155,17 @@ def launch_server(
 def running_server(
     model_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    """One shared server on the default repository (HTTP + gRPC)."""
-    server = launch_server(model_repository, tmp_path_factory.mktemp("server-logs"))
+    """One shared server on the default repository (HTTP + gRPC).
+
+    It runs with ``--model-control explicit`` (no admin token, loopback only) so
+    tests of the repository extension can load and unload; tests of the closed
+    default start a server of their own (``tests/security/``).
+    """
+    server = launch_server(
+        model_repository,
+        tmp_path_factory.mktemp("server-logs"),
+        env={"FUSIONSERVE_MODEL_CONTROL": "explicit"},
+    )
     yield server
     server.stop()
 

@@ -265,7 +265,8 @@ class DynamicBatcher:
             if remaining <= 0 or self._closed or nothing_coming:
                 return self._preferred_size(self._fair_share(available))
             self._changed.clear()
-            with contextlib.suppress(TimeoutError):
+            # asyncio.TimeoutError, not TimeoutError: they are one class only from 3.11 on.
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=remaining)
 
     def _fair_share(self, available: int) -> int:
@@ -331,7 +332,7 @@ class DynamicBatcher:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=timeout)
             return True
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError misses it on Python 3.10
             left = len(self._queue) + len(self._inflight)
             log.warning(
                 "model %s version %s: drain timed out, failing %d rows", self.model, self.version, left

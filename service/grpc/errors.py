@@ -17,9 +17,11 @@ from service.errors import (
     InternalError,
     InvalidInput,
     LimitExceeded,
+    LoadFailed,
     ModelNotFound,
     NotReady,
     Overloaded,
+    PermissionDenied,
 )
 from service.grpc.handlers import reject_undecodable
 from service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
@@ -31,6 +33,8 @@ log = logging.getLogger("fusionserve.grpc")
 CODE_TABLE: tuple[tuple[type[FusionServeError], grpc.StatusCode], ...] = (
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (LoadFailed, grpc.StatusCode.INVALID_ARGUMENT),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReady, grpc.StatusCode.UNAVAILABLE),

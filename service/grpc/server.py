@@ -34,7 +34,12 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
         return None
     key = settings.tls_key_file.read_bytes()
     cert = settings.tls_cert_file.read_bytes()
-    return grpc.ssl_server_credentials([(key, cert)])
+    if settings.tls_client_ca_file is None:
+        return grpc.ssl_server_credentials([(key, cert)])
+    # mTLS: only clients holding a certificate signed by this CA get a connection.
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=settings.tls_client_ca_file.read_bytes(), require_client_auth=True
+    )
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -93,7 +98,7 @@ def build_grpc_server(dataplane: DataPlaneApi, settings: Settings) -> tuple[grpc
         (
             generic_handler(
                 protos.V2_SERVICE,
-                V2Servicer(dataplane, limits),
+                V2Servicer(dataplane, limits, model_control=settings.model_control),
                 {"ModelInfer": v2, "ModelStreamInfer": v2},
             ),
             generic_handler(

@@ -19,6 +19,7 @@ from service.grpc.errors import answer_message, guarded, message_request_id, rem
 from service.grpc.protos import V2
 from service.grpc.streaming import pipelined
 from service.grpc.v2_tensors import fast_request, request_from_proto, response_to_proto
+from service.model_control import require_model_control
 from service.v2.codec import DEFAULT_LIMITS, TensorLimits
 from service.v2.infer import run_infer
 from service.v2.load_request import refuse_overrides
@@ -56,9 +57,12 @@ class V2Servicer:
 
     protocol = PROTOCOL
 
-    def __init__(self, dataplane: DataPlaneApi, limits: TensorLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, dataplane: DataPlaneApi, limits: TensorLimits = DEFAULT_LIMITS, *, model_control: str = "none"
+    ) -> None:
         self.dataplane = dataplane
         self.limits = limits
+        self.model_control = model_control  # service.model_control
 
     @guarded
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -157,11 +161,13 @@ class V2Servicer:
 
     @guarded
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        require_model_control(self.model_control, "load", request.model_name)
         refuse_overrides(request.model_name, request.parameters.keys())
         await self.dataplane.load(request.model_name)
         return V2.RepositoryModelLoadResponse()
 
     @guarded
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        require_model_control(self.model_control, "unload", request.model_name)
         await self.dataplane.unload(request.model_name)
         return V2.RepositoryModelUnloadResponse()

@@ -22,6 +22,7 @@ from service.dataplane import DataPlaneApi, VersionStats
 from service.errors import FusionServeError, InvalidInput, NotReady, Overloaded
 from service.http.content_coding import compress, decompress, request_coding, response_coding
 from service.http.errors import http_status
+from service.model_control import require_model_control
 from service.v2.codec import (
     HEADER_LENGTH,
     InferRequest,
@@ -239,6 +240,7 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
 
     @router.post("/v2/repository/models/{model}/load")
     async def load(request: Request, model: str) -> dict[str, Any]:
+        require_model_control(settings.model_control, "load", model)
         document = await _json_body(request)
         parameters = document.get("parameters") or {}
         if not isinstance(parameters, dict):
@@ -249,6 +251,7 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
 
     @router.post("/v2/repository/models/{model}/unload")
     async def unload(request: Request, model: str) -> dict[str, Any]:
+        require_model_control(settings.model_control, "unload", model)
         await _json_body(request)
         await dataplane.unload(model)
         return {}

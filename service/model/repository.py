@@ -3,6 +3,11 @@
 Only this module touches the repository's files. Names are validated before
 they become paths, so a model or version name can never reach outside the
 repository (``../`` and friends are refused, symlinks that leave it too).
+Every file an entry names (version directories, model files, ``labels_file``,
+``tokenizer_file``) must resolve inside that entry. A bad entry is reported
+(``RepositoryEntry.error``) and skipped like any load failure; it never stops
+the server. TorchScript files are code, so they load only when the operator
+trusts the repository (``allow_torchscript``).
 """
 
 from __future__ import annotations
@@ -11,11 +16,37 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.errors import ConfigError, ModelNotFound
+from service.errors import SHOWN_CHARS, ConfigError, ModelNotFound, shown
 from service.model.config import CONFIG_FILE, MODEL_FILES, ModelConfig, load_model_config
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _VERSION = re.compile(r"^[1-9][0-9]{0,8}$")
+#: An absolute path inside a message (not the ``//`` of a URL, not ``a/b``).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s'\",:;()\[\]{}/]+/)*([^\s'\",:;()\[\]{}/]*)")
+
+TORCHSCRIPT_REFUSED = (
+    "TorchScript model files are code and run with the server's rights; this server does not "
+    "load them: start it with --allow-torchscript (FUSIONSERVE_ALLOW_TORCHSCRIPT=1) "
+    "only if you trust every file in the repository"
+)
+
+
+def public_reason(reason: str, root: Path) -> str:
+    """A load failure as clients may see it: paths relative to the repository, no absolute path.
+
+    The log keeps the full message; what goes out over the wire names the entry
+    and the reason but not where the server keeps its files.
+    """
+    text = reason.replace(f"{root}/", "").replace(str(root), ".")
+    return _ABSOLUTE_PATH.sub(lambda m: f".../{m.group(1)}" if m.group(1) else "...", text)
+
+
+def _inside(base: Path, candidate: Path) -> bool:
+    """Whether ``candidate`` (symlinks followed) lies within ``base``."""
+    try:
+        return candidate.resolve().is_relative_to(base.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
 
 
 @dataclass(frozen=True)
@@ -39,40 +70,50 @@ class RepositoryEntry:
 def check_model_name(name: str) -> str:
     """Refuse names that are not plain identifiers (no separators, no dot-dot)."""
     if not _NAME.match(name) or ".." in name:
-        raise ModelNotFound(f"unknown model {name!r}", model=name)
+        raise ModelNotFound(f"unknown model {shown(name)}", model=name[:SHOWN_CHARS])
     return name
 
 
 def check_version_name(version: str) -> str:
     if not _VERSION.match(version):
-        raise ModelNotFound(f"unknown version {version!r}", version=version)
+        raise ModelNotFound(f"unknown version {shown(version)}", version=version[:SHOWN_CHARS])
     return version
 
 
 class ModelRepository:
     """A directory of model entries laid out as ``<name>/config.yaml`` + ``<name>/<version>/``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, allow_torchscript: bool = False) -> None:
         self.root = root.resolve()
+        self.allow_torchscript = allow_torchscript
 
     def names(self) -> list[str]:
+        """Every directory that holds a config, valid name or not: bad ones load as failures."""
         if not self.root.is_dir():
             return []
-        return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if p.is_dir() and _NAME.match(p.name) and (p / CONFIG_FILE).exists()
-        )
+        found = []
+        for p in self.root.iterdir():
+            if p.name.startswith("."):  # hidden, and Kubernetes' ``..data`` volume links
+                continue
+            try:
+                if p.is_dir() and (p / CONFIG_FILE).exists():
+                    found.append(p.name)
+            except OSError:  # a symlink loop or an unreadable entry: reported as a failure
+                found.append(p.name)
+        return sorted(found)
 
     def entry_dir(self, name: str) -> Path:
         check_model_name(name)
         path = (self.root / name).resolve()
         if path.parent != self.root or not (path / CONFIG_FILE).is_file():
-            raise ModelNotFound(f"unknown model {name!r}", model=name)
+            raise ModelNotFound(f"unknown model {shown(name)}", model=name[:SHOWN_CHARS])
         return path
 
     def read(self, name: str) -> RepositoryEntry:
-        """Read one entry; a broken entry comes back with ``error`` set, never raises ConfigError."""
+        """Read one entry; a broken or unsafe entry comes back with ``error`` set, never raises."""
+        unsafe = self._unsafe_entry(name)
+        if unsafe is not None:
+            return RepositoryEntry(name=name, path=self.root / name, error=unsafe)
         path = self.entry_dir(name)
         entry = RepositoryEntry(name=name, path=path)
         try:
@@ -82,18 +123,44 @@ class ModelRepository:
                     f"{path / CONFIG_FILE}: name: {config.name!r} does not match directory {name!r}"
                 )
             entry.config = config
+            if config.backend == "torchscript" and not self.allow_torchscript:
+                raise ConfigError(f"{name}: backend torchscript refused: {TORCHSCRIPT_REFUSED}")
             entry.labels = self._read_labels(path, config)
             self._check_tokenizer(path, config)
             entry.versions = self._select_versions(path, config)
         except ConfigError as exc:
             entry.error = exc.message
+        except (OSError, UnicodeDecodeError) as exc:
+            entry.error = f"{name}: cannot read the entry: {type(exc).__name__}: {exc}"
         return entry
+
+    def _unsafe_entry(self, name: str) -> str | None:
+        """Why a directory on disk cannot be an entry (bad name, symlink out), or None."""
+        if not _NAME.match(name) or ".." in name:
+            return (
+                f"entry {name!r}: not a valid model name (letters, digits, '_', '.', '-'; "
+                "no '..'; at most 128 characters)"
+            )
+        link = self.root / name
+        try:
+            resolved = link.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:
+            return f"entry {name!r}: cannot be resolved ({type(exc).__name__})"
+        if resolved.parent != self.root:
+            return f"entry {name!r}: is a symbolic link that leaves the repository"
+        if resolved.name != name:
+            return f"entry {name!r}: is a symbolic link to another entry ({resolved.name!r})"
+        return None
 
     @staticmethod
     def _read_labels(path: Path, config: ModelConfig) -> list[str] | None:
         if not config.labels_file:
             return None
         labels_path = path / config.labels_file
+        if not _inside(path, labels_path):
+            raise ConfigError(
+                f"{path / CONFIG_FILE}: labels_file {config.labels_file!r} leaves the model's directory"
+            )
         if not labels_path.is_file():
             raise ConfigError(f"{labels_path}: labels file is missing (config field labels_file)")
         labels = [line.strip() for line in labels_path.read_text(encoding="utf-8").splitlines()]
@@ -108,6 +175,10 @@ class ModelRepository:
         if config.modalities.text is None or not config.tokenizer_file:
             return
         tok = path / config.tokenizer_file
+        if not _inside(path, tok):
+            raise ConfigError(
+                f"{path / CONFIG_FILE}: tokenizer_file {config.tokenizer_file!r} leaves the model's directory"
+            )
         if not tok.is_file():
             raise ConfigError(f"{tok}: tokenizer file is missing (config field tokenizer_file)")
 
@@ -117,8 +188,13 @@ class ModelRepository:
         found = sorted(
             (int(p.name), p / filename)
             for p in path.iterdir()
-            if p.is_dir() and _VERSION.match(p.name) and (p / filename).is_file()
+            if _VERSION.match(p.name) and p.is_dir() and (p / filename).is_file()
         )
+        escaping = [str(v) for v, f in found if not _inside(path, f)]
+        if escaping:
+            raise ConfigError(
+                f"{path}: version(s) {', '.join(escaping)}: {filename} resolves outside the model's directory"
+            )
         policy = config.version_policy
         if policy.specific is not None:
             wanted = set(policy.specific)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, shown
 
 
 def refuse_overrides(model: str, parameter_names: Iterable[str]) -> None:
     overrides = sorted(n for n in parameter_names if n == "config" or n.startswith("file:"))
     if overrides:
         raise InvalidInput(
-            f"load of {model!r}: parameters {overrides} would override the repository; "
+            f"load of {shown(model)}: parameters {overrides} would override the repository; "
             "fusionserve loads models only from their repository entry (edit config.yaml there)"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -17,12 +18,27 @@ SERVICES: dict[str, Any] = SPEC["services"]
 SERVER_VARIANTS = ("fusionserve", "fusionserve-cpu")
 
 
-def compose(*args: str, file: Path = COMPOSE) -> subprocess.CompletedProcess[str]:
+#: What scripts/make-secrets.sh writes to .env; compose refuses to start without them.
+SECRETS = {"FUSIONSERVE_API_TOKEN": "t1", "FUSIONSERVE_ADMIN_TOKEN": "t2", "GRAFANA_ADMIN_PASSWORD": "p"}
+
+
+def compose(
+    *args: str, file: Path = COMPOSE, secrets: bool = True, project_dir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     binary = tool("docker-compose")
     if binary is None:
         pytest.skip("docker-compose (Debian's v1) not installed")
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    if secrets:
+        env.update(SECRETS)
+    directory = project_dir or file.parent
     return subprocess.run(
-        [binary, "-f", str(file), *args], cwd=file.parent, capture_output=True, text=True, check=False
+        [binary, "-f", str(file), "--project-directory", str(directory), *args],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
 
 
@@ -37,6 +53,13 @@ def seconds(duration: str) -> float:
 def test_config_is_valid() -> None:
     done = compose("config", "-q")
     assert done.returncode == 0, done.stderr
+
+
+def test_config_without_generated_secrets_is_refused(tmp_path: Path) -> None:
+    """No .env from scripts/make-secrets.sh: compose names the script instead of starting open."""
+    done = compose("config", "-q", secrets=False, project_dir=tmp_path)
+    assert done.returncode != 0
+    assert "make-secrets.sh" in done.stderr
 
 
 def test_only_the_cpu_variant_sits_in_a_profile() -> None:
@@ -83,7 +106,10 @@ def test_server_variants_serve_models_and_drain(name: str) -> None:
         env["FUSIONSERVE_HTTP_PORT"],
         env["FUSIONSERVE_GRPC_PORT"],
     ]
-    assert "/health/ready" in " ".join(service["healthcheck"]["test"])
+    # The probe speaks HTTP, HTTPS or mTLS as the server does (service/healthcheck.py).
+    assert service["healthcheck"]["test"] == ["CMD", "fusionserve", "healthcheck"]
+    assert env["FUSIONSERVE_API_TOKEN"].startswith("${FUSIONSERVE_API_TOKEN:?")
+    assert env["FUSIONSERVE_MODEL_CONTROL"] == "none"
 
 
 def test_monitoring_mounts_point_at_files_that_exist() -> None:

@@ -51,7 +51,7 @@ def validate(doc: dict[str, Any], version: str) -> None:
 DEPLOYMENT = one("Deployment")
 POD = DEPLOYMENT["spec"]["template"]["spec"]
 (CONTAINER,) = POD["containers"]
-ENV = {e["name"]: e["value"] for e in CONTAINER["env"]}
+ENV = {e["name"]: e["value"] for e in CONTAINER["env"] if "value" in e}
 RUNTIME = one("ServingRuntime")
 (RUNTIME_CONTAINER,) = RUNTIME["spec"]["containers"]
 
@@ -117,11 +117,22 @@ def test_deployment_runs_the_image_as_built() -> None:
 
 
 def test_probes_use_the_server_health_endpoints() -> None:
-    assert CONTAINER["startupProbe"]["httpGet"]["path"] == "/health/live"
-    assert CONTAINER["livenessProbe"]["httpGet"]["path"] == "/health/live"
-    assert CONTAINER["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    """``fusionserve healthcheck`` in the container: /health/live or /health/ready over HTTP,
+    HTTPS or mTLS as the server is configured (an httpGet probe breaks once TLS is on)."""
+    assert CONTAINER["startupProbe"]["exec"]["command"] == ["fusionserve", "healthcheck", "--live"]
+    assert CONTAINER["livenessProbe"]["exec"]["command"] == ["fusionserve", "healthcheck", "--live"]
+    assert CONTAINER["readinessProbe"]["exec"]["command"] == ["fusionserve", "healthcheck"]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert CONTAINER[probe]["httpGet"]["port"] == "http"
+        assert CONTAINER[probe]["timeoutSeconds"] >= 5  # a Python process start fits
+
+
+def test_tokens_come_from_a_secret_and_the_management_plane_is_closed() -> None:
+    env = {e["name"]: e for e in CONTAINER["env"]}
+    for name, key in (("FUSIONSERVE_API_TOKEN", "api-token"), ("FUSIONSERVE_ADMIN_TOKEN", "admin-token")):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("fusionserve-tokens", key)
+        assert not ref.get("optional", False)  # no Secret: the pod waits rather than serve open
+    assert env["FUSIONSERVE_MODEL_CONTROL"]["value"] == "none"
 
 
 @pytest.mark.parametrize("name", ["fusionserve", "fusionserve-headless"])

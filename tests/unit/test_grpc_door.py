@@ -235,7 +235,13 @@ async def test_health_set_serving_is_the_drain_switch() -> None:
 
 async def test_bearer_tokens_guard_inference_and_repository_calls() -> None:
     dataplane = FakeDataPlane()
-    settings = Settings(host="127.0.0.1", grpc_port=0, api_token="data-secret", admin_token="admin-secret")
+    settings = Settings(
+        host="127.0.0.1",
+        grpc_port=0,
+        api_token="data-secret",
+        admin_token="admin-secret",
+        model_control="explicit",  # repository calls are refused without it
+    )
     server, health = await start_grpc_server(dataplane, settings)
     client = triton.InferenceServerClient(f"127.0.0.1:{health.port}")
     try:

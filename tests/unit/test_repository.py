@@ -91,7 +91,7 @@ def test_bad_config_names_file_and_field(tmp_path: Path) -> None:
 
 def test_no_model_file_for_backend(tmp_path: Path) -> None:
     make_entry(tmp_path, "m", backend="torchscript")
-    error = ModelRepository(tmp_path).read("m").error
+    error = ModelRepository(tmp_path, allow_torchscript=True).read("m").error
     assert error is not None and "model.pt" in error
 
 

@@ -30,7 +30,8 @@ def dataplane() -> FakeDataPlane:
 @pytest.fixture
 async def client(dataplane: FakeDataPlane) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
-    app.include_router(v2_router(dataplane, Settings()))
+    # model_control=explicit: the repository tests below load and unload.
+    app.include_router(v2_router(dataplane, Settings(model_control="explicit")))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://v2") as http:
         yield http
