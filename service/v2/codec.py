@@ -409,7 +409,7 @@ def _input_tensor(
         raise InvalidInput(f"tensor {name!r}: {BINARY_SIZE} must be a non-negative integer")
     if cursor + size > len(binary):
         raise InvalidInput(
-            f"tensor {name!r}: {BINARY_SIZE}={size} runs past the end of the binary data "
+            f"tensor {name!r}: {BINARY_SIZE}={brief(size)} runs past the end of the binary data "
             f"({len(binary) - cursor} bytes left)"
         )
     data = from_raw(name, datatype, shape, binary[cursor : cursor + size])

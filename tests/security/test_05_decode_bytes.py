@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cpus import available_cpus
 from tests.conftest import RunningServer
 from tests.security.hostile import watched
 
@@ -68,6 +67,8 @@ def test_image_past_the_decoded_byte_limit_is_413(
 
 
 def test_thread_pools_follow_the_cgroup_quota(tmp_path: Path) -> None:
+    from service.cpus import available_cpus  # new with this test
+
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert available_cpus(tmp_path) == min(2, available_cpus(tmp_path / "none"))
     (tmp_path / "cpu.max").write_text("max 100000\n")
