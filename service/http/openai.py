@@ -44,6 +44,8 @@ def _parse_body(body: bytes, max_items: int) -> dict[str, Any]:
         raise InvalidInput("JSON body must be an object with model and input")
     if not isinstance(doc.get("model"), str) or not doc["model"]:
         raise InvalidInput("'model' must name a model (a non-empty string)", field="model")
+    if not isinstance(doc.get("user", ""), str | None):
+        raise InvalidInput("'user' must be a string", field="user")
     fmt = doc.get("encoding_format", "float")
     if fmt not in ENCODING_FORMATS:
         raise InvalidInput(
@@ -140,8 +142,8 @@ OPENAI_BODY: dict[str, Any] = {
                             "example": "seven",
                         },
                         "encoding_format": {"type": "string", "enum": list(ENCODING_FORMATS)},
-                        "dimensions": {"type": "integer", "description": "must equal the model's"},
-                        "user": {"type": "string", "description": "ignored"},
+                        "dimensions": {"type": ["integer", "null"], "description": "must equal the model's"},
+                        "user": {"type": ["string", "null"], "description": "ignored"},
                     },
                     "additionalProperties": False,
                 }
