@@ -43,9 +43,6 @@ from service.preprocess.sniff import DISPLAY_NAMES, sniff
 RESAMPLE_QUALITY = "HQ"
 #: Channels beyond this are refused (mixing cost grows with them; no real upload has more).
 MAX_CHANNELS = 64
-#: Extra input frames decoded past the crop point, so the resampler's filter
-#: sees real signal at the end of the kept window (10 ms).
-_MARGIN_SECONDS = 0.01
 #: Read by libsndfile (bundled with soundfile).
 _SOUNDFILE_KINDS = frozenset({"wav", "flac", "ogg", "mp3"})
 #: Read by PyAV (the optional ``media`` extra).
@@ -99,7 +96,7 @@ def _decode_frames(data: bytes, spec: AudioSpec, field: str) -> tuple[np.ndarray
         raise InvalidInput(f"field {field!r}: corrupted or truncated WAV ({exc})", field=field) from exc
     if layout is not None and layout.dtype is not None:
         _check_header(layout.frames, layout.sample_rate, layout.channels, spec, field)
-        wanted = min(layout.frames, _frames_needed(layout.sample_rate, spec))
+        wanted = min(layout.frames, media.frames_needed(layout.sample_rate, spec))
         frames = wav.decode_frames(data, layout, wanted)
         if layout.dtype in ("<f4", "<f8"):
             _check_finite(frames, field)
@@ -132,7 +129,7 @@ def _read_frames(f: sf.SoundFile, spec: AudioSpec, field: str) -> np.ndarray:
     if f.frames <= 0:  # a cut-off OGG reports 0 frames, as does an empty file
         raise InvalidInput(f"field {field!r}: truncated or empty audio (no frames)", field=field)
     _check_header(f.frames, f.samplerate, f.channels, spec, field)
-    wanted = min(f.frames, _frames_needed(f.samplerate, spec))
+    wanted = min(f.frames, media.frames_needed(f.samplerate, spec))
     started = time.perf_counter()
     blocks = []
     have = 0
@@ -180,13 +177,6 @@ def _check_header(frames: int, rate: int, channels: int, spec: AudioSpec, field:
             max=spec.max_input_seconds,
             actual=round(seconds, 3),
         )
-
-
-def _frames_needed(rate: int, spec: AudioSpec) -> int:
-    """Input frames that cover ``max_samples`` output samples (plus a filter margin)."""
-    if rate == spec.sample_rate:
-        return spec.max_samples
-    return math.ceil(spec.max_samples * rate / spec.sample_rate) + math.ceil(rate * _MARGIN_SECONDS)
 
 
 def _mix_down(frames: np.ndarray) -> np.ndarray:

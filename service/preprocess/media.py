@@ -151,7 +151,8 @@ def check_budget(started: float, spec: AudioSpec, field: str) -> None:
 
 
 def frames_needed(rate: int, spec: AudioSpec) -> int:
-    """Input frames that cover ``max_samples`` output samples, plus a 10 ms filter margin."""
+    """Input frames that cover ``max_samples`` output samples, plus a 10 ms margin so the
+    resampler's filter sees real signal at the end of the kept window (every decoder uses it)."""
     if rate == spec.sample_rate:
         return spec.max_samples
     return math.ceil(spec.max_samples * rate / spec.sample_rate) + math.ceil(rate * 0.01)
