@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import statistics
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +103,27 @@ def lone_batch_threads(config: ModelConfig, device: DeviceSpec) -> int:
         return 0
     cores = available_cpus()
     return cores if cores > 1 else 0
+
+
+#: The wide session is kept when a lone batch's median time on it is below
+#: this share of the single-threaded session's.
+WIDE_GAIN = 0.9
+#: Pairs of runs at most in :meth:`OnnxBackend.calibrate`.
+CALIBRATION_RUNS = 30
+_CALIBRATING = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A lone batch's median seconds on one thread and on every core."""
+
+    narrow_s: float
+    wide_s: float
+    pairs: int
+
+    @property
+    def wide_is_faster(self) -> bool:
+        return self.wide_s < WIDE_GAIN * self.narrow_s
 
 
 def session_options(config: ModelConfig, intra_op_threads: int | None = None) -> ort.SessionOptions:
@@ -204,6 +229,39 @@ class OnnxBackend:
                 session = self.wide if alone else self.session
                 results = session.run(self.output_names, inputs)
         return {n: np.ascontiguousarray(r) for n, r in zip(self.output_names, results, strict=True)}
+
+    def calibrate(self, feeds: dict[str, np.ndarray], budget_s: float = 0.3) -> Calibration | None:
+        """Keep the wide session only where it makes a lone batch faster; measured, not assumed.
+
+        On a small model (``digits-fusion``: 0.85 ms on one thread) a second
+        intra-op thread costs more in hand-offs than it saves; on a bigger one
+        (``heavy-fusion``) it halves the latency. Runs the two sessions in turn
+        on ``feeds`` (a warm-up batch of one) for at most ``budget_s`` and drops
+        the wide one unless its median is below :data:`WIDE_GAIN` x the
+        narrow one's. Called once per instance, after warm-up, on its thread.
+        """
+        if self.wide is None or self.binding_device is not None:
+            return None
+        inputs = {n: feeds[n] for n in self.input_names}
+        with _CALIBRATING:  # one at a time: models warming up together would skew each other
+            result = self._time_sessions(inputs, budget_s)
+        if not result.wide_is_faster:
+            self.wide = None
+        return result
+
+    def _time_sessions(self, inputs: dict[str, np.ndarray], budget_s: float) -> Calibration:
+        assert self.wide is not None
+        sessions = (self.session, self.wide)
+        for session in sessions:  # first runs allocate; keep them out of the timing
+            session.run(self.output_names, inputs)
+        times: tuple[list[float], list[float]] = ([], [])
+        stop = time.perf_counter() + budget_s
+        while len(times[1]) < CALIBRATION_RUNS and (len(times[1]) < 3 or time.perf_counter() < stop):
+            for session, spent in zip(sessions, times, strict=True):
+                start = time.perf_counter()
+                session.run(self.output_names, inputs)
+                spent.append(time.perf_counter() - start)
+        return Calibration(statistics.median(times[0]), statistics.median(times[1]), len(times[1]))
 
     def _run_bound(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """One copy of each input to the device, one copy of each output back (IO binding)."""

@@ -488,6 +488,27 @@ class WorkerPool:
         batches = [[self._synthetic(self._modalities())], [self._synthetic([m]) for m in self._modalities()]]
         for rows in batches:
             await self._compute(inst, rows)
+        await self._calibrate(inst, batches[0])
+
+    async def _calibrate(self, inst: Instance, rows: list[DecodedRow]) -> None:
+        """Let a backend with a choice of thread counts measure which one a lone batch wants."""
+        calibrate = getattr(inst.backend, "calibrate", None)
+        if calibrate is None:
+            return
+        feeds, _ = collate(rows, self.config)
+        result = await offload(inst.executor, calibrate, feeds)
+        if result is not None:
+            log.info(
+                "model %s v%s instance %d: a lone batch takes %.3f ms on one thread, %.3f ms on "
+                "every core (median of %d pairs): %s",
+                self.model,
+                self.version,
+                inst.index,
+                result.narrow_s * 1000,
+                result.wide_s * 1000,
+                result.pairs,
+                "lone batches run on every core" if result.wide_is_faster else "stays on one thread",
+            )
 
     def _modalities(self) -> list[str]:
         return [m.value for m in self.config.modalities.present()]

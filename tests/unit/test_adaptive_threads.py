@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,37 @@ def test_concurrent_runs_give_the_same_answers(tmp_path: Path, monkeypatch: pyte
     for t in threads:
         t.join()
     assert not errors
+
+
+class _Timed:
+    """A session stand-in whose ``run`` takes ``seconds`` (calibration only times the calls)."""
+
+    def __init__(self, real: object, seconds: float) -> None:
+        self.real, self.seconds = real, seconds
+
+    def run(self, *args: object) -> object:
+        time.sleep(self.seconds)
+        return self.real.run(*args)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("wide_s", "kept"), [(0.004, False), (0.001, True)])
+def test_calibration_keeps_the_wide_session_only_when_it_is_faster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wide_s: float, kept: bool
+) -> None:
+    monkeypatch.setattr("service.runtimes.onnx.available_cpus", lambda: 2)
+    backend = OnnxBackend(config(), text_graph(tmp_path / "model.onnx"), DeviceSpec("cpu"))
+    narrow = backend.session
+    backend.session = _Timed(backend.session, 0.003)  # type: ignore[assignment]
+    backend.wide = _Timed(backend.wide, wide_s)  # type: ignore[assignment]
+    result = backend.calibrate(FEEDS, budget_s=0.05)
+    assert result is not None and result.pairs >= 3
+    assert result.wide_is_faster is kept
+    assert (backend.wide is not None) is kept
+    backend.session = narrow
+    np.testing.assert_array_equal(backend.run(FEEDS)["class_logits"], EXPECTED)
+
+
+def test_calibration_needs_a_wide_session(tmp_path: Path) -> None:
+    graph = text_graph(tmp_path / "model.onnx")
+    backend = OnnxBackend(config(adaptive_intra_op=False), graph, DeviceSpec("cpu"))
+    assert backend.wide is None and backend.calibrate(FEEDS) is None
