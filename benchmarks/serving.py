@@ -63,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_probe import per_request, snapshot  # noqa: E402
 from benchmarks.stats import median_interval, relative_gains  # noqa: E402
+from service.cpus import available_cpus  # noqa: E402
 from service.model.config import MODEL_FILES, load_model_config  # noqa: E402
 from service.model.feeds import collate  # noqa: E402
 from service.model.rows import RawInputs  # noqa: E402
@@ -405,7 +406,7 @@ def raw_limit(
     backends = [load_backend(config, model_path, d) for d in devices]
     pre = Preprocessor(config, entry)
     raws = [RawInputs(image=p.image, audio=p.audio, text=p.text) for p in payloads]
-    cores = os.cpu_count() or 1
+    cores = available_cpus()
 
     def one_batch(start: int, size: int, backend_index: int) -> None:
         rows = [pre.decode(raws[(start + i) % len(raws)]) for i in range(size)]

@@ -41,13 +41,14 @@ import sys
 import threading
 import time
 from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from service.config import Settings
-from service.cpus import available_cpus
+from service.cpus import available_cpus, default_executor_threads
 from service.dataplane import DataPlane
 from service.failpoints import parse_failpoints
 from service.gpu_metrics import sample_gpus
@@ -135,6 +136,11 @@ class FusionServer:
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code (0: every accepted request answered)."""
         loop = asyncio.get_running_loop()
+        # asyncio.to_thread's pool (repository reads, model loads) sized as Python
+        # would, but from the CPUs allowed rather than the host's cores.
+        loop.set_default_executor(
+            ThreadPoolExecutor(max_workers=default_executor_threads(), thread_name_prefix="asyncio")
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)

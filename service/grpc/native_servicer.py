@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from service.client_ids import check_client_id
 from service.errors import FusionServeError
 from service.grpc.errors import (
     answer_message,
@@ -101,6 +102,7 @@ class NativeServicer:
         self.dataplane = dataplane
 
     async def _predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        check_client_id(request.request_id, "request_id")  # echoed in the answer
         results = await self.dataplane.predict(
             request.model,
             request.version or None,
@@ -123,6 +125,7 @@ class NativeServicer:
 
     @guarded
     async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        check_client_id(request.request_id, "request_id")  # echoed in the answer
         results = await self.dataplane.embed(
             request.model,
             request.version or None,

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import json_format
 
-from service.errors import FusionServeError, InvalidInput
+from service.client_ids import echoable_id
+from service.errors import SHOWN_CHARS, FusionServeError, InvalidInput
 from service.grpc.errors import answer_message, guarded, message_request_id, remaining_seconds
 from service.grpc.protos import V2
 from service.grpc.streaming import pipelined
@@ -136,7 +137,10 @@ class V2Servicer:
                 return V2.ModelStreamInferResponse(infer_response=await self._infer(request, context))
 
             def failed(error: FusionServeError) -> Any:
-                response = V2.ModelInferResponse(model_name=request.model_name, id=request.id)
+                # Only what may be echoed: a refused id or an over-long name is not repeated.
+                response = V2.ModelInferResponse(
+                    model_name=request.model_name[:SHOWN_CHARS], id=echoable_id(request.id)
+                )
                 return V2.ModelStreamInferResponse(error_message=error.message, infer_response=response)
 
             # The V2 id is the client's to echo; the log line gets a request id either way.

@@ -322,7 +322,9 @@ class InstanceGroup(_Strict):
 
 
 class OnnxOptions(_Strict):
-    intra_op_threads: int = Field(default=0, ge=0, description="0 = ORT default")
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="0 = ORT default (its host core count), capped by the CPUs allowed"
+    )
     inter_op_threads: int = Field(default=1, ge=0)
     use_tensorrt: bool = False
     #: ORT's intra-op threads spin while waiting for work. That buys a little

@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.config import default_engine_cache_dir
-from service.cpus import available_cpus
+from service.cpus import available_cpus, limited_cpus
 from service.errors import ConfigError
 from service.model.config import ModelConfig
 from service.model.graph import TensorInfo, check_graph
@@ -126,11 +126,18 @@ class Calibration:
         return self.wide_s < WIDE_GAIN * self.narrow_s
 
 
+def _threads(configured: int) -> int:
+    """A thread count for ORT: as configured, else ORT's default (0), which counts the host's cores,
+    unless affinity or the cgroup quota allow fewer (then that many)."""
+    return configured or limited_cpus() or 0
+
+
 def session_options(config: ModelConfig, intra_op_threads: int | None = None) -> ort.SessionOptions:
-    """Thread counts and optimisation level from ``config.onnx`` (0 = ORT default)."""
+    """Thread counts and optimisation level from ``config.onnx`` (0: see ``_threads``)."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = config.onnx.intra_op_threads if intra_op_threads is None else intra_op_threads
-    opts.inter_op_num_threads = config.onnx.inter_op_threads
+    intra = config.onnx.intra_op_threads if intra_op_threads is None else intra_op_threads
+    opts.intra_op_num_threads = _threads(intra)
+    opts.inter_op_num_threads = _threads(config.onnx.inter_op_threads)
     opts.graph_optimization_level = _OPT_LEVELS[config.onnx.graph_optimization]
     spin = "1" if config.onnx.allow_spinning else "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)

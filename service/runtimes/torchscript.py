@@ -12,12 +12,15 @@ output's ``index``), or a dict keyed by output name. TorchScript is deprecated
 upstream; ONNX is the recommended format (docs/model-config.md).
 
 Threads: ``torch.set_num_threads`` is process-wide, so one model's config must
-not set it for every other model; we leave torch's intra-op pool at its
-default. ``config.onnx`` thread options apply to ONNX Runtime only.
+not set it for every other model; we leave torch's pools at their default
+(the host's cores, or ``OMP_NUM_THREADS``), only capped by the CPUs the
+affinity and cgroup quota allow (``fit_threads``). ``config.onnx`` thread
+options apply to ONNX Runtime only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from service.cpus import limited_cpus
 from service.errors import ConfigError, InternalError
 from service.model.config import ModelConfig
 from service.model.graph import TensorInfo, check_graph
@@ -42,12 +46,25 @@ def _quiet_load(torch: Any, path: Path, device: str) -> Any:
         return torch.jit.load(str(path), map_location=device)
 
 
+def fit_threads(torch: Any) -> None:
+    """Cap torch's thread pools at the CPUs allowed: its default counts the host's cores, not the quota."""
+    allowed = limited_cpus()
+    if allowed is None:
+        return
+    if torch.get_num_threads() > allowed:
+        torch.set_num_threads(allowed)
+    if torch.get_num_interop_threads() > allowed:
+        with contextlib.suppress(RuntimeError):  # settable only before torch's first parallel work
+            torch.set_num_interop_threads(allowed)
+
+
 class TorchScriptBackend:
     """A model instance running a TorchScript module."""
 
     def __init__(self, config: ModelConfig, model_path: Path, device: DeviceSpec) -> None:
         import torch  # lazy on purpose: see the module docstring
 
+        fit_threads(torch)
         self._torch = torch
         self.input_names = config.graph_input_names()
         self.output_names = [o.name for o in config.outputs]

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from service.client_ids import check_client_id
 from service.errors import FusionServeError, InvalidInput
 from service.model.rows import RawInputs
 from service.v2.classification import classify, requested_counts
@@ -111,6 +112,7 @@ async def run_infer(
                 datatypes = {spec.name: spec.datatype for spec in output_specs(config, info.labels)}
                 classes = requested_counts(request.outputs, datatypes)
             rows = rows_from_inputs(model, config, request.inputs)
+        check_client_id(request.id)  # echoed in the answer: bounded like x-request-id
         timeout = _timeout(request.parameters, timeout_s)
         top_k = top_k_of(request.parameters) if config.task == "classify" else 0
     except FusionServeError as exc:
