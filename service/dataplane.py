@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -30,6 +29,7 @@ from service.errors import (
     UnprocessableInput,
     shown,
 )
+from service.lanes import Lanes
 from service.metrics import UNKNOWN_MODEL_LABEL, Metrics
 from service.model.config import ModelConfig
 from service.model.outputs import (
@@ -44,7 +44,6 @@ from service.model.outputs import (
 from service.model.rows import DecodedRow, RawInputs, RowOutputs
 from service.offload import offload
 from service.registry import LoadedVersion, ModelRegistry, VersionState
-from service.threadnames import name_os_thread
 
 if TYPE_CHECKING:
     from service.peers import Peers
@@ -202,12 +201,7 @@ class DataPlane:
         self.max_top_k = max_top_k
         #: The longest a client may ask the server to wait (header, V2 parameter, gRPC deadline).
         self.max_timeout_s = max_timeout_s
-        self._decoder = ThreadPoolExecutor(
-            max_workers=decode_threads,
-            thread_name_prefix="decode",
-            initializer=name_os_thread,
-            initargs=("fs-decode",),
-        )
+        self._decoder = Lanes(decode_threads, "decode", "fs-decode")
         self._accepting = False
         #: SIGTERM seen: readiness is false, though work may still be accepted (the grace period).
         self.draining = False

@@ -30,20 +30,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from service.batching import DynamicBatcher, Pending
 from service.errors import InternalError, NotReady
+from service.lanes import Lanes
 from service.metrics import Metrics
 from service.model.config import ModelConfig
 from service.model.feeds import collate, split_outputs
 from service.model.rows import DecodedRow, RowOutputs
 from service.offload import offload
 from service.runtimes.base import Backend
-from service.threadnames import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ class Instance:
 
     index: int
     backend: Backend
-    executor: ThreadPoolExecutor
+    executor: Lanes
     timeout_s: float | None = None
     task: asyncio.Task[None] | None = None
     batches: int = 0
@@ -190,13 +189,8 @@ class WorkerPool:
                 )
                 self._count_instance(inst, +1)
 
-    def _executor(self, index: int) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(
-            1,
-            thread_name_prefix=f"{self.model}-v{self.version}-i{index}",
-            initializer=name_os_thread,
-            initargs=("fs-model",),
-        )
+    def _executor(self, index: int) -> Lanes:
+        return Lanes(1, f"{self.model}-v{self.version}-i{index}", "fs-model")
 
     @property
     def healthy(self) -> int:

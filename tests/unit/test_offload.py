@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from service.lanes import Lanes
 from service.offload import offload
 
 
@@ -45,3 +46,38 @@ async def test_a_caller_that_left_drops_the_result() -> None:
         future.cancel()
         release.set()
         assert await offload(pool, lambda: "still serving") == "still serving"
+
+
+async def test_lanes_run_work_in_order_on_named_threads() -> None:
+    lanes = Lanes(1, "lane", "fs-test")
+    try:
+        seen = [await offload(lanes, lambda i=i: (i, threading.current_thread().name)) for i in range(3)]
+        assert seen == [(0, "lane_0"), (1, "lane_0"), (2, "lane_0")]
+        with pytest.raises(ValueError, match="bad row"):
+            await offload(lanes, _raise_bad_row)
+    finally:
+        lanes.shutdown()
+
+
+async def test_lanes_shutdown_with_cancel_drops_queued_work_and_refuses_more() -> None:
+    started, release = threading.Event(), threading.Event()
+    lanes = Lanes(1, "lane", "fs-test")
+
+    def hold() -> bool:
+        started.set()
+        return release.wait()
+
+    busy = offload(lanes, hold)
+    queued = offload(lanes, lambda: "never")
+    assert started.wait(5)
+    lanes.shutdown(wait=False, cancel_futures=True)
+    release.set()
+    assert await busy is True
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(queued, timeout=5)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        offload(lanes, lambda: None)
+
+
+def _raise_bad_row() -> None:
+    raise ValueError("bad row")
