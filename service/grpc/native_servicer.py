@@ -43,6 +43,13 @@ def rows_of(items: Any) -> list[RawInputs]:
     ]
 
 
+def _add_truncated(field: Any, truncated: dict[str, tuple[int, int]]) -> None:
+    """No silent cut over gRPC either: the same figures as the HTTP answer's ``truncated``."""
+    for modality, (given, kept) in truncated.items():
+        field[modality].given = given
+        field[modality].kept = kept
+
+
 def _prediction(p: Prediction) -> Any:
     message = NATIVE.Prediction(
         modalities=p.modalities,
@@ -59,15 +66,18 @@ def _prediction(p: Prediction) -> Any:
         message.attribution.kind = p.attribution.kind
         for m, v in p.attribution.values.items():
             message.attribution.values[m].values.extend(v.tolist())
+    _add_truncated(message.truncated, p.truncated)
     return message
 
 
 def _embedding(e: Embedding) -> Any:
-    return NATIVE.Embedding(
+    message = NATIVE.Embedding(
         modalities=e.modalities,
         embedding=NATIVE.Vector(values=e.fused.tolist()),
         embeddings={m: NATIVE.Vector(values=v.tolist()) for m, v in e.per_modality.items()},
     )
+    _add_truncated(message.truncated, e.truncated)
+    return message
 
 
 def model_message(info: ModelInfo) -> Any:

@@ -24,6 +24,7 @@ from service.v2.codec import DEFAULT_LIMITS, TensorLimits
 from service.v2.infer import run_infer
 from service.v2.load_request import refuse_overrides
 from service.v2.mapping import input_specs, output_specs, require_config, triton_model_config
+from service.v2.truncation import TRUNCATED_PARAMETER, truncated_parameter
 
 if TYPE_CHECKING:
     from service.dataplane import DataPlaneApi, VersionStats
@@ -120,9 +121,13 @@ class V2Servicer:
             protocol=PROTOCOL,
             fast=lambda accepted: fast_request(request, accepted, self.limits.max_bytes_elements),
         )
-        return response_to_proto(
+        response = response_to_proto(
             V2.ModelInferResponse, result.model, result.version, result.id, result.outputs
         )
+        truncated = truncated_parameter(result.truncated)
+        if truncated is not None:
+            response.parameters[TRUNCATED_PARAMETER].string_param = truncated
+        return response
 
     @guarded
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
