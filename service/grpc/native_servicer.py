@@ -25,6 +25,7 @@ from service.model.rows import RawInputs
 
 if TYPE_CHECKING:
     from service.dataplane import DataPlaneApi, ModelInfo
+    from service.memory import MemoryBudget
     from service.model.outputs import Embedding, Prediction
 
 PROTOCOL = "grpc"
@@ -107,8 +108,10 @@ def model_message(info: ModelInfo) -> Any:
 class NativeServicer:
     protocol = PROTOCOL
 
-    def __init__(self, dataplane: DataPlaneApi) -> None:
+    def __init__(self, dataplane: DataPlaneApi, budget: MemoryBudget | None = None) -> None:
         self.dataplane = dataplane
+        #: Charged with each Predict/Embed message while it is answered (``service.grpc.budget``).
+        self.budget = budget
 
     async def _predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         results = await self.dataplane.predict(
@@ -171,7 +174,7 @@ class NativeServicer:
                 status = NATIVE.Status(code=grpc_code(error).value[0], message=error.message)
                 return NATIVE.PredictStreamResponse(request_id=request_id, error=status)
 
-            return await answer_message("PredictStream", request, request_id, predict, failed)
+            return await answer_message("PredictStream", request, request_id, predict, failed, self.budget)
 
         async for response in pipelined(requests, answer):
             yield response

@@ -28,6 +28,7 @@ from service.v2.truncation import TRUNCATED_PARAMETER, truncated_parameter
 
 if TYPE_CHECKING:
     from service.dataplane import DataPlaneApi, VersionStats
+    from service.memory import MemoryBudget
 
 PROTOCOL = "v2-grpc"
 
@@ -59,9 +60,16 @@ class V2Servicer:
     protocol = PROTOCOL
 
     def __init__(
-        self, dataplane: DataPlaneApi, limits: TensorLimits = DEFAULT_LIMITS, *, model_control: str = "none"
+        self,
+        dataplane: DataPlaneApi,
+        limits: TensorLimits = DEFAULT_LIMITS,
+        *,
+        model_control: str = "none",
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.dataplane = dataplane
+        #: Charged with each ModelInfer message while it is answered (``service.grpc.budget``).
+        self.budget = budget
         self.limits = limits
         self.model_control = model_control  # service.model_control
 
@@ -146,7 +154,7 @@ class V2Servicer:
 
             # The V2 id is the client's to echo; the log line gets a request id either way.
             request_id = message_request_id(request.id)
-            return await answer_message("ModelStreamInfer", request, request_id, infer, failed)
+            return await answer_message("ModelStreamInfer", request, request_id, infer, failed, self.budget)
 
         async for response in pipelined(requests, answer):
             yield response
