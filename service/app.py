@@ -56,6 +56,7 @@ from service.http.app import create_http_app
 from service.http.listener import refuse_new_connections
 from service.http.middleware import Activity
 from service.http.transport import TransportLimits, bounded_protocol
+from service.memory import process_budget
 from service.metrics import Metrics
 from service.model.repository import ModelRepository
 from service.peers import Peers, WorkerPlace
@@ -103,7 +104,9 @@ class FusionServer:
             strict_readiness=settings.strict_readiness,
         )
         self.http_activity = Activity()
-        self.http_app = create_http_app(self.dataplane, settings, self.http_activity)
+        # One memory budget for the bytes in flight over every door of this process.
+        self.memory_budget = process_budget(settings, self.metrics)
+        self.http_app = create_http_app(self.dataplane, settings, self.http_activity, self.memory_budget)
         self.peers = Peers(place) if place is not None else None
         self.dataplane.peers = self.peers
         self._stop = asyncio.Event()
@@ -272,7 +275,9 @@ class FusionServer:
             return
         from service.grpc.server import start_grpc_server  # imports grpc only when a port is set
 
-        self._grpc, self._grpc_health = await start_grpc_server(self.dataplane, self.settings)
+        self._grpc, self._grpc_health = await start_grpc_server(
+            self.dataplane, self.settings, self.memory_budget
+        )
 
     def _set_grpc_serving(self, serving: bool) -> None:
         if self._grpc_health is not None:

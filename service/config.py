@@ -49,8 +49,9 @@ class Settings(BaseSettings):
     max_inflight_bytes: int = Field(
         default=0,
         ge=0,
-        description="memory budget for request bodies being received, decoded and queued; past it "
-        "new requests get 503 + Retry-After before their bodies are read. 0 = the smaller of "
+        description="memory budget for request bodies and gRPC messages being received, decoded "
+        "and queued; past it new HTTP requests get 503 + Retry-After before their bodies are read, "
+        "gRPC inference messages RESOURCE_EXHAUSTED + grpc-retry-pushback-ms. 0 = the smaller of "
         "512 MiB and a quarter of the memory the process may use (cgroup limit included)",
     )
     max_stuck_threads: int = Field(

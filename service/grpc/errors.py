@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -23,8 +23,12 @@ from service.errors import (
     Overloaded,
     PermissionDenied,
 )
+from service.grpc.budget import RETRY_PUSHBACK, charged
 from service.grpc.handlers import reject_undecodable
 from service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
+
+if TYPE_CHECKING:
+    from service.memory import MemoryBudget
 
 log = logging.getLogger("fusionserve.grpc")
 
@@ -66,7 +70,10 @@ def guarded(method: Handler) -> Handler:
 
     The request id is the client's ``x-request-id`` metadata when it looks
     like one, else a new one; it is returned as trailing metadata and carried
-    by every log line of the call, as over HTTP.
+    by every log line of the call, as over HTTP. The message is charged to the
+    servicer's memory budget (``budget`` attribute; ``service.grpc.budget``)
+    while the method runs. A refusal to retry (overloaded, over the budget, not
+    ready: HTTP's 429/503 + ``Retry-After``) carries ``grpc-retry-pushback-ms``.
     """
 
     @functools.wraps(method)
@@ -81,7 +88,8 @@ def guarded(method: Handler) -> Handler:
         try:
             try:
                 _reject_counted(self, request)
-                return await method(self, request, context)
+                with charged(getattr(self, "budget", None)):
+                    return await method(self, request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -95,6 +103,8 @@ def guarded(method: Handler) -> Handler:
             # answer: whoever holds the answer finds the call in the log.
             log_call(method.__name__, code, started)
             logged = True
+            if isinstance(error, Overloaded | NotReady):
+                context.set_trailing_metadata((("x-request-id", request_id), RETRY_PUSHBACK))
             await context.abort(code, error.message)
         finally:
             if not logged:
@@ -132,20 +142,23 @@ async def answer_message(
     request_id: str,
     handle: Callable[[], Awaitable[Answer]],
     on_error: Callable[[FusionServeError], Answer],
+    budget: MemoryBudget | None = None,
 ) -> Answer:
     """Answer one message (``request``) of a stream, as ``guarded`` answers a unary call.
 
     Runs in the message's own task, so the request id set here tags only this
     message's log lines; a failure (a message that did not parse included)
     becomes ``on_error``'s answer message (the stream goes on) and the
-    access-log line carries its status code.
+    access-log line carries its status code. The message is charged to
+    ``budget`` while it is handled (``service.grpc.budget``).
     """
     request_id_var.set(request_id)
     started = time.perf_counter()
     code = grpc.StatusCode.OK
     try:
         reject_undecodable(request)
-        return await handle()
+        with charged(budget):
+            return await handle()
     except asyncio.CancelledError:
         code = grpc.StatusCode.CANCELLED
         raise

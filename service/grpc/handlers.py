@@ -9,11 +9,14 @@ A request message that does not parse reaches the servicer as
 UNKNOWN and log a traceback per call: ``guarded`` and ``answer_message``
 (``service.grpc.errors``) answer it INVALID_ARGUMENT (a stream: an error
 message, and the stream goes on).
+
+A method named in ``charged`` gets each parsed message with its wire size
+(``service.grpc.budget``), so the memory budget can charge it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +25,7 @@ from google.protobuf import message, message_factory
 
 from service.errors import InvalidInput, LimitExceeded
 from service.grpc import protos
+from service.grpc.budget import Received, unwrap, unwrap_stream
 from service.grpc.wire import Rule, check_counts
 
 
@@ -58,7 +62,9 @@ def reject_undecodable(request: object) -> None:
         raise request.error()
 
 
-def _deserializer(message_class: Any, schema: dict[int, Rule] | None) -> Callable[[bytes], Any]:
+def _deserializer(
+    message_class: Any, schema: dict[int, Rule] | None, sized: bool = False
+) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         if schema is not None:
             try:
@@ -66,11 +72,32 @@ def _deserializer(message_class: Any, schema: dict[int, Rule] | None) -> Callabl
             except LimitExceeded as exc:
                 return Refused(message_class.DESCRIPTOR.full_name, reason=exc.message)
         try:
-            return message_class.FromString(data)
+            parsed = message_class.FromString(data)
         except message.DecodeError:
             return Undecodable(message_class.DESCRIPTOR.full_name)
+        return Received(parsed, len(data)) if sized else parsed
 
     return parse
+
+
+def _unwrapping(implementation: Callable[..., Any], bidi: bool) -> Callable[..., Any]:
+    """The servicer method, called with plain messages whose sizes are noted for the budget.
+
+    Coroutine / async-generator functions, as the method itself: grpc.aio runs
+    any other handler in a thread pool.
+    """
+    if bidi:
+
+        async def streaming(requests: AsyncIterator[object], context: grpc.aio.ServicerContext) -> Any:
+            async for answer in implementation(unwrap_stream(requests), context):
+                yield answer
+
+        return streaming
+
+    async def unary(request: object, context: grpc.aio.ServicerContext) -> Any:
+        return await implementation(unwrap(request), context)
+
+    return unary
 
 
 _FACTORIES = {
@@ -82,10 +109,14 @@ _FACTORIES = {
 
 
 def generic_handler(
-    service_name: str, servicer: object, schemas: dict[str, dict[int, Rule]] | None = None
+    service_name: str,
+    servicer: object,
+    schemas: dict[str, dict[int, Rule]] | None = None,
+    charged: frozenset[str] = frozenset(),
 ) -> grpc.GenericRpcHandler:
     """Handlers of the servicer's methods; ``schemas`` bounds a method's request counts
-    (``service.grpc.wire``) before its message is parsed."""
+    (``service.grpc.wire``) before its message is parsed; the messages of the methods
+    in ``charged`` are charged to the memory budget (``service.grpc.budget``)."""
     descriptor = protos.service(service_name)
     handlers: dict[str, Any] = {}
     for method in descriptor.methods:
@@ -95,9 +126,14 @@ def generic_handler(
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
+        sized = method.name in charged
+        if sized:
+            if method.client_streaming != method.server_streaming:
+                raise ValueError(f"{method.name}: only unary and bidirectional methods can be charged")
+            implementation = _unwrapping(implementation, method.client_streaming)
         handlers[method.name] = factory(
             implementation,
-            request_deserializer=_deserializer(request_class, (schemas or {}).get(method.name)),
+            request_deserializer=_deserializer(request_class, (schemas or {}).get(method.name), sized),
             response_serializer=response_class.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(service_name, handlers)

@@ -26,6 +26,7 @@ from service.model.rows import RawInputs
 
 if TYPE_CHECKING:
     from service.dataplane import DataPlaneApi, ModelInfo
+    from service.memory import MemoryBudget
     from service.model.outputs import Embedding, Prediction
 
 PROTOCOL = "grpc"
@@ -44,6 +45,13 @@ def rows_of(items: Any) -> list[RawInputs]:
     ]
 
 
+def _add_truncated(field: Any, truncated: dict[str, tuple[int, int]]) -> None:
+    """No silent cut over gRPC either: the same figures as the HTTP answer's ``truncated``."""
+    for modality, (given, kept) in truncated.items():
+        field[modality].given = given
+        field[modality].kept = kept
+
+
 def _prediction(p: Prediction) -> Any:
     message = NATIVE.Prediction(
         modalities=p.modalities,
@@ -60,15 +68,18 @@ def _prediction(p: Prediction) -> Any:
         message.attribution.kind = p.attribution.kind
         for m, v in p.attribution.values.items():
             message.attribution.values[m].values.extend(v.tolist())
+    _add_truncated(message.truncated, p.truncated)
     return message
 
 
 def _embedding(e: Embedding) -> Any:
-    return NATIVE.Embedding(
+    message = NATIVE.Embedding(
         modalities=e.modalities,
         embedding=NATIVE.Vector(values=e.fused.tolist()),
         embeddings={m: NATIVE.Vector(values=v.tolist()) for m, v in e.per_modality.items()},
     )
+    _add_truncated(message.truncated, e.truncated)
+    return message
 
 
 def model_message(info: ModelInfo) -> Any:
@@ -98,8 +109,10 @@ def model_message(info: ModelInfo) -> Any:
 class NativeServicer:
     protocol = PROTOCOL
 
-    def __init__(self, dataplane: DataPlaneApi) -> None:
+    def __init__(self, dataplane: DataPlaneApi, budget: MemoryBudget | None = None) -> None:
         self.dataplane = dataplane
+        #: Charged with each Predict/Embed message while it is answered (``service.grpc.budget``).
+        self.budget = budget
 
     async def _predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         check_client_id(request.request_id, "request_id")  # echoed in the answer
@@ -164,7 +177,7 @@ class NativeServicer:
                 status = NATIVE.Status(code=grpc_code(error).value[0], message=error.message)
                 return NATIVE.PredictStreamResponse(request_id=request_id, error=status)
 
-            return await answer_message("PredictStream", request, request_id, predict, failed)
+            return await answer_message("PredictStream", request, request_id, predict, failed, self.budget)
 
         async for response in pipelined(requests, answer):
             yield response

@@ -20,6 +20,7 @@ from service.grpc.handlers import generic_handler
 from service.grpc.health import HealthService
 from service.grpc.native_servicer import NativeServicer
 from service.grpc.v2_servicer import V2Servicer
+from service.memory import MemoryBudget, process_budget
 from service.v2.codec import TensorLimits
 
 if TYPE_CHECKING:
@@ -75,8 +76,21 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-def build_grpc_server(dataplane: DataPlaneApi, settings: Settings) -> tuple[grpc.aio.Server, HealthService]:
-    """The server with every service registered, not yet bound or started."""
+#: Methods whose messages are charged to the memory budget (the inference calls).
+CHARGED_V2 = frozenset({"ModelInfer", "ModelStreamInfer"})
+CHARGED_NATIVE = frozenset({"Predict", "Embed", "PredictStream"})
+
+
+def build_grpc_server(
+    dataplane: DataPlaneApi, settings: Settings, budget: MemoryBudget | None = None
+) -> tuple[grpc.aio.Server, HealthService]:
+    """The server with every service registered, not yet bound or started.
+
+    ``budget`` is the process's memory budget, shared with the HTTP door; None
+    makes one from ``settings``, not exported as metrics (a server alone, as in tests).
+    """
+    if budget is None:
+        budget = process_budget(settings, None)
     interceptors = []
     if settings.api_token or settings.admin_token:
         interceptors.append(BearerAuthInterceptor(settings.api_token, settings.admin_token))
@@ -98,13 +112,15 @@ def build_grpc_server(dataplane: DataPlaneApi, settings: Settings) -> tuple[grpc
         (
             generic_handler(
                 protos.V2_SERVICE,
-                V2Servicer(dataplane, limits, model_control=settings.model_control),
+                V2Servicer(dataplane, limits, model_control=settings.model_control, budget=budget),
                 {"ModelInfer": v2, "ModelStreamInfer": v2},
+                CHARGED_V2,
             ),
             generic_handler(
                 protos.NATIVE_SERVICE,
-                NativeServicer(dataplane),
+                NativeServicer(dataplane, budget),
                 {"Predict": native, "Embed": native, "PredictStream": native},
+                CHARGED_NATIVE,
             ),
         )
     )
@@ -116,10 +132,10 @@ def build_grpc_server(dataplane: DataPlaneApi, settings: Settings) -> tuple[grpc
 
 
 async def start_grpc_server(
-    dataplane: DataPlaneApi, settings: Settings
+    dataplane: DataPlaneApi, settings: Settings, budget: MemoryBudget | None = None
 ) -> tuple[grpc.aio.Server, HealthService]:
     """Bind ``settings.host:settings.grpc_port`` (0 picks a free port: see ``health.port``) and start."""
-    server, health_service = build_grpc_server(dataplane, settings)
+    server, health_service = build_grpc_server(dataplane, settings, budget)
     address = f"{settings.host}:{settings.grpc_port or 0}"
     credentials = _credentials(settings)
     if credentials is None:

@@ -25,9 +25,11 @@ from service.v2.codec import DEFAULT_LIMITS, TensorLimits
 from service.v2.infer import run_infer
 from service.v2.load_request import refuse_overrides
 from service.v2.mapping import input_specs, output_specs, require_config, triton_model_config
+from service.v2.truncation import TRUNCATED_PARAMETER, truncated_parameter
 
 if TYPE_CHECKING:
     from service.dataplane import DataPlaneApi, VersionStats
+    from service.memory import MemoryBudget
 
 PROTOCOL = "v2-grpc"
 
@@ -59,9 +61,16 @@ class V2Servicer:
     protocol = PROTOCOL
 
     def __init__(
-        self, dataplane: DataPlaneApi, limits: TensorLimits = DEFAULT_LIMITS, *, model_control: str = "none"
+        self,
+        dataplane: DataPlaneApi,
+        limits: TensorLimits = DEFAULT_LIMITS,
+        *,
+        model_control: str = "none",
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.dataplane = dataplane
+        #: Charged with each ModelInfer message while it is answered (``service.grpc.budget``).
+        self.budget = budget
         self.limits = limits
         self.model_control = model_control  # service.model_control
 
@@ -121,9 +130,13 @@ class V2Servicer:
             protocol=PROTOCOL,
             fast=lambda accepted: fast_request(request, accepted, self.limits.max_bytes_elements),
         )
-        return response_to_proto(
+        response = response_to_proto(
             V2.ModelInferResponse, result.model, result.version, result.id, result.outputs
         )
+        truncated = truncated_parameter(result.truncated)
+        if truncated is not None:
+            response.parameters[TRUNCATED_PARAMETER].string_param = truncated
+        return response
 
     @guarded
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -145,7 +158,7 @@ class V2Servicer:
 
             # The V2 id is the client's to echo; the log line gets a request id either way.
             request_id = message_request_id(request.id)
-            return await answer_message("ModelStreamInfer", request, request_id, infer, failed)
+            return await answer_message("ModelStreamInfer", request, request_id, infer, failed, self.budget)
 
         async for response in pipelined(requests, answer):
             yield response

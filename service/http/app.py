@@ -16,7 +16,7 @@ from service import __version__
 from service.config import Settings
 from service.dataplane import DataPlane
 from service.errors import FusionServeError, InternalError
-from service.http.budget import MemoryBudget, MemoryBudgetMiddleware, default_budget
+from service.http.budget import MemoryBudgetMiddleware
 from service.http.disconnect import ClientGone
 from service.http.errors import error_response
 from service.http.middleware import Activity, GatewayMiddleware
@@ -26,6 +26,7 @@ from service.http.openapi import install_openapi
 from service.http.playground import playground_router
 from service.http.v2 import v2_router
 from service.logs import request_id_var
+from service.memory import MemoryBudget, process_budget
 
 log = logging.getLogger("fusionserve.http")
 
@@ -48,7 +49,13 @@ connection, and 503 `too_many_connections`.
 """
 
 
-def create_http_app(dataplane: DataPlane, settings: Settings, activity: Activity | None = None) -> FastAPI:
+def create_http_app(
+    dataplane: DataPlane,
+    settings: Settings,
+    activity: Activity | None = None,
+    budget: MemoryBudget | None = None,
+) -> FastAPI:
+    """``budget``: the process's memory budget, shared with the gRPC door; None makes one."""
     app = FastAPIOffline(title="fusionserve", version=__version__, description=DESCRIPTION)
     app.include_router(native_router(dataplane))
     app.include_router(openai_router(dataplane))
@@ -98,8 +105,9 @@ def create_http_app(dataplane: DataPlane, settings: Settings, activity: Activity
         return error_response(InternalError(f"internal error: {type(exc).__name__}"), request_id_var.get())
 
     install_openapi(app)
-    limit = settings.max_inflight_bytes or default_budget()
-    app.add_middleware(MemoryBudgetMiddleware, budget=MemoryBudget(limit, dataplane.metrics))
+    if budget is None:
+        budget = process_budget(settings, dataplane.metrics)
+    app.add_middleware(MemoryBudgetMiddleware, budget=budget)
     app.add_middleware(  # outermost: request ids, access log and Connection: close cover everything
         GatewayMiddleware,
         max_body_bytes=settings.max_body_bytes,

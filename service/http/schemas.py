@@ -185,6 +185,11 @@ class V2InferResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description="`truncated` when an input was cut to the model's bounds: a JSON string, "
+        'one entry per row (`null` for a row not cut), e.g. `[{"text": {"given": 40, "kept": 16}}]`',
+    )
     outputs: list[V2OutputTensor]
 
 

@@ -44,6 +44,7 @@ from service.v2.mapping import (
     require_config,
     triton_model_config,
 )
+from service.v2.truncation import TRUNCATED_PARAMETER, truncated_parameter
 
 PROTOCOL = "v2-rest"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -229,6 +230,9 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
         head: dict[str, Any] = {"model_name": result.model, "model_version": result.version}
         if result.id:
             head["id"] = result.id
+        truncated = truncated_parameter(result.truncated)
+        if truncated is not None:
+            head["parameters"] = {TRUNCATED_PARAMETER: truncated}
         payload, json_length = encode_infer_response(head, result.outputs, binary)
         headers = {"Vary": "Accept-Encoding"}
         coding = response_coding(request.headers.get("accept-encoding"))

@@ -51,6 +51,8 @@ class InferResponse:
     outputs: list[Tensor]
     #: What was asked: the REST door reads its binary-output flags from it.
     request: InferRequest
+    #: Per row, the inputs cut to the model's bounds (``service.v2.truncation``).
+    truncated: list[dict[str, tuple[int, int]]]
 
 
 def _timeout(parameters: dict[str, object], transport_s: float | None) -> float | None:
@@ -144,12 +146,14 @@ async def run_infer(
             order = {name: i for i, name in enumerate(wanted)}
             outputs.sort(key=lambda t: order[t.name])
         served = predictions[0].version
+        truncated = [p.truncated for p in predictions]
     else:
         embeddings = await dataplane.embed(model, version, rows, timeout_s=timeout, protocol=protocol)
         outputs = embedding_outputs(
             config, [e.fused for e in embeddings], [e.per_modality for e in embeddings], wanted
         )
         served = embeddings[0].version
+        truncated = [e.truncated for e in embeddings]
     if classes:
         outputs = [
             classify(t, classes[t.name], info.labels if t.name == PROBABILITIES else None)
@@ -157,4 +161,4 @@ async def run_infer(
             else t
             for t in outputs
         ]
-    return InferResponse(model, served, request.id, outputs, request)
+    return InferResponse(model, served, request.id, outputs, request, truncated)

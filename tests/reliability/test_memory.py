@@ -4,24 +4,35 @@ Measured before the budget: 96 concurrent 19 MB uploads took the server's
 peak RSS to 2.4 GiB. Here the server's RSS is sampled every 2 ms while the
 uploads run; its peak must stay under its RSS before the flood plus the
 budget, and every answer must be one a client can act on.
+
+gRPC messages are charged to the same budget while they are answered: with
+one ~1 MB message held in compute, the other calls over both gRPC services
+(and an HTTP upload) are refused, and every charge is released afterwards,
+also by a call that ran past its deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import struct
 import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from tritonclient.grpc import service_pb2 as v2_pb
+from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
+from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
 from tests.conftest import RunningServer
-from tests.reliability.helpers import PREDICT, figures
+from tests.reliability.helpers import MODEL, PREDICT, figures, metric_value, start_gated, wait_held
 
 MiB = 1024 * 1024
 #: 200: served; 400/413: the noise is refused as an input; 429/503: shed for room.
@@ -118,3 +129,89 @@ async def test_upload_flood_128_x_20mb_against_512mb(
     model_repository: Path, server_factory: Callable[..., RunningServer]
 ) -> None:
     await flood(server_factory, model_repository, budget_mib=512, uploads=128, upload_mib=20)
+
+
+async def inflight_bytes(http: httpx.AsyncClient) -> float:
+    return metric_value((await http.get("/metrics")).text, "fusionserve_inflight_bytes")
+
+
+def v2_image_request(image: bytes) -> v2_pb.ModelInferRequest:
+    tensor = v2_pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1, 1])
+    return v2_pb.ModelInferRequest(
+        model_name=MODEL, inputs=[tensor], raw_input_contents=[struct.pack("<I", len(image)) + image]
+    )
+
+
+async def outcome(call: object) -> grpc.StatusCode:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            assert "max_inflight_bytes" in (exc.details() or ""), exc.details()
+            assert dict(exc.trailing_metadata() or ()).get("grpc-retry-pushback-ms"), "no retry hint"
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def test_grpc_messages_are_charged_to_the_memory_budget(
+    model_repository: Path, server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """A 4 MiB budget holds one ~1 MB message (charged 3x) at a time, over every door."""
+    server, gate = start_gated(
+        server_factory,
+        model_repository,
+        tmp_path,
+        env={"FUSIONSERVE_MAX_INFLIGHT_BYTES": str(4 * MiB)},
+        grpc=True,
+    )
+    image = noise_png(1)
+    predict = pb.PredictRequest(model=MODEL, items=[pb.Item(image=image)])
+    async with (
+        grpc.aio.insecure_channel(server.grpc_target) as channel,
+        httpx.AsyncClient(base_url=server.http_url, timeout=60) as http,
+    ):
+        native = pb_grpc.FusionServeStub(channel)
+        v2 = v2_grpc.GRPCInferenceServiceStub(channel)
+        first = asyncio.ensure_future(outcome(native.Predict(predict, timeout=120)))
+        await wait_held(gate)  # the first message is charged and held in compute
+        held = await inflight_bytes(http)
+        calls = [outcome(native.Predict(predict, timeout=60)) for _ in range(3)]
+        embed = pb.EmbedRequest(model="digits-embed", items=[pb.Item(image=image)])
+        calls += [outcome(native.Embed(embed, timeout=60))]
+        calls += [outcome(v2.ModelInfer(v2_image_request(image), timeout=60)) for _ in range(2)]
+        refused = await asyncio.wait_for(asyncio.gather(*calls), 60)
+        stream = [a async for a in native.PredictStream(iter([predict, predict]), timeout=60)]
+        upload = await http.post(PREDICT, files={"image": ("n.png", image, "image/png")})
+        gate.touch()
+        codes = [await first, *refused]
+        after_flood = await inflight_bytes(http)
+        # A call that runs past its deadline while held releases its charge too.
+        gate.unlink()
+        late = asyncio.ensure_future(outcome(native.Predict(predict, timeout=1.0)))
+        await wait_held(gate)
+        late_code = await late
+        for _ in range(100):  # the server notices the deadline on its own clock
+            if (after_deadline := await inflight_bytes(http)) == 0:
+                break
+            await asyncio.sleep(0.05)
+        gate.touch()
+    stream_codes = [a.error.code for a in stream]
+    figures(
+        "gRPC messages against a 4 MiB budget",
+        message_bytes=len(image),
+        held=held,
+        codes=[c.name for c in codes],
+        stream_codes=stream_codes,
+        http=upload.status_code,
+        after_flood=after_flood,
+        late=late_code.name,
+        after_deadline=after_deadline,
+    )
+    assert held >= 3 * len(image), "the held gRPC message was not charged"
+    assert codes[0] == grpc.StatusCode.OK
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == len(refused)
+    assert stream_codes == [grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]] * 2
+    assert upload.status_code == 503 and "max_inflight_bytes" in upload.text
+    assert after_flood == 0 and after_deadline == 0
+    assert late_code == grpc.StatusCode.DEADLINE_EXCEEDED

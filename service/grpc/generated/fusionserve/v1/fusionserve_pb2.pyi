@@ -41,7 +41,7 @@ class LabelScore(_message.Message):
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("modalities", "predictions", "probabilities", "embedding", "embeddings", "attribution")
+    __slots__ = ("modalities", "predictions", "probabilities", "embedding", "embeddings", "attribution", "truncated")
     class EmbeddingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,19 +49,36 @@ class Prediction(_message.Message):
         key: str
         value: Vector
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Vector, _Mapping]] = ...) -> None: ...
+    class TruncatedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Truncation
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Truncation, _Mapping]] = ...) -> None: ...
     MODALITIES_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     modalities: _containers.RepeatedScalarFieldContainer[str]
     predictions: _containers.RepeatedCompositeFieldContainer[LabelScore]
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     embedding: Vector
     embeddings: _containers.MessageMap[str, Vector]
     attribution: Attribution
-    def __init__(self, modalities: _Optional[_Iterable[str]] = ..., predictions: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., probabilities: _Optional[_Iterable[float]] = ..., embedding: _Optional[_Union[Vector, _Mapping]] = ..., embeddings: _Optional[_Mapping[str, Vector]] = ..., attribution: _Optional[_Union[Attribution, _Mapping]] = ...) -> None: ...
+    truncated: _containers.MessageMap[str, Truncation]
+    def __init__(self, modalities: _Optional[_Iterable[str]] = ..., predictions: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., probabilities: _Optional[_Iterable[float]] = ..., embedding: _Optional[_Union[Vector, _Mapping]] = ..., embeddings: _Optional[_Mapping[str, Vector]] = ..., attribution: _Optional[_Union[Attribution, _Mapping]] = ..., truncated: _Optional[_Mapping[str, Truncation]] = ...) -> None: ...
+
+class Truncation(_message.Message):
+    __slots__ = ("given", "kept")
+    GIVEN_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    given: int
+    kept: int
+    def __init__(self, given: _Optional[int] = ..., kept: _Optional[int] = ...) -> None: ...
 
 class Attribution(_message.Message):
     __slots__ = ("kind", "values")
@@ -109,7 +126,7 @@ class Vector(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Embedding(_message.Message):
-    __slots__ = ("modalities", "embedding", "embeddings")
+    __slots__ = ("modalities", "embedding", "embeddings", "truncated")
     class EmbeddingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -117,13 +134,22 @@ class Embedding(_message.Message):
         key: str
         value: Vector
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Vector, _Mapping]] = ...) -> None: ...
+    class TruncatedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Truncation
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Truncation, _Mapping]] = ...) -> None: ...
     MODALITIES_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     modalities: _containers.RepeatedScalarFieldContainer[str]
     embedding: Vector
     embeddings: _containers.MessageMap[str, Vector]
-    def __init__(self, modalities: _Optional[_Iterable[str]] = ..., embedding: _Optional[_Union[Vector, _Mapping]] = ..., embeddings: _Optional[_Mapping[str, Vector]] = ...) -> None: ...
+    truncated: _containers.MessageMap[str, Truncation]
+    def __init__(self, modalities: _Optional[_Iterable[str]] = ..., embedding: _Optional[_Union[Vector, _Mapping]] = ..., embeddings: _Optional[_Mapping[str, Vector]] = ..., truncated: _Optional[_Mapping[str, Truncation]] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("model", "version", "results", "request_id")
