@@ -25,6 +25,10 @@ ARG CUDA_BASE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 FROM scratch AS sources
 WORKDIR /src
 COPY pyproject.toml README.m[d] ./
+# The import packages are fusionserve.service and fusionserve.models: fusionserve/service
+# and fusionserve/models are relative symlinks that COPY keeps as links; they resolve
+# here because service/ and models/ are copied next to fusionserve/, and the wheel
+# that `pip install .` builds carries the real files under fusionserve/.
 COPY service ./service
 COPY models ./models
 COPY fusionserve ./fusionserve

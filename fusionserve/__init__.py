@@ -1,5 +1,10 @@
-"""``python -m fusionserve``: the command line under the project's own name.
+"""fusionserve: the project's one import namespace.
 
-The import packages are still ``service`` and ``models``; this package only
-gives the command a module to run.
+- ``fusionserve.service``: the server, its HTTP/gRPC doors and the Python client
+  (``from fusionserve.service.client import FusionClient``).
+- ``fusionserve.models``: architectures, training, export and the default repository build.
+
+In a checkout ``fusionserve/service`` and ``fusionserve/models`` are symlinks to the
+top-level ``service/`` and ``models/`` folders; the wheel carries the files themselves.
+``python -m fusionserve`` is the ``fusionserve`` command.
 """

@@ -2,7 +2,7 @@
 
 import sys
 
-from service.__main__ import main
+from fusionserve.service.__main__ import main
 
 if __name__ == "__main__":
     sys.exit(main())

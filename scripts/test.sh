@@ -4,8 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
 .venv/bin/ruff check .
-.venv/bin/ruff format --check service models tests benchmarks
-.venv/bin/mypy service models
+.venv/bin/ruff format --check service models fusionserve tests benchmarks
+# One module name per file: fusionserve/service and fusionserve/models link to service/ and models/.
+.venv/bin/mypy fusionserve
 .venv/bin/mypy --explicit-package-bases benchmarks
 # The door tests' fake data plane must stay a DataPlaneApi (service/dataplane.py).
 .venv/bin/mypy tests/unit/v2_fakes.py tests/unit/test_v2_rest_door.py tests/unit/test_grpc_door.py

@@ -93,7 +93,9 @@ def test_cpu_image_carries_onnxruntime_and_no_torch(built: Built) -> None:
     assert (site / "onnxruntime").is_dir()
     assert not (site / "torch").exists()
     assert not list(site.glob("onnxruntime_gpu*"))
-    assert (site / "service" / "grpc" / "generated" / "descriptors.binpb").is_file()
+    generated = site / "fusionserve" / "service" / "grpc" / "generated"
+    assert (generated / "descriptors.binpb").is_file()
+    assert not (site / "service").exists() and not (site / "models").exists()
 
 
 def test_image_serves_real_requests_and_drains_on_sigterm(
