@@ -57,7 +57,7 @@ RUN python3 -m venv /opt/venv \
 COPY --from=sources /src /src
 RUN /opt/venv/bin/pip install --no-deps ".[cpu,media]" \
     && /opt/venv/bin/pip check \
-    && /opt/venv/bin/python -c "import onnxruntime, service.app; print('onnxruntime', onnxruntime.__version__)"
+    && /opt/venv/bin/python -c "import onnxruntime, fusionserve.service.app; print('onnxruntime', onnxruntime.__version__)"
 
 # ---------------------------------------------------------------- cpu
 FROM ${PYTHON_BASE} AS cpu

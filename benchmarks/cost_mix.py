@@ -31,7 +31,7 @@ from PIL import Image
 
 from benchmarks.serving import ServerProcess
 from benchmarks.stats import median_interval, relative_gains
-from service.config import default_repository_dir
+from fusionserve.service.config import default_repository_dir
 
 SOURCE = "digits-fusion"
 

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "byom"))
 
 from benchmarks.stats import median_interval, relative_gains
-from service.model.config import ModelConfig, parse_model_config
-from service.model.feeds import collate
-from service.model.rows import RawInputs
-from service.preprocess import Preprocessor
+from fusionserve.service.model.config import ModelConfig, parse_model_config
+from fusionserve.service.model.feeds import collate
+from fusionserve.service.model.rows import RawInputs
+from fusionserve.service.preprocess import Preprocessor
 
 TEXT = "a small red cat sitting on the mat next to a big black dog"
 

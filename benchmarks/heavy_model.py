@@ -8,7 +8,7 @@ too: an image CNN on 128x128 inputs, an audio CNN on an in-graph log-mel of a
 1 s, 16 kHz waveform, a 2-layer text transformer (up to 32 tokens), late
 fusion, 10 classes — the project's own encoders at a larger size, randomly
 initialised from a seed (the answers are meaningless; the cost is real) and
-exported through ``models.export`` with the same parity checks as every
+exported through ``fusionserve.models.export`` with the same parity checks as every
 bundled model. The payloads are 256x256 JPEG crops of scikit-learn's sample
 photos, 1 s WAVs of seeded tones and noise, and 15-word texts.
 
@@ -77,12 +77,12 @@ def build(out: Path, seed: int = SEED) -> Path:
     """Export the heavy model into ``out/heavy-fusion`` (replacing an older build) and return it."""
     import torch
 
-    from models.classifier import ClassifierSpec, FusionClassifier
-    from models.encoders import ImageEncoder
-    from models.entries import MIN_AUDIO_SAMPLES
-    from models.export import export_entry
-    from models.tokenizer import build_tokenizer
-    from service.model.config import ModelConfig
+    from fusionserve.models.classifier import ClassifierSpec, FusionClassifier
+    from fusionserve.models.encoders import ImageEncoder
+    from fusionserve.models.entries import MIN_AUDIO_SAMPLES
+    from fusionserve.models.export import export_entry
+    from fusionserve.models.tokenizer import build_tokenizer
+    from fusionserve.service.model.config import ModelConfig
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(VOCABULARY)

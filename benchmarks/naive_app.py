@@ -2,7 +2,7 @@
 
     NAIVE_REPOSITORY=... NAIVE_MODEL=digits-fusion uvicorn benchmarks.naive_app:app --port 9000
 
-The same decoders as fusionserve (``service.preprocess``), one ONNX Runtime
+The same decoders as fusionserve (``fusionserve.service.preprocess``), one ONNX Runtime
 session with ORT's defaults (intra-op threads = all cores, spinning on), one
 ``session.run`` per request from FastAPI's thread pool, no batching, no
 queue bound, no metrics. ``benchmarks/serving.py`` runs it in the same
@@ -19,10 +19,10 @@ import numpy as np
 import onnxruntime as ort
 from fastapi import FastAPI, File, Form, UploadFile
 
-from service.model.config import load_model_config
-from service.model.feeds import collate
-from service.model.rows import RawInputs
-from service.preprocess import Preprocessor
+from fusionserve.service.model.config import load_model_config
+from fusionserve.service.model.feeds import collate
+from fusionserve.service.model.rows import RawInputs
+from fusionserve.service.preprocess import Preprocessor
 
 ENTRY = Path(os.environ["NAIVE_REPOSITORY"]) / os.environ.get("NAIVE_MODEL", "digits-fusion")
 CONFIG = load_model_config(ENTRY / "config.yaml")

@@ -59,8 +59,8 @@ from benchmarks.serving import (  # noqa: E402
     take_turns,
 )
 from benchmarks.stats import median_interval, relative_gains  # noqa: E402
-from service.grpc.protos import NATIVE, V2  # noqa: E402
-from service.v2.codec import serialize_bytes  # noqa: E402
+from fusionserve.service.grpc.protos import NATIVE, V2  # noqa: E402
+from fusionserve.service.v2.codec import serialize_bytes  # noqa: E402
 
 TOP_K = 5
 DOORS = ("native-http", "v2-rest", "native-grpc", "v2-grpc")

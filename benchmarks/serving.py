@@ -63,13 +63,13 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_probe import per_request, snapshot  # noqa: E402
 from benchmarks.stats import median_interval, relative_gains  # noqa: E402
-from service.cpus import available_cpus  # noqa: E402
-from service.model.config import MODEL_FILES, load_model_config  # noqa: E402
-from service.model.feeds import collate  # noqa: E402
-from service.model.rows import RawInputs  # noqa: E402
-from service.preprocess import Preprocessor  # noqa: E402
-from service.registry import instance_devices  # noqa: E402
-from service.runtimes import load_backend  # noqa: E402
+from fusionserve.service.cpus import available_cpus  # noqa: E402
+from fusionserve.service.model.config import MODEL_FILES, load_model_config  # noqa: E402
+from fusionserve.service.model.feeds import collate  # noqa: E402
+from fusionserve.service.model.rows import RawInputs  # noqa: E402
+from fusionserve.service.preprocess import Preprocessor  # noqa: E402
+from fusionserve.service.registry import instance_devices  # noqa: E402
+from fusionserve.service.runtimes import load_backend  # noqa: E402
 
 WRK_SCRIPT = r"""
 local bodies = {}
@@ -153,8 +153,8 @@ def load_payloads(folder: Path | None, count: int, seed: int = 0) -> list[Payloa
 
 def make_payloads(count: int, seed: int) -> list[Payload]:
     """Real test-split rows of the project's dataset, encoded as JPEG + WAV + text."""
-    from models.data.dataset import build_dataset
-    from models.samples import write_sample_files
+    from fusionserve.models.data.dataset import build_dataset
+    from fusionserve.models.samples import write_sample_files
 
     dataset = build_dataset(seed=seed)
     payloads = []
@@ -224,7 +224,7 @@ class ServerProcess:
                 *pin,
                 sys.executable,
                 "-m",
-                "service",
+                "fusionserve",
                 "serve",
                 "--model-repository",
                 str(repository),
@@ -233,7 +233,7 @@ class ServerProcess:
                 "--grpc-port",
                 str(self.grpc_port or -1),
             ],
-            cwd=tree,  # `python -m service` imports the service package of this source tree
+            cwd=tree,  # `python -m fusionserve` imports the service package of this source tree
             env=env,
         )
 
@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workload == "heavy":
         repository, model, payloads = heavy_workload(args)
     else:
-        from service.config import default_repository_dir
+        from fusionserve.service.config import default_repository_dir
 
         repository, model = args.repository or default_repository_dir(), args.model
         payloads = load_payloads(args.payload_dir, args.payloads, args.seed)

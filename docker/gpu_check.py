@@ -88,7 +88,7 @@ def check_onnxruntime() -> Row:
     import numpy as np
     import onnxruntime as ort
 
-    from service.runtimes.onnx import preload_cuda_libraries
+    from fusionserve.service.runtimes.onnx import preload_cuda_libraries
 
     preload_cuda_libraries()  # what the server does before its first GPU session
     size = 256

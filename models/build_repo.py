@@ -26,12 +26,12 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from models.encoders import EncoderSet
-from models.entries import entry_is_current, export_checkpoint
-from models.features import SUBSETS, PreparedData, encode_split, prepare_data
-from models.fusion import STRATEGIES
-from models.train import (
+from fusionserve.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fusionserve.models.encoders import EncoderSet
+from fusionserve.models.entries import entry_is_current, export_checkpoint
+from fusionserve.models.features import SUBSETS, PreparedData, encode_split, prepare_data
+from fusionserve.models.fusion import STRATEGIES
+from fusionserve.models.train import (
     TrainConfig,
     classifier_accuracy,
     configure_determinism,
@@ -40,7 +40,7 @@ from models.train import (
     train_encoders,
     train_fusion,
 )
-from service.model.config import CONFIG_FILE
+from fusionserve.service.model.config import CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class BuildOptions:
 
 
 def default_cache_dir() -> Path:
-    from models.data.dataset import default_cache_root
+    from fusionserve.models.data.dataset import default_cache_root
 
     return default_cache_root()
 
@@ -268,7 +268,7 @@ def _export_fresh(ckpt: Checkpoint, name: str, out: Path, formats: Sequence[str]
 
 def _first_build(out: Path, key: str, timings: dict[str, Any]) -> dict[str, Any]:
     """Timings of the run that trained this build key: kept across cached re-runs."""
-    from models.report import ReportError, read_report
+    from fusionserve.models.report import ReportError, read_report
 
     if timings["trained_this_run"]:
         return timings
@@ -283,8 +283,8 @@ def _first_build(out: Path, key: str, timings: dict[str, Any]) -> dict[str, Any]
 
 def build_repo(opts: BuildOptions) -> dict[str, Any]:
     """Build the repository at ``opts.out``; returns the report (also written there)."""
-    from models.data.dataset import build_dataset
-    from models.report import build_report, write_report
+    from fusionserve.models.data.dataset import build_dataset
+    from fusionserve.models.report import build_report, write_report
 
     t_start = time.perf_counter()
     configure_determinism()

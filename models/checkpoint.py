@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.classifier import ClassifierSpec, FusionClassifier
-from models.contrastive import EmbedderSpec, JointEmbedder
-from models.encoders import EncoderSet
+from fusionserve.models.classifier import ClassifierSpec, FusionClassifier
+from fusionserve.models.contrastive import EmbedderSpec, JointEmbedder
+from fusionserve.models.encoders import EncoderSet
 
 FORMAT = "fusionserve-checkpoint/1"
 KINDS = ("encoders", "classifier", "embedder")

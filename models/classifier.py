@@ -1,7 +1,7 @@
 """The classifier that ``digits-fusion`` exports: encoders → fusion strategy → logits.
 
 ``forward`` takes the graph inputs of docs/contracts.md §1 in
-``service.model.config.GRAPH_INPUTS`` order and returns ``class_logits``.
+``fusionserve.service.model.config.GRAPH_INPUTS`` order and returns ``class_logits``.
 ``classify_features`` is the same computation from already-encoded features,
 which training uses when the encoders are frozen and their outputs cached.
 """
@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from models.encoders import EncoderSet
-from models.fusion import build_strategy
+from fusionserve.models.encoders import EncoderSet
+from fusionserve.models.fusion import build_strategy
 
 
 @dataclass(frozen=True)

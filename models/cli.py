@@ -98,11 +98,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     _setup(args.quiet)
     from dataclasses import replace
 
-    from models.build_repo import Trainer, default_cache_dir
-    from models.checkpoint import load_checkpoint, save_checkpoint
-    from models.data.dataset import build_dataset
-    from models.fusion import STRATEGIES
-    from models.train import TrainConfig, configure_determinism
+    from fusionserve.models.build_repo import Trainer, default_cache_dir
+    from fusionserve.models.checkpoint import load_checkpoint, save_checkpoint
+    from fusionserve.models.data.dataset import build_dataset
+    from fusionserve.models.fusion import STRATEGIES
+    from fusionserve.models.train import TrainConfig, configure_determinism
 
     if args.strategy != "contrastive" and args.strategy not in STRATEGIES:
         print(f"error: unknown fusion strategy {args.strategy!r}; known: {STRATEGY_HELP}", file=sys.stderr)
@@ -126,9 +126,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     _setup()
-    from models.checkpoint import CheckpointError, load_checkpoint
-    from models.entries import export_checkpoint
-    from models.export import ExportError
+    from fusionserve.models.checkpoint import CheckpointError, load_checkpoint
+    from fusionserve.models.entries import export_checkpoint
+    from fusionserve.models.export import ExportError
 
     formats = ("onnx", "torchscript") if args.format == "both" else (args.format,)
     if args.module:
@@ -147,7 +147,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from models.starter import describe, starter_config
+    from fusionserve.models.starter import describe, starter_config
 
     if not args.model_file.is_file():
         print(f"error: {args.model_file}: no such file", file=sys.stderr)
@@ -170,7 +170,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from models.serve_check import read_files, verify
+    from fusionserve.models.serve_check import read_files, verify
 
     pairs = dict(item.split("=", 1) for item in args.file if "=" in item)
     bad = [
@@ -196,9 +196,9 @@ def _export_module(args: argparse.Namespace, formats: tuple[str, ...]) -> int:
     """``export --module FILE.py:FACTORY --config config.yaml``: any nn.Module through export_entry."""
     import importlib.util
 
-    from models.export import ExportError, export_entry
-    from service.errors import ConfigError
-    from service.model.config import load_model_config
+    from fusionserve.models.export import ExportError, export_entry
+    from fusionserve.service.errors import ConfigError
+    from fusionserve.service.model.config import load_model_config
 
     if args.config is None:
         print("error: --module needs --config (the entry's config.yaml)", file=sys.stderr)
@@ -237,8 +237,8 @@ def _export_module(args: argparse.Namespace, formats: tuple[str, ...]) -> int:
 
 def cmd_build_repo(args: argparse.Namespace) -> int:
     _setup(args.quiet)
-    from models.build_repo import BuildOptions, build_repo
-    from models.report import format_report
+    from fusionserve.models.build_repo import BuildOptions, build_repo
+    from fusionserve.models.report import format_report
 
     t0 = time.perf_counter()
     report = build_repo(
@@ -252,11 +252,11 @@ def cmd_build_repo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from models.report import ReportError, format_report, read_report, recompute
+    from fusionserve.models.report import ReportError, format_report, read_report, recompute
 
     repo = args.repo
     if repo is None:
-        from service.config import default_repository_dir
+        from fusionserve.service.config import default_repository_dir
 
         repo = default_repository_dir()
     try:
@@ -269,7 +269,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.cli")
+    parser = argparse.ArgumentParser(prog="python -m fusionserve.models.cli")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -1,12 +1,12 @@
 """Regenerate the field tables and JSON Schema in docs/model-config.md.
 
-The schema is derived from ``service.model.config`` so the reference can never
+The schema is derived from ``fusionserve.service.model.config`` so the reference can never
 drift from the validator: this script rewrites only the part of the document
 between the two markers below, and a unit test fails when the committed part
 differs from what the code would generate.
 
-    python -m models.config_doc            # rewrite docs/model-config.md
-    python -m models.config_doc --check    # exit 1 if it is stale
+    python -m fusionserve.models.config_doc            # rewrite docs/model-config.md
+    python -m fusionserve.models.config_doc --check    # exit 1 if it is stale
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.model.config import model_config_json_schema
+from fusionserve.service.model.config import model_config_json_schema
 
-BEGIN = "<!-- BEGIN GENERATED: python -m models.config_doc -->"
+BEGIN = "<!-- BEGIN GENERATED: python -m fusionserve.models.config_doc -->"
 END = "<!-- END GENERATED -->"
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "model-config.md"
 
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fresh = splice(current, render_generated())
     if args.check:
         if fresh != current:
-            print(f"{args.doc} is stale; run: python -m models.config_doc", file=sys.stderr)
+            print(f"{args.doc} is stale; run: python -m fusionserve.models.config_doc", file=sys.stderr)
             return 1
         return 0
     if fresh != current:

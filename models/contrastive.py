@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.encoders import EncoderSet
-from models.layers import mlp
+from fusionserve.models.encoders import EncoderSet
+from fusionserve.models.layers import mlp
 
 #: Bounds of the learnable logit scale (1 / temperature).
 MIN_SCALE = 1.0

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from models.layers import TransformerBlock, masked_mean
+from fusionserve.models.layers import TransformerBlock, masked_mean
 
 #: Image pixel statistics (MNIST-like strokes) used to centre the input.
 PIXEL_MEAN = 0.2

@@ -1,4 +1,4 @@
-"""Repository entries from checkpoints: the entry's config and the call into ``models.export``.
+"""Repository entries from checkpoints: the entry's config and the call into ``fusionserve.models.export``.
 
 The decode contract written here (28x28 images, 16 kHz audio up to one
 second, 16 tokens) is the one the models were trained on; ``min_samples`` is
@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import Checkpoint
-from models.classifier import FusionClassifier
-from models.contrastive import EMBED_OUTPUTS
-from models.explained import classifier_outputs, explained
-from service.config import BUNDLED_EXPORT_FORMAT
-from service.model.config import CONFIG_FILE, ModelConfig, load_model_config
+from fusionserve.models.checkpoint import Checkpoint
+from fusionserve.models.classifier import FusionClassifier
+from fusionserve.models.contrastive import EMBED_OUTPUTS
+from fusionserve.models.explained import classifier_outputs, explained
+from fusionserve.service.config import BUNDLED_EXPORT_FORMAT
+from fusionserve.service.model.config import CONFIG_FILE, ModelConfig, load_model_config
 
 #: What ``export_checkpoint`` writes; bumped when the graph's outputs change, so an entry
 #: written by older code is stale and rebuilt. 2: classifiers export their embeddings and
@@ -81,7 +81,7 @@ def entry_config(name: str, kind: str, meta: dict[str, Any], build_key: str) -> 
 
 def entry_is_current(entry: Path, build_key: str) -> bool:
     """The entry was exported from this build key and still passes ``verify_entry``."""
-    from models.verify import verify_entry
+    from fusionserve.models.verify import verify_entry
 
     if not (entry / CONFIG_FILE).is_file():
         return False
@@ -99,9 +99,9 @@ def entry_is_current(entry: Path, build_key: str) -> bool:
 def export_checkpoint(
     ckpt: Checkpoint, name: str, repo: Path, version: int, formats: Sequence[str], build_key: str = ""
 ) -> Path:
-    """Write ``repo/name`` from a classifier or embedder checkpoint via ``models.export``."""
-    from models.export import export_entry
-    from models.verify import TOKENIZER_SPECIALS
+    """Write ``repo/name`` from a classifier or embedder checkpoint via ``fusionserve.models.export``."""
+    from fusionserve.models.export import export_entry
+    from fusionserve.models.verify import TOKENIZER_SPECIALS
 
     meta = dict(ckpt.meta)
     module = ckpt.build()

@@ -1,6 +1,6 @@
 """The graph ``digits-fusion`` exports: class logits plus everything else the model knows.
 
-A :class:`~models.classifier.FusionClassifier` computes embeddings and, for
+A :class:`~fusionserve.models.classifier.FusionClassifier` computes embeddings and, for
 some strategies, a per-modality attribution on its way to the logits. Export
 wraps it so those become extra graph outputs, declared in config.yaml, and one
 request can get the label, the vectors and the attribution from one decode
@@ -33,10 +33,10 @@ fixed tuple type per class.
 import torch
 from torch import Tensor, nn
 
-from models.classifier import FusionClassifier
-from models.contrastive import EMBED_OUTPUTS, normalize
-from models.fusion import AttentionFusion, GatedFusion, LateFusion
-from models.fusion_base import MODALITY_NAMES
+from fusionserve.models.classifier import FusionClassifier
+from fusionserve.models.contrastive import EMBED_OUTPUTS, normalize
+from fusionserve.models.fusion import AttentionFusion, GatedFusion, LateFusion
+from fusionserve.models.fusion_base import MODALITY_NAMES
 
 ATTRIBUTION_OUTPUT = "modality_attribution"
 #: Strategy → (attribution kind, the modalities its columns cover).

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.parity import (
+from fusionserve.models.parity import (
     _TORCH_DTYPES,
     CapturedRanges,
     Feeds,
@@ -48,7 +48,7 @@ from models.parity import (
     presence_patterns,
     random_batch,
 )
-from models.verify import (
+from fusionserve.models.verify import (
     MIN_OPSET,
     TensorSpec,
     config_file_problems,
@@ -60,8 +60,8 @@ from models.verify import (
     torchscript_file_problems,
     verify_entry,
 )
-from service.errors import ConfigError
-from service.model.config import (
+from fusionserve.service.errors import ConfigError
+from fusionserve.service.model.config import (
     CONFIG_FILE,
     MODEL_FILES,
     ModelConfig,

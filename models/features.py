@@ -1,6 +1,6 @@
 """Dataset splits as tensors, cached encoder features, and modality dropout.
 
-Training runs in two stages (see ``models.train``): the encoders first learn
+Training runs in two stages (see ``fusionserve.models.train``): the encoders first learn
 each modality on its own, then every fusion strategy and the joint-embedding
 heads learn on top of the frozen encoders. Freezing lets us encode each split
 once and train all eight strategies on the cached token features, which is
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.encoders import EncoderSet, LogMel
+from fusionserve.models.encoders import EncoderSet, LogMel
 
 
 class SplitLike(Protocol):
@@ -199,7 +199,7 @@ class DatasetLike(Protocol):
 
 def prepare_data(ds: DatasetLike, max_tokens: int = 16, dataset_hash: str | None = None) -> PreparedData:
     """Tokenise with a tokenizer built on the training texts, and cache each split's log-mel."""
-    from models.tokenizer import build_tokenizer, encode_texts
+    from fusionserve.models.tokenizer import build_tokenizer, encode_texts
 
     parts = ds.splits()
     tok = build_tokenizer(list(parts["train"].text))

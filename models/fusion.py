@@ -23,9 +23,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from models.fusion_attention import CrossModalFusion, SingleStreamFusion
-from models.fusion_base import NUM_MODALITIES, FusionStrategy, fill_missing
-from models.layers import mask_scores, masked_max, masked_mean, mlp
+from fusionserve.models.fusion_attention import CrossModalFusion, SingleStreamFusion
+from fusionserve.models.fusion_base import NUM_MODALITIES, FusionStrategy, fill_missing
+from fusionserve.models.layers import mask_scores, masked_max, masked_mean, mlp
 
 
 class EarlyFusion(FusionStrategy):

@@ -9,8 +9,8 @@ CLS token) so that no softmax row is ever entirely masked.
 import torch
 from torch import Tensor, nn
 
-from models.fusion_base import NUM_MODALITIES, FusionStrategy, fill_missing
-from models.layers import MultiHeadAttention, TransformerBlock, masked_mean, mlp
+from fusionserve.models.fusion_base import NUM_MODALITIES, FusionStrategy, fill_missing
+from fusionserve.models.layers import MultiHeadAttention, TransformerBlock, masked_mean, mlp
 
 #: The (query, key) modality pairs of cross-modal attention: every pair, both directions.
 PAIRS = tuple((a, b) for a in range(NUM_MODALITIES) for b in range(NUM_MODALITIES) if a != b)

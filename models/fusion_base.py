@@ -1,7 +1,7 @@
 """The interface every fusion strategy implements, and its small shared helpers.
 
-Kept apart from the registry (``models.fusion``) so the attention-based
-strategies in ``models.fusion_attention`` can subclass it without a cycle.
+Kept apart from the registry (``fusionserve.models.fusion``) so the attention-based
+strategies in ``fusionserve.models.fusion_attention`` can subclass it without a cycle.
 """
 
 import torch

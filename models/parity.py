@@ -1,6 +1,6 @@
 """Parity: do eager PyTorch, the TorchScript file and the ONNX file answer alike?
 
-Export (:mod:`models.export`) runs these checks before it publishes an entry,
+Export (:mod:`fusionserve.models.export`) runs these checks before it publishes an entry,
 and ``fusionserve verify --reference`` reuses the comparison to prove that
 the server's answers match a user's own pipeline. The cases are batches the
 way the server collates them: several sizes, lengths and presence masks.
@@ -20,9 +20,9 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from models.verify import jit_deprecation_silenced
-from service.model.config import MODEL_FILES, Modality, ModelConfig, OutputKind
-from service.model.feeds import image_tensor
+from fusionserve.models.verify import jit_deprecation_silenced
+from fusionserve.service.model.config import MODEL_FILES, Modality, ModelConfig, OutputKind
+from fusionserve.service.model.feeds import image_tensor
 
 log = logging.getLogger(__name__)
 

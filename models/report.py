@@ -147,9 +147,9 @@ def recompute(repo: Path, cache_dir: Path | None, seed: int) -> dict[str, Any]:
     """Re-measure subset accuracy and recall@1 of the exported ONNX models on the test split."""
     from tokenizers import Tokenizer
 
-    from models.data.dataset import build_dataset
-    from models.features import SUBSETS
-    from models.tokenizer import encode_texts
+    from fusionserve.models.data.dataset import build_dataset
+    from fusionserve.models.features import SUBSETS
+    from fusionserve.models.tokenizer import encode_texts
 
     report = read_report(repo)
     cache = cache_dir if cache_dir is not None else _default_cache()
@@ -202,6 +202,6 @@ def recompute(repo: Path, cache_dir: Path | None, seed: int) -> dict[str, Any]:
 
 
 def _default_cache() -> Path:
-    from models.data.dataset import default_cache_root
+    from fusionserve.models.data.dataset import default_cache_root
 
     return default_cache_root()

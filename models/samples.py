@@ -10,7 +10,7 @@ import soundfile as sf
 from PIL import Image
 
 if TYPE_CHECKING:
-    from models.data.dataset import Split
+    from fusionserve.models.data.dataset import Split
 
 SAMPLE_RATE = 16000
 

@@ -2,7 +2,7 @@
 
 Three steps, each reporting in words and never stopping at the first problem:
 
-1. the entry's files (``models.verify.verify_entry``: labels, tokenizer,
+1. the entry's files (``fusionserve.models.verify.verify_entry``: labels, tokenizer,
    graph inputs/outputs against the mapping, token ids against the embedding);
 2. the server's own loading path (repository read, runtime, load-time graph
    check), then batches of 1 and of several rows with mixed modality subsets
@@ -10,7 +10,7 @@ Three steps, each reporting in words and never stopping at the first problem:
 3. with ``--reference``, the user's own preprocessing on the same files: the
    server's decoded tensors and the answers computed from them are compared
    with the reference's, and the max abs difference printed per input and per
-   output (``models.parity.max_abs_diff``).
+   output (``fusionserve.models.parity.max_abs_diff``).
 
 A reference is a Python file defining ``preprocess(files) -> dict[str, array]``
 (``files`` maps ``image``/``audio`` to bytes and ``text`` to a string; the
@@ -29,15 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from models.parity import max_abs_diff
-from models.verify import verify_entry
-from service.errors import FusionServeError
-from service.model.config import ModelConfig
-from service.model.feeds import collate, split_outputs
-from service.model.repository import ModelRepository
-from service.model.rows import DecodedRow, RawInputs
-from service.preprocess import Preprocessor
-from service.runtimes import Backend, DeviceSpec, load_backend
+from fusionserve.models.parity import max_abs_diff
+from fusionserve.models.verify import verify_entry
+from fusionserve.service.errors import FusionServeError
+from fusionserve.service.model.config import ModelConfig
+from fusionserve.service.model.feeds import collate, split_outputs
+from fusionserve.service.model.repository import ModelRepository
+from fusionserve.service.model.rows import DecodedRow, RawInputs
+from fusionserve.service.preprocess import Preprocessor
+from fusionserve.service.runtimes import Backend, DeviceSpec, load_backend
 
 Files = dict[str, bytes | str]
 

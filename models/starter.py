@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from service.model.config import LABELS_FILE, TOKENIZER_FILE
+from fusionserve.service.model.config import LABELS_FILE, TOKENIZER_FILE
 
 #: torchvision's ImageNet normalisation: the usual training transform of a float image input.
 IMAGENET_MEAN = [0.485, 0.456, 0.406]

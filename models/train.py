@@ -2,7 +2,7 @@
 
 Stage 1 trains the three encoders, each with its own linear head on its own
 modality, so every encoder learns what its modality alone can say. Stage 2
-freezes them, caches their token features (``models.features``), and trains
+freezes them, caches their token features (``fusionserve.models.features``), and trains
 each fusion strategy (with modality dropout, so every subset answers) and the
 contrastive projection heads on those features. The exported models are the
 frozen encoders plus the stage-2 heads, one graph from raw inputs to outputs.
@@ -22,10 +22,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from models.classifier import ClassifierSpec, FusionClassifier
-from models.contrastive import EmbedderSpec, JointEmbedder, pairwise_info_nce
-from models.encoders import EncoderSet
-from models.features import Features, SplitTensors, modality_dropout, subset_masks
+from fusionserve.models.classifier import ClassifierSpec, FusionClassifier
+from fusionserve.models.contrastive import EmbedderSpec, JointEmbedder, pairwise_info_nce
+from fusionserve.models.encoders import EncoderSet
+from fusionserve.models.features import Features, SplitTensors, modality_dropout, subset_masks
 
 log = logging.getLogger(__name__)
 

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import onnx
 
-from service.errors import ConfigError
-from service.model.config import (
+from fusionserve.service.errors import ConfigError
+from fusionserve.service.model.config import (
     CONFIG_FILE,
     MODEL_FILES,
     ModelConfig,
     OutputKind,
     load_model_config,
 )
-from service.model.graph import TensorInfo, embedding_rows, graph_problems
-from service.preprocess.text import tokenizer_pad_id
+from fusionserve.service.model.graph import TensorInfo, embedding_rows, graph_problems
+from fusionserve.service.preprocess.text import tokenizer_pad_id
 
 #: Lowest ONNX opset the server accepts (docs/contracts.md §2).
 MIN_OPSET = 17

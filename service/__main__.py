@@ -71,9 +71,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from pydantic import ValidationError
 
-        from service.app import serve
-        from service.config import Settings, default_repository_dir, default_repository_is_current
-        from service.logs import configure_logging
+        from fusionserve.service.app import serve
+        from fusionserve.service.config import Settings, default_repository_dir, default_repository_is_current
+        from fusionserve.service.logs import configure_logging
     except ImportError as exc:  # a client-only install (no `cpu`/`gpu` extra)
         print(
             f"fusionserve serve: this install has no server ({exc.name} is missing); "
@@ -107,19 +107,21 @@ def _serve(args: argparse.Namespace) -> int:
         else:
             rebuild = False
         if rebuild:
-            done = subprocess.run([sys.executable, "-m", "service", "build-repo", "--out", str(repository)])
+            done = subprocess.run(
+                [sys.executable, "-m", "fusionserve", "build-repo", "--out", str(repository)]
+            )
             if done.returncode != 0:
                 log.error("could not build the default repository (exit %d)", done.returncode)
                 return done.returncode
     if not repository.is_dir():
         log.error("model repository %s does not exist", repository)
         return 2
-    from service.cpus import available_cpus
+    from fusionserve.service.cpus import available_cpus
 
     workers = settings.workers or available_cpus()
     if workers == 1:
         return serve(settings, repository)
-    from service.supervisor import Supervisor
+    from fusionserve.service.supervisor import Supervisor
 
     return Supervisor(settings, repository, workers).run()
 
@@ -139,7 +141,7 @@ def _add_predict(sub: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from service.client import FusionClient, FusionClientError
+    from fusionserve.service.client import FusionClient, FusionClientError
 
     with FusionClient(args.url, timeout=args.timeout) as client:
         try:
@@ -174,8 +176,8 @@ def _add_healthcheck(sub: Any) -> None:
 
 
 def _healthcheck(args: argparse.Namespace) -> int:
-    from service.config import Settings
-    from service.healthcheck import probe
+    from fusionserve.service.config import Settings
+    from fusionserve.service.healthcheck import probe
 
     ok, detail = probe(Settings(), live=args.live, timeout_s=args.timeout)
     print(detail, file=sys.stdout if ok else sys.stderr)
@@ -189,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_healthcheck(sub)
     try:
-        from models.cli import register
+        from fusionserve.models.cli import register
     except ImportError:  # a slim install without models/
         pass
     else:

@@ -47,22 +47,22 @@ from typing import Any
 
 import uvicorn
 
-from service.config import Settings
-from service.cpus import available_cpus, default_executor_threads
-from service.dataplane import DataPlane
-from service.failpoints import parse_failpoints
-from service.gpu_metrics import sample_gpus
-from service.http.app import create_http_app
-from service.http.listener import refuse_new_connections
-from service.http.middleware import Activity
-from service.http.transport import TransportLimits, bounded_protocol
-from service.memory import process_budget
-from service.metrics import Metrics
-from service.model.repository import ModelRepository
-from service.peers import Peers, WorkerPlace
-from service.preprocess.image import set_max_decoded_bytes
-from service.registry import ModelRegistry
-from service.workers.pool import stuck_threads
+from fusionserve.service.config import Settings
+from fusionserve.service.cpus import available_cpus, default_executor_threads
+from fusionserve.service.dataplane import DataPlane
+from fusionserve.service.failpoints import parse_failpoints
+from fusionserve.service.gpu_metrics import sample_gpus
+from fusionserve.service.http.app import create_http_app
+from fusionserve.service.http.listener import refuse_new_connections
+from fusionserve.service.http.middleware import Activity
+from fusionserve.service.http.transport import TransportLimits, bounded_protocol
+from fusionserve.service.memory import process_budget
+from fusionserve.service.metrics import Metrics
+from fusionserve.service.model.repository import ModelRepository
+from fusionserve.service.peers import Peers, WorkerPlace
+from fusionserve.service.preprocess.image import set_max_decoded_bytes
+from fusionserve.service.registry import ModelRegistry
+from fusionserve.service.workers.pool import stuck_threads
 
 log = logging.getLogger("fusionserve.app")
 
@@ -273,7 +273,7 @@ class FusionServer:
     async def _start_grpc(self) -> None:
         if self.settings.grpc_port is None:
             return
-        from service.grpc.server import start_grpc_server  # imports grpc only when a port is set
+        from fusionserve.service.grpc.server import start_grpc_server  # imports grpc only when a port is set
 
         self._grpc, self._grpc_health = await start_grpc_server(
             self.dataplane, self.settings, self.memory_budget

@@ -3,7 +3,7 @@
 The server echoes these ids in its answer and tags log lines with them, so an
 unbounded one has the server copy megabytes into every answer (and a log) on
 a client's say. They follow the rule of the ``x-request-id`` header (1-128
-characters of ``[A-Za-z0-9._:-]``, ``service.logs.SAFE_REQUEST_ID``), but
+characters of ``[A-Za-z0-9._:-]``, ``fusionserve.service.logs.SAFE_REQUEST_ID``), but
 unlike the header a bad one is refused rather than replaced: the id is the
 client's key for matching answers to requests (Triton clients send "1" or a
 uuid), and a replaced one would silently match nothing.
@@ -11,8 +11,8 @@ uuid), and a replaced one would silently match nothing.
 
 from __future__ import annotations
 
-from service.errors import InvalidInput
-from service.logs import SAFE_REQUEST_ID
+from fusionserve.service.errors import InvalidInput
+from fusionserve.service.logs import SAFE_REQUEST_ID
 
 RULE = "at most 128 characters of [A-Za-z0-9._:-]"
 

@@ -2,7 +2,7 @@
 
 Every setting comes from a ``FUSIONSERVE_*`` environment variable or the
 command line (which wins). Per-model settings live in each model's
-``config.yaml`` (``service.model.config``), not here.
+``config.yaml`` (``fusionserve.service.model.config``), not here.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from service import __version__
-from service.errors import (
+from fusionserve.service import __version__
+from fusionserve.service.errors import (
     SHOWN_CHARS,
     DeadlineExceeded,
     FusionServeError,
@@ -29,10 +29,10 @@ from service.errors import (
     UnprocessableInput,
     shown,
 )
-from service.lanes import Lanes
-from service.metrics import UNKNOWN_MODEL_LABEL, Metrics
-from service.model.config import ModelConfig
-from service.model.outputs import (
+from fusionserve.service.lanes import Lanes
+from fusionserve.service.metrics import UNKNOWN_MODEL_LABEL, Metrics
+from fusionserve.service.model.config import ModelConfig
+from fusionserve.service.model.outputs import (
     Embedding,
     Prediction,
     check_has,
@@ -41,12 +41,12 @@ from service.model.outputs import (
     embeddings,
     predictions,
 )
-from service.model.rows import DecodedRow, RawInputs, RowOutputs
-from service.offload import offload
-from service.registry import LoadedVersion, ModelRegistry, VersionState
+from fusionserve.service.model.rows import DecodedRow, RawInputs, RowOutputs
+from fusionserve.service.offload import offload
+from fusionserve.service.registry import LoadedVersion, ModelRegistry, VersionState
 
 if TYPE_CHECKING:
-    from service.peers import Peers
+    from fusionserve.service.peers import Peers
 
 T = TypeVar("T")
 
@@ -363,7 +363,7 @@ class DataPlane:
             await self.peers.broadcast("unload", model)
 
     async def apply_peer_change(self, op: str, model: str) -> None:
-        """A load/unload another worker process received (``service.peers``)."""
+        """A load/unload another worker process received (``fusionserve.service.peers``)."""
         if op == "load":
             await self.load(model, broadcast=False)
         elif op == "unload":

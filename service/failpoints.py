@@ -1,6 +1,6 @@
 """Failpoints: deterministic fault injection for tests and drills, off by default.
 
-Set ``FUSIONSERVE_FAILPOINTS`` (read by ``service.config``) to a ``;``-separated
+Set ``FUSIONSERVE_FAILPOINTS`` (read by ``fusionserve.service.config``) to a ``;``-separated
 list; nothing here runs unless it is set:
 
 - ``gate=PATH``: every compute call waits until the file PATH exists, and
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.runtimes.base import Backend
+from fusionserve.service.runtimes.base import Backend
 
 
 class InjectedFault(RuntimeError):

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from service.metrics import Metrics
+from fusionserve.service.metrics import Metrics
 
 log = logging.getLogger("fusionserve.gpu")
 

@@ -16,7 +16,7 @@ import ssl
 
 import httpx
 
-from service.config import Settings
+from fusionserve.service.config import Settings
 
 
 def probe_url(settings: Settings, *, live: bool = False) -> str:

@@ -22,7 +22,7 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from service.errors import InvalidInput, LimitExceeded, brief
+from fusionserve.service.errors import InvalidInput, LimitExceeded, brief
 
 scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
 

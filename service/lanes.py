@@ -5,7 +5,7 @@ Every request crosses from the loop to a thread twice (decode, then compute).
 2-core test machine (a ``Future``, a lock, a semaphore probe and a condition
 variable per call); a ``queue.SimpleQueue`` put and a blocking ``get`` in the
 worker cost ~60 µs (``/tmp``-free micro-benchmark in docs/performance.md).
-:func:`service.offload.offload` takes either.
+:func:`fusionserve.service.offload.offload` takes either.
 
 Threads are daemons: a thread stuck in a model call (the pool abandons it and
 starts a fresh instance) must not keep the process from exiting.
@@ -17,7 +17,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from service.threadnames import name_os_thread
+from fusionserve.service.threadnames import name_os_thread
 
 #: A unit of work and what to call instead if it is dropped before it runs.
 Work = tuple[Callable[[], None], Callable[[], None]]

@@ -1,6 +1,6 @@
 """The per-process memory budget for request bytes in flight, shared by every door.
 
-HTTP bodies (``service.http.budget``) and gRPC messages (``service.grpc.budget``)
+HTTP bodies (``fusionserve.service.http.budget``) and gRPC messages (``fusionserve.service.grpc.budget``)
 are charged against one limit, so a flood over either door, or both at once,
 meets refusals instead of the OOM killer. The default budget is the smaller of
 512 MiB and a quarter of the memory the process may use (the cgroup limit
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.config import Settings
-    from service.metrics import Metrics
+    from fusionserve.service.config import Settings
+    from fusionserve.service.metrics import Metrics
 
 #: Bytes a request holds per body byte while it is parsed (chunks + joined body + parts).
 CHARGE = 3

@@ -73,7 +73,7 @@ def build_labels() -> tuple[str, str, str, str, str]:
 
     import numpy
 
-    from service import __version__
+    from fusionserve.service import __version__
 
     try:
         import onnxruntime

@@ -5,12 +5,12 @@ asks: one unload takes a model out of service and, with strict readiness,
 the whole replica out of its load balancer. ``explicit`` allows them; the
 doors' auth then asks for the admin token when one is set, and settings
 refuse ``explicit`` without a token unless the server binds a loopback
-address (``service.config``). The repository index stays readable.
+address (``fusionserve.service.config``). The repository index stays readable.
 """
 
 from __future__ import annotations
 
-from service.errors import PermissionDenied
+from fusionserve.service.errors import PermissionDenied
 
 
 def require_model_control(mode: str, action: str, model: str) -> None:

@@ -6,7 +6,7 @@ ways) and, under uvloop, checks on every call that the function is not a
 coroutine. Every request crosses to a thread twice (decode, then compute),
 so this does the one thing needed instead: the worker sets the result of a
 plain asyncio future through ``call_soon_threadsafe``. The server's own
-threads are :class:`service.lanes.Lanes` (cheaper still than an executor).
+threads are :class:`fusionserve.service.lanes.Lanes` (cheaper still than an executor).
 
 Cancelling the awaiting task does not stop a call already running (as with
 ``run_in_executor``); its result is then dropped. Work the executor drops
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
-from service.lanes import Lanes
+from fusionserve.service.lanes import Lanes
 
 T = TypeVar("T")
 

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.runtimes.occupancy import OCCUPANCY
+from fusionserve.service.runtimes.occupancy import OCCUPANCY
 
 log = logging.getLogger("fusionserve.peers")
 

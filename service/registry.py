@@ -17,16 +17,21 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.batching import DynamicBatcher
-from service.errors import SHOWN_CHARS, FusionServeError, ModelNotFound, NotReady, shown
-from service.failpoints import Failpoints, wrap_backend
-from service.metrics import Metrics
-from service.model.config import Batching, ModelConfig
-from service.model.repository import ModelRepository, RepositoryEntry, check_version_name, public_reason
-from service.preprocess import Preprocessor
-from service.runtimes import Backend, DeviceSpec, load_backend
-from service.workers import WorkerPool
-from service.workers.pool import stuck_threads
+from fusionserve.service.batching import DynamicBatcher
+from fusionserve.service.errors import SHOWN_CHARS, FusionServeError, ModelNotFound, NotReady, shown
+from fusionserve.service.failpoints import Failpoints, wrap_backend
+from fusionserve.service.metrics import Metrics
+from fusionserve.service.model.config import Batching, ModelConfig
+from fusionserve.service.model.repository import (
+    ModelRepository,
+    RepositoryEntry,
+    check_version_name,
+    public_reason,
+)
+from fusionserve.service.preprocess import Preprocessor
+from fusionserve.service.runtimes import Backend, DeviceSpec, load_backend
+from fusionserve.service.workers import WorkerPool
+from fusionserve.service.workers.pool import stuck_threads
 
 log = logging.getLogger("fusionserve.registry")
 

@@ -40,8 +40,8 @@ from types import FrameType
 
 from pydantic import SecretStr
 
-from service.config import Settings
-from service.peers import WORKER_ENV, WorkerPlace, clear_slot, create_board
+from fusionserve.service.config import Settings
+from fusionserve.service.peers import WORKER_ENV, WorkerPlace, clear_slot, create_board
 
 log = logging.getLogger("fusionserve.supervisor")
 
@@ -134,7 +134,7 @@ class Supervisor:
             SETTINGS_ENV: settings_to_env(self.settings),
             "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
         }
-        cmd = [sys.executable, "-m", "service.supervisor", str(self.repository)]
+        cmd = [sys.executable, "-m", "fusionserve.service.supervisor", str(self.repository)]
         w.proc = subprocess.Popen(cmd, env=env, pass_fds=(http_fd,), preexec_fn=_die_with_parent)
         w.started = time.monotonic()
         log.info("worker %d started (pid %d)", w.index, w.proc.pid)
@@ -212,13 +212,13 @@ class Supervisor:
 
 
 def worker_main(repository: Path) -> None:
-    """Entry of one worker process (``python -m service.supervisor REPO``, started by ``Supervisor``)."""
-    from service.app import serve
-    from service.logs import configure_logging
+    """One worker process: ``python -m fusionserve.service.supervisor REPO``, started by ``Supervisor``."""
+    from fusionserve.service.app import serve
+    from fusionserve.service.logs import configure_logging
 
     place = WorkerPlace.from_env()
     if place is None:
-        raise SystemExit("service.supervisor is started by `fusionserve serve --workers N`")
+        raise SystemExit("fusionserve.service.supervisor is started by `fusionserve serve --workers N`")
     settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
     configure_logging(settings.log_level, settings.log_format)
     serve(settings, repository, place)

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from service.config import default_repository_dir, default_repository_is_current
+from fusionserve.service.config import default_repository_dir, default_repository_is_current
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +63,7 @@ def model_repository() -> Path:
     repo = default_repository_dir()
     if not default_repository_is_current(repo):  # missing, or built by older code: build-repo updates it
         subprocess.run(
-            [sys.executable, "-m", "service", "build-repo", "--out", str(repo)], cwd=ROOT, check=True
+            [sys.executable, "-m", "fusionserve", "build-repo", "--out", str(repo)], cwd=ROOT, check=True
         )
     return repo
 
@@ -134,7 +134,7 @@ def launch_server(
     cmd = [
         sys.executable,
         "-m",
-        "service",
+        "fusionserve",
         "serve",
         "--model-repository",
         str(repository),
@@ -229,8 +229,8 @@ class Sample:
 @pytest.fixture(scope="session")
 def samples(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
     """Twelve real rows of the dataset's test split (built together with the repository)."""
-    from models.data.dataset import build_dataset
-    from models.samples import write_sample_files
+    from fusionserve.models.data.dataset import build_dataset
+    from fusionserve.models.samples import write_sample_files
 
     dataset = build_dataset(seed=0)
     out = tmp_path_factory.mktemp("samples")

@@ -1,1 +1,1 @@
-"""Pieces of the offline trimodal digit dataset; the public API is :mod:`models.data.dataset`."""
+"""Pieces of the offline trimodal digit dataset; the public API is :mod:`fusionserve.models.data.dataset`."""

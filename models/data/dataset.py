@@ -12,7 +12,7 @@ Built deterministically from a seed, with no download:
 - text: short English descriptions of the digit, some exact, some vague.
 
 Each modality alone is noisy with independent errors per row, so fusing them
-wins clearly. See docs/dataset.md. ``python -m models.data.dataset --probe`` prints
+wins clearly. See docs/dataset.md. ``python -m fusionserve.models.data.dataset --probe`` prints
 quick single-modality baselines.
 """
 
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.data import audio as _audio
-from models.data import images as _images
-from models.data import texts as _texts
+from fusionserve.models.data import audio as _audio
+from fusionserve.models.data import images as _images
+from fusionserve.models.data import texts as _texts
 
 DATASET_VERSION = "6"
 LABELS = [str(d) for d in range(10)]
@@ -296,7 +296,9 @@ def build_dataset(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.data.dataset", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m fusionserve.models.data.dataset", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--limit", type=int, default=None, help="images per split (small test build)")
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         + f"; content_hash={ds.content_hash()[:16]}"
     )
     if args.probe:
-        from models.data.probe import run_probe
+        from fusionserve.models.data.probe import run_probe
 
         run_probe(ds, cnn=args.cnn)
     return 0

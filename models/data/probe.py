@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from models.data.dataset import Split, TrimodalDataset
+    from fusionserve.models.data.dataset import Split, TrimodalDataset
 
 N_MELS = 40
 N_FFT = 512
@@ -125,7 +125,7 @@ def run_probe(ds: TrimodalDataset, cnn: bool = False) -> dict[str, float]:
         f" (independent errors would give {_indep_two(wrong.mean(1)):.3f})"
     )
     if cnn:
-        from models.data.probe_torch import run_torch_probe
+        from fusionserve.models.data.probe_torch import run_torch_probe
 
         run_torch_probe(ds)
     return res

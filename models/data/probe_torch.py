@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from models.data.dataset import TrimodalDataset
+    from fusionserve.models.data.dataset import TrimodalDataset
 
 
 def _train(model, xtr, ytr, xva, epochs: int, lr: float = 2e-3, bs: int = 64):
@@ -39,8 +39,8 @@ def run_torch_probe(
     import torch
     from torch import nn
 
-    from models.data.probe import log_mel
-    from models.tokenizer import build_tokenizer, encode_texts
+    from fusionserve.models.data.probe import log_mel
+    from fusionserve.models.tokenizer import build_tokenizer, encode_texts
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -1,5 +1,5 @@
-"""Dynamic batching: the queue that forms batches (collation lives in :mod:`service.model.feeds`)."""
+"""Dynamic batching: the queue that forms batches (collation: :mod:`fusionserve.service.model.feeds`)."""
 
-from service.batching.batcher import DynamicBatcher, Pending
+from fusionserve.service.batching.batcher import DynamicBatcher, Pending
 
 __all__ = ["DynamicBatcher", "Pending"]

@@ -50,11 +50,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from service.batching.cost_gate import CostGate
-from service.errors import DeadlineExceeded, FusionServeError, NotReady, Overloaded
-from service.metrics import Metrics
-from service.model.config import Batching
-from service.model.rows import DecodedRow, RowOutputs
+from fusionserve.service.batching.cost_gate import CostGate
+from fusionserve.service.errors import DeadlineExceeded, FusionServeError, NotReady, Overloaded
+from fusionserve.service.metrics import Metrics
+from fusionserve.service.model.config import Batching
+from fusionserve.service.model.rows import DecodedRow, RowOutputs
 
 log = logging.getLogger(__name__)
 

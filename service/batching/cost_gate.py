@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 
-from service.errors import Overloaded
+from fusionserve.service.errors import Overloaded
 
 
 class CostGate:

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from service.grpc.protos import NATIVE_SERVICE, V2_SERVICE
+from fusionserve.service.grpc.protos import NATIVE_SERVICE, V2_SERVICE
 
 INFERENCE_METHODS = frozenset(
     {

@@ -13,12 +13,12 @@ RESOURCE_EXHAUSTED with ``grpc-retry-pushback-ms`` (a unary call; a stream
 message gets an error message and the stream goes on), and the charge is
 released on every way out of the call: answer, error or cancellation.
 
-How the size travels: the request deserializer (``service.grpc.handlers``)
+How the size travels: the request deserializer (``fusionserve.service.grpc.handlers``)
 wraps a parsed message as :class:`Received`; the method wrapper unwraps it
 and sets :data:`_received` for the task that answers it (a unary call's
 task; for a stream, the reader task, whose value each message's task
 copies when it is created); ``guarded`` and ``answer_message``
-(``service.grpc.errors``) hold :func:`charged` around the servicer's work.
+(``fusionserve.service.grpc.errors``) hold :func:`charged` around the servicer's work.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from service.errors import Overloaded
-from service.memory import CHARGE, MemoryBudget
+from fusionserve.service.errors import Overloaded
+from fusionserve.service.memory import CHARGE, MemoryBudget
 
 #: Trailing metadata of a refusal: gRPC's retry pushback (A6), as HTTP's ``Retry-After: 1``.
 RETRY_PUSHBACK = ("grpc-retry-pushback-ms", "1000")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from service.errors import (
+from fusionserve.service.errors import (
     DeadlineExceeded,
     FusionServeError,
     InternalError,
@@ -23,12 +23,12 @@ from service.errors import (
     Overloaded,
     PermissionDenied,
 )
-from service.grpc.budget import RETRY_PUSHBACK, charged
-from service.grpc.handlers import reject_undecodable
-from service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
+from fusionserve.service.grpc.budget import RETRY_PUSHBACK, charged
+from fusionserve.service.grpc.handlers import reject_undecodable
+from fusionserve.service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
 
 if TYPE_CHECKING:
-    from service.memory import MemoryBudget
+    from fusionserve.service.memory import MemoryBudget
 
 log = logging.getLogger("fusionserve.grpc")
 
@@ -71,7 +71,7 @@ def guarded(method: Handler) -> Handler:
     The request id is the client's ``x-request-id`` metadata when it looks
     like one, else a new one; it is returned as trailing metadata and carried
     by every log line of the call, as over HTTP. The message is charged to the
-    servicer's memory budget (``budget`` attribute; ``service.grpc.budget``)
+    servicer's memory budget (``budget`` attribute; ``fusionserve.service.grpc.budget``)
     while the method runs. A refusal to retry (overloaded, over the budget, not
     ready: HTTP's 429/503 + ``Retry-After``) carries ``grpc-retry-pushback-ms``.
     """
@@ -150,7 +150,7 @@ async def answer_message(
     message's log lines; a failure (a message that did not parse included)
     becomes ``on_error``'s answer message (the stream goes on) and the
     access-log line carries its status code. The message is charged to
-    ``budget`` while it is handled (``service.grpc.budget``).
+    ``budget`` while it is handled (``fusionserve.service.grpc.budget``).
     """
     request_id_var.set(request_id)
     started = time.perf_counter()

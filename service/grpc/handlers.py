@@ -7,11 +7,11 @@ method of the same name, with the pool's message classes doing the
 A request message that does not parse reaches the servicer as
 :class:`Undecodable` rather than raising inside grpc, which would answer
 UNKNOWN and log a traceback per call: ``guarded`` and ``answer_message``
-(``service.grpc.errors``) answer it INVALID_ARGUMENT (a stream: an error
+(``fusionserve.service.grpc.errors``) answer it INVALID_ARGUMENT (a stream: an error
 message, and the stream goes on).
 
 A method named in ``charged`` gets each parsed message with its wire size
-(``service.grpc.budget``), so the memory budget can charge it.
+(``fusionserve.service.grpc.budget``), so the memory budget can charge it.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any
 import grpc
 from google.protobuf import message, message_factory
 
-from service.errors import InvalidInput, LimitExceeded
-from service.grpc import protos
-from service.grpc.budget import Received, unwrap, unwrap_stream
-from service.grpc.wire import Rule, check_counts
+from fusionserve.service.errors import InvalidInput, LimitExceeded
+from fusionserve.service.grpc import protos
+from fusionserve.service.grpc.budget import Received, unwrap, unwrap_stream
+from fusionserve.service.grpc.wire import Rule, check_counts
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,8 @@ def generic_handler(
     charged: frozenset[str] = frozenset(),
 ) -> grpc.GenericRpcHandler:
     """Handlers of the servicer's methods; ``schemas`` bounds a method's request counts
-    (``service.grpc.wire``) before its message is parsed; the messages of the methods
-    in ``charged`` are charged to the memory budget (``service.grpc.budget``)."""
+    (``fusionserve.service.grpc.wire``) before its message is parsed; the messages of the methods
+    in ``charged`` are charged to the memory budget (``fusionserve.service.grpc.budget``)."""
     descriptor = protos.service(service_name)
     handlers: dict[str, Any] = {}
     for method in descriptor.methods:

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.errors import ModelNotFound
-from service.grpc.protos import NATIVE_SERVICE, V2_SERVICE
+from fusionserve.service.errors import ModelNotFound
+from fusionserve.service.grpc.protos import NATIVE_SERVICE, V2_SERVICE
 
 if TYPE_CHECKING:
-    from service.dataplane import DataPlaneApi
+    from fusionserve.service.dataplane import DataPlaneApi
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

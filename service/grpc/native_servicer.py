@@ -11,23 +11,23 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service.client_ids import check_client_id
-from service.errors import FusionServeError
-from service.grpc.errors import (
+from fusionserve.service.client_ids import check_client_id
+from fusionserve.service.errors import FusionServeError
+from fusionserve.service.grpc.errors import (
     answer_message,
     grpc_code,
     guarded,
     message_request_id,
     remaining_seconds,
 )
-from service.grpc.protos import NATIVE
-from service.grpc.streaming import pipelined
-from service.model.rows import RawInputs
+from fusionserve.service.grpc.protos import NATIVE
+from fusionserve.service.grpc.streaming import pipelined
+from fusionserve.service.model.rows import RawInputs
 
 if TYPE_CHECKING:
-    from service.dataplane import DataPlaneApi, ModelInfo
-    from service.memory import MemoryBudget
-    from service.model.outputs import Embedding, Prediction
+    from fusionserve.service.dataplane import DataPlaneApi, ModelInfo
+    from fusionserve.service.memory import MemoryBudget
+    from fusionserve.service.model.outputs import Embedding, Prediction
 
 PROTOCOL = "grpc"
 DEFAULT_TOP_K = 5  # as the native HTTP API
@@ -111,7 +111,7 @@ class NativeServicer:
 
     def __init__(self, dataplane: DataPlaneApi, budget: MemoryBudget | None = None) -> None:
         self.dataplane = dataplane
-        #: Charged with each Predict/Embed message while it is answered (``service.grpc.budget``).
+        #: Charged with each Predict/Embed message while it is answered (``fusionserve.service.grpc.budget``).
         self.budget = budget
 
     async def _predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

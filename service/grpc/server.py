@@ -14,18 +14,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.grpc import protos, wire
-from service.grpc.auth import BearerAuthInterceptor
-from service.grpc.handlers import generic_handler
-from service.grpc.health import HealthService
-from service.grpc.native_servicer import NativeServicer
-from service.grpc.v2_servicer import V2Servicer
-from service.memory import MemoryBudget, process_budget
-from service.v2.codec import TensorLimits
+from fusionserve.service.grpc import protos, wire
+from fusionserve.service.grpc.auth import BearerAuthInterceptor
+from fusionserve.service.grpc.handlers import generic_handler
+from fusionserve.service.grpc.health import HealthService
+from fusionserve.service.grpc.native_servicer import NativeServicer
+from fusionserve.service.grpc.v2_servicer import V2Servicer
+from fusionserve.service.memory import MemoryBudget, process_budget
+from fusionserve.service.v2.codec import TensorLimits
 
 if TYPE_CHECKING:
-    from service.config import Settings
-    from service.dataplane import DataPlaneApi
+    from fusionserve.service.config import Settings
+    from fusionserve.service.dataplane import DataPlaneApi
 
 log = logging.getLogger("fusionserve.grpc")
 

@@ -1,8 +1,8 @@
 """``inference.GRPCInferenceService``: the Open Inference Protocol over gRPC.
 
-Translation only, like the REST door: messages become ``service.v2`` types,
-``service.v2.infer`` does the work through the data plane, and core errors
-become status codes through ``service.grpc.errors``. The client's deadline is
+Translation only, like the REST door: messages become ``fusionserve.service.v2`` types,
+``fusionserve.service.v2.infer`` does the work through the data plane, and core errors
+become status codes through ``fusionserve.service.grpc.errors``. The client's deadline is
 passed on as the request's timeout.
 """
 
@@ -14,22 +14,22 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import json_format
 
-from service.client_ids import echoable_id
-from service.errors import SHOWN_CHARS, FusionServeError, InvalidInput
-from service.grpc.errors import answer_message, guarded, message_request_id, remaining_seconds
-from service.grpc.protos import V2
-from service.grpc.streaming import pipelined
-from service.grpc.v2_tensors import fast_request, request_from_proto, response_to_proto
-from service.model_control import require_model_control
-from service.v2.codec import DEFAULT_LIMITS, TensorLimits
-from service.v2.infer import run_infer
-from service.v2.load_request import refuse_overrides
-from service.v2.mapping import input_specs, output_specs, require_config, triton_model_config
-from service.v2.truncation import TRUNCATED_PARAMETER, truncated_parameter
+from fusionserve.service.client_ids import echoable_id
+from fusionserve.service.errors import SHOWN_CHARS, FusionServeError, InvalidInput
+from fusionserve.service.grpc.errors import answer_message, guarded, message_request_id, remaining_seconds
+from fusionserve.service.grpc.protos import V2
+from fusionserve.service.grpc.streaming import pipelined
+from fusionserve.service.grpc.v2_tensors import fast_request, request_from_proto, response_to_proto
+from fusionserve.service.model_control import require_model_control
+from fusionserve.service.v2.codec import DEFAULT_LIMITS, TensorLimits
+from fusionserve.service.v2.infer import run_infer
+from fusionserve.service.v2.load_request import refuse_overrides
+from fusionserve.service.v2.mapping import input_specs, output_specs, require_config, triton_model_config
+from fusionserve.service.v2.truncation import TRUNCATED_PARAMETER, truncated_parameter
 
 if TYPE_CHECKING:
-    from service.dataplane import DataPlaneApi, VersionStats
-    from service.memory import MemoryBudget
+    from fusionserve.service.dataplane import DataPlaneApi, VersionStats
+    from fusionserve.service.memory import MemoryBudget
 
 PROTOCOL = "v2-grpc"
 
@@ -69,10 +69,10 @@ class V2Servicer:
         budget: MemoryBudget | None = None,
     ) -> None:
         self.dataplane = dataplane
-        #: Charged with each ModelInfer message while it is answered (``service.grpc.budget``).
+        #: Charged with each ModelInfer message while it is answered (``fusionserve.service.grpc.budget``).
         self.budget = budget
         self.limits = limits
-        self.model_control = model_control  # service.model_control
+        self.model_control = model_control  # fusionserve.service.model_control
 
     @guarded
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

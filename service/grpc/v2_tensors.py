@@ -1,4 +1,4 @@
-"""V2 gRPC messages ⇄ the transport-neutral ``service.v2.codec`` types.
+"""V2 gRPC messages ⇄ the transport-neutral ``fusionserve.service.v2.codec`` types.
 
 Inputs arrive either in ``raw_input_contents`` (one little-endian buffer per
 input; what tritonclient sends) or in the typed ``contents`` fields (what the
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidInput
-from service.model.rows import RawInputs
-from service.v2.codec import (
+from fusionserve.service.errors import InvalidInput
+from fusionserve.service.model.rows import RawInputs
+from fusionserve.service.v2.codec import (
     DEFAULT_LIMITS,
     NUMPY_DTYPES,
     InferRequest,
@@ -31,7 +31,7 @@ from service.v2.codec import (
     object_array,
     to_raw,
 )
-from service.v2.mapping import bytes_column, is_bytes_column_shape, rows_of_columns
+from fusionserve.service.v2.mapping import bytes_column, is_bytes_column_shape, rows_of_columns
 
 #: The typed ``InferTensorContents`` field of each datatype; FP16 travels only raw.
 CONTENTS_FIELD = {

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from service.errors import LimitExceeded
+from fusionserve.service.errors import LimitExceeded
 
 #: Occurrences of one unpacked numeric field of V2 typed contents. Every
 #: standard client sends these packed (one occurrence per tensor).

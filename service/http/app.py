@@ -12,21 +12,21 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service import __version__
-from service.config import Settings
-from service.dataplane import DataPlane
-from service.errors import FusionServeError, InternalError
-from service.http.budget import MemoryBudgetMiddleware
-from service.http.disconnect import ClientGone
-from service.http.errors import error_response
-from service.http.middleware import Activity, GatewayMiddleware
-from service.http.native import native_router
-from service.http.openai import openai_router
-from service.http.openapi import install_openapi
-from service.http.playground import playground_router
-from service.http.v2 import v2_router
-from service.logs import request_id_var
-from service.memory import MemoryBudget, process_budget
+from fusionserve.service import __version__
+from fusionserve.service.config import Settings
+from fusionserve.service.dataplane import DataPlane
+from fusionserve.service.errors import FusionServeError, InternalError
+from fusionserve.service.http.budget import MemoryBudgetMiddleware
+from fusionserve.service.http.disconnect import ClientGone
+from fusionserve.service.http.errors import error_response
+from fusionserve.service.http.middleware import Activity, GatewayMiddleware
+from fusionserve.service.http.native import native_router
+from fusionserve.service.http.openai import openai_router
+from fusionserve.service.http.openapi import install_openapi
+from fusionserve.service.http.playground import playground_router
+from fusionserve.service.http.v2 import v2_router
+from fusionserve.service.logs import request_id_var
+from fusionserve.service.memory import MemoryBudget, process_budget
 
 log = logging.getLogger("fusionserve.http")
 
@@ -68,7 +68,7 @@ def create_http_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        from service.errors import InvalidInput
+        from fusionserve.service.errors import InvalidInput
 
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return error_response(InvalidInput(f"invalid request: {problems}"), request_id_var.get())

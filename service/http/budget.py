@@ -7,7 +7,7 @@ released when its answer is sent. A request whose declared
 ``Content-Length`` does not fit is answered 503 + ``Retry-After`` before a
 byte of its body is read; a chunked body is charged as it arrives and cut
 with the same answer when it stops fitting. So a flood of large uploads
-meets 503s, never the OOM killer. The budget itself (``service.memory``) is
+meets 503s, never the OOM killer. The budget itself (``fusionserve.service.memory``) is
 shared with the gRPC doors.
 """
 
@@ -17,7 +17,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.memory import CHARGE, MemoryBudget
+from fusionserve.service.memory import CHARGE, MemoryBudget
 
 
 class _OverBudget(Exception):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import gzip
 import zlib
 
-from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
+from fusionserve.service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
 
 #: zlib window bits of each coding we read (gzip header, zlib header).
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from service.errors import (
+from fusionserve.service.errors import (
     DeadlineExceeded,
     FusionServeError,
     InvalidInput,

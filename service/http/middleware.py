@@ -23,8 +23,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import LimitExceeded
-from service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
+from fusionserve.service.errors import LimitExceeded
+from fusionserve.service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
 
 log = logging.getLogger("fusionserve.http")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from service.errors import InvalidInput, LimitExceeded
+from fusionserve.service.errors import InvalidInput, LimitExceeded
 
 _PARAM = re.compile(r';\s*([A-Za-z0-9_*-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 _BOUNDARY_OK = re.compile(r"^[0-9A-Za-z'()+_,./:=? -]{1,70}$")

@@ -12,13 +12,13 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.dataplane import DataPlane, ModelInfo
-from service.errors import FusionServeError
-from service.http import schemas as s
-from service.http.disconnect import unless_disconnected
-from service.http.openapi import also, native_body, native_errors, ok
-from service.http.parsing import ParsedRequest, parse_request, parse_timeout_ms
-from service.model.outputs import Embedding, Prediction
+from fusionserve.service.dataplane import DataPlane, ModelInfo
+from fusionserve.service.errors import FusionServeError
+from fusionserve.service.http import schemas as s
+from fusionserve.service.http.disconnect import unless_disconnected
+from fusionserve.service.http.openapi import also, native_body, native_errors, ok
+from fusionserve.service.http.parsing import ParsedRequest, parse_request, parse_timeout_ms
+from fusionserve.service.model.outputs import Embedding, Prediction
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 

@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from service import jsonbody
-from service.dataplane import DataPlane
-from service.errors import InvalidInput, UnsupportedMediaType
-from service.http import schemas
-from service.http.native import INFERENCE_ERRORS, TIMEOUT_HEADER
-from service.http.openapi import native_errors, ok
-from service.http.parsing import parse_timeout_ms
-from service.model.rows import RawInputs
+from fusionserve.service import jsonbody
+from fusionserve.service.dataplane import DataPlane
+from fusionserve.service.errors import InvalidInput, UnsupportedMediaType
+from fusionserve.service.http import schemas
+from fusionserve.service.http.native import INFERENCE_ERRORS, TIMEOUT_HEADER
+from fusionserve.service.http.openapi import native_errors, ok
+from fusionserve.service.http.parsing import parse_timeout_ms
+from fusionserve.service.model.rows import RawInputs
 
 ENCODING_FORMATS = ("float", "base64")
 FIELDS = ("model", "input", "encoding_format", "dimensions", "user")

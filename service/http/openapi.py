@@ -1,10 +1,10 @@
 """The OpenAPI contract of the HTTP API, declared beside (not inside) the parsers.
 
-The inference routes parse their bodies by hand (``service.http.parsing``,
-``service.v2.codec``) because that is faster than FastAPI's form and model
+The inference routes parse their bodies by hand (``fusionserve.service.http.parsing``,
+``fusionserve.service.v2.codec``) because that is faster than FastAPI's form and model
 validation, so FastAPI cannot see what they accept. This module says it:
 request bodies via ``openapi_extra``, answers via pydantic models
-(``service.http.schemas``) in ``responses``, and every status a route can
+(``fusionserve.service.http.schemas``) in ``responses``, and every status a route can
 return with the error shape of its door and an example.
 
 To describe a new route: pass ``responses=ok(Model) | native_errors(...)`` (or
@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from service.http import schemas
+from fusionserve.service.http import schemas
 
 # ------------------------------------------------------------------- statuses
 
@@ -272,7 +272,7 @@ def install_openapi(app: FastAPI) -> None:
 
     FastAPI documents a ``422 Validation Error`` on every route with a path
     parameter; this server answers request-validation failures with 400 in its
-    own shape (``service.http.app``), so those entries are removed. Only the
+    own shape (``fusionserve.service.http.app``), so those entries are removed. Only the
     routes that really return 422 (``UnprocessableInput``) declare it.
     """
 

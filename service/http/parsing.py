@@ -13,10 +13,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from service import jsonbody
-from service.errors import InvalidInput, UnsupportedMediaType, brief
-from service.http.multipart import parse_multipart
-from service.model.rows import RawInputs
+from fusionserve.service import jsonbody
+from fusionserve.service.errors import InvalidInput, UnsupportedMediaType, brief
+from fusionserve.service.http.multipart import parse_multipart
+from fusionserve.service.model.rows import RawInputs
 
 FILE_FIELDS = ("image", "audio")
 ITEM_FIELDS = ("image", "audio", "text")

@@ -11,7 +11,7 @@ from importlib import resources
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
-from service.errors import ModelNotFound
+from fusionserve.service.errors import ModelNotFound
 
 #: file name -> media type of each asset the page loads.
 ASSETS = {
@@ -23,7 +23,7 @@ ASSETS = {
 
 
 def _asset(name: str) -> bytes:
-    return resources.files("service.http").joinpath("ui", name).read_bytes()
+    return resources.files("fusionserve.service.http").joinpath("ui", name).read_bytes()
 
 
 def playground_router() -> APIRouter:

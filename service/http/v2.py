@@ -1,10 +1,10 @@
 """The Open Inference Protocol (KServe V2) over REST: ``/v2/...``.
 
 Translation only: the binary tensor extension and JSON tensors are parsed by
-``service.v2.codec``, their meaning lives in ``service.v2.mapping``, and the
+``fusionserve.service.v2.codec``, their meaning lives in ``fusionserve.service.v2.mapping``, and the
 work is the data plane's. V2 clients read errors as ``{"error": "message"}``,
 so this router answers core errors in that shape (statuses from the one
-HTTP table, ``service.http.errors``) instead of the native body.
+HTTP table, ``fusionserve.service.http.errors``) instead of the native body.
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from service import jsonbody
-from service.config import Settings
-from service.dataplane import DataPlaneApi, VersionStats
-from service.errors import FusionServeError, InvalidInput, NotReady, Overloaded
-from service.http import schemas as sc
-from service.http.content_coding import compress, decompress, request_coding, response_coding
-from service.http.disconnect import unless_disconnected
-from service.http.errors import http_status
-from service.http.openapi import also, ok, ref, v2_errors, v2_infer_body, v2_json_body
-from service.model_control import require_model_control
-from service.v2.codec import (
+from fusionserve.service import jsonbody
+from fusionserve.service.config import Settings
+from fusionserve.service.dataplane import DataPlaneApi, VersionStats
+from fusionserve.service.errors import FusionServeError, InvalidInput, NotReady, Overloaded
+from fusionserve.service.http import schemas as sc
+from fusionserve.service.http.content_coding import compress, decompress, request_coding, response_coding
+from fusionserve.service.http.disconnect import unless_disconnected
+from fusionserve.service.http.errors import http_status
+from fusionserve.service.http.openapi import also, ok, ref, v2_errors, v2_infer_body, v2_json_body
+from fusionserve.service.model_control import require_model_control
+from fusionserve.service.v2.codec import (
     HEADER_LENGTH,
     InferRequest,
     RequestedOutput,
@@ -35,16 +35,16 @@ from service.v2.codec import (
     parse_header_length,
     parse_infer_request,
 )
-from service.v2.infer import run_infer
-from service.v2.load_request import refuse_overrides
-from service.v2.mapping import (
+from fusionserve.service.v2.infer import run_infer
+from fusionserve.service.v2.load_request import refuse_overrides
+from fusionserve.service.v2.mapping import (
     TensorSpec,
     input_specs,
     output_specs,
     require_config,
     triton_model_config,
 )
-from service.v2.truncation import TRUNCATED_PARAMETER, truncated_parameter
+from fusionserve.service.v2.truncation import TRUNCATED_PARAMETER, truncated_parameter
 
 PROTOCOL = "v2-rest"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -124,7 +124,7 @@ def _binary_outputs(
     return chosen
 
 
-#: The documented answers of each kind of V2 route (``service.http.openapi``).
+#: The documented answers of each kind of V2 route (``fusionserve.service.http.openapi``).
 _VERSIONED = (400, 404)  # a malformed version name is 400, an unknown one 404
 _STATS_DOC: dict[str, Any] = {
     "responses": ok(sc.V2StatsResponse) | v2_errors(*_VERSIONED),

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import ConfigError, FusionServeError, InternalError, UnprocessableInput
+from fusionserve.service.errors import ConfigError, FusionServeError, InternalError, UnprocessableInput
 
 Arrays = dict[str, np.ndarray]
 

@@ -8,7 +8,7 @@ Every mapping field defaults to the project's own export contract
 (``GRAPH_INPUTS``, docs/contracts.md §1), so a config that says nothing about
 tensors describes a graph exported by ``fusionserve export``.
 
-A bad file fails with :class:`~service.errors.ConfigError` naming the file and
+A bad file fails with :class:`~fusionserve.service.errors.ConfigError` naming the file and
 the field (``load_model_config``).
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.errors import ConfigError
+from fusionserve.service.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
 LABELS_FILE = "labels.txt"
@@ -49,7 +49,7 @@ GRAPH_INPUTS: dict[Modality, tuple[str, ...]] = {
 
 
 #: The dtype of each graph input (docs/contracts.md §1). Backends check the
-#: graph against it at load; :mod:`service.model.feeds` produces exactly these.
+#: graph against it at load; :mod:`fusionserve.service.model.feeds` produces exactly these.
 INPUT_DTYPES: dict[str, type[np.generic]] = {
     "image": np.uint8,
     "image_mask": np.bool_,

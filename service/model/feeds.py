@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.errors import InternalError
-from service.model.config import AudioSpec, ImageSpec, ModelConfig, TextSpec
-from service.model.rows import DecodedRow, RowOutputs
+from fusionserve.service.errors import InternalError
+from fusionserve.service.model.config import AudioSpec, ImageSpec, ModelConfig, TextSpec
+from fusionserve.service.model.rows import DecodedRow, RowOutputs
 
 Feeds = dict[str, np.ndarray]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import ConfigError
-from service.model.config import CONFIG_FILE, GraphInput, ModelConfig
+from fusionserve.service.errors import ConfigError
+from fusionserve.service.model.config import CONFIG_FILE, GraphInput, ModelConfig
 
 #: Output dtypes the server turns into answers (cast to float32).
 OUTPUT_DTYPES = frozenset({"float32", "float16", "float64"})

@@ -1,6 +1,6 @@
 """Graph outputs → answers: softmax and top-k for classifiers, embeddings per modality.
 
-The counterpart of :mod:`service.model.feeds`: feeds turn decoded rows into
+The counterpart of :mod:`fusionserve.service.model.feeds`: feeds turn decoded rows into
 the graph's inputs, this module turns one row's graph outputs into what every
 door answers. It knows the config's output roles and nothing of protocols.
 """
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import InvalidInput
-from service.model.config import ModelConfig, OutputKind, OutputSpec
-from service.model.rows import RowOutputs
+from fusionserve.service.errors import InvalidInput
+from fusionserve.service.model.config import ModelConfig, OutputKind, OutputSpec
+from fusionserve.service.model.rows import RowOutputs
 
 #: What ``predict`` can add to its answer (``include``), besides the labels.
 INCLUDE_VALUES = ("embeddings", "attribution")

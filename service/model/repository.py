@@ -18,10 +18,10 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from service.errors import SHOWN_CHARS, ConfigError, ModelNotFound, shown
-from service.model.config import CONFIG_FILE, MODEL_FILES, ModelConfig, load_model_config
-from service.model.graph import embedding_rows
-from service.preprocess.text import tokenizer_pad_id
+from fusionserve.service.errors import SHOWN_CHARS, ConfigError, ModelNotFound, shown
+from fusionserve.service.model.config import CONFIG_FILE, MODEL_FILES, ModelConfig, load_model_config
+from fusionserve.service.model.graph import embedding_rows
+from fusionserve.service.preprocess.text import tokenizer_pad_id
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _VERSION = re.compile(r"^[1-9][0-9]{0,8}$")

@@ -35,10 +35,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
-from service.model.config import AudioSpec
-from service.preprocess import media, wav
-from service.preprocess.sniff import DISPLAY_NAMES, sniff
+from fusionserve.service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
+from fusionserve.service.model.config import AudioSpec
+from fusionserve.service.preprocess import media, wav
+from fusionserve.service.preprocess.sniff import DISPLAY_NAMES, sniff
 
 RESAMPLE_QUALITY = "HQ"
 #: Channels beyond this are refused (mixing cost grows with them; no real upload has more).

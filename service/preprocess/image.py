@@ -21,7 +21,7 @@ Decisions a model author needs to know (the training pipeline should match):
   centre (torchvision's ``Resize(N)`` + ``CenterCrop``, done as one resampling
   of the source rectangle, so not bit-identical to torchvision's two steps).
 - Normalisation, dtype, channel order and layout are not done here but on the
-  whole batch (:func:`service.model.feeds.image_tensor`).
+  whole batch (:func:`fusionserve.service.model.feeds.image_tensor`).
 - Arrays returned may be read-only; callers copy them into a batch anyway.
 - Animated GIF, WebP and AVIF: only the **first frame** is decoded and used.
 - HEIC/HEIF (phones) needs the optional ``media`` extra (pillow-heif); AVIF
@@ -39,9 +39,9 @@ import math
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
-from service.model.config import ImageSpec
-from service.preprocess.sniff import IMAGE_KINDS, describe, sniff
+from fusionserve.service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
+from fusionserve.service.model.config import ImageSpec
+from fusionserve.service.preprocess.sniff import IMAGE_KINDS, describe, sniff
 
 #: The one resampling filter of the serving path.
 RESAMPLE = Image.Resampling.BILINEAR

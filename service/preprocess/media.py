@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
-from service.model.config import AudioSpec
+from fusionserve.service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
+from fusionserve.service.model.config import AudioSpec
 
 #: The pip extra that brings PyAV (named in the 415 when it is missing).
 MEDIA_EXTRA = "fusionserve[media]"
@@ -161,7 +161,7 @@ def frames_needed(rate: int, spec: AudioSpec) -> int:
 def _decode_stream(
     container: Any, stream: Any, spec: AudioSpec, field: str, started: float
 ) -> tuple[np.ndarray, int]:
-    from service.preprocess.audio import MAX_CHANNELS
+    from fusionserve.service.preprocess.audio import MAX_CHANNELS
 
     chunks: list[np.ndarray] = []
     have = 0

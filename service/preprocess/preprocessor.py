@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile
 
-from service.errors import UnprocessableInput
-from service.model.code import ModelCode, load_model_code
-from service.model.config import CONFIG_FILE, TOKENIZER_FILE, AudioSpec, ModelConfig
-from service.model.rows import DecodedRow, RawInputs, RowOutputs
-from service.preprocess.audio import decode_audio
-from service.preprocess.image import decode_image, header_pixels
-from service.preprocess.text import TextEncoder
+from fusionserve.service.errors import UnprocessableInput
+from fusionserve.service.model.code import ModelCode, load_model_code
+from fusionserve.service.model.config import CONFIG_FILE, TOKENIZER_FILE, AudioSpec, ModelConfig
+from fusionserve.service.model.rows import DecodedRow, RawInputs, RowOutputs
+from fusionserve.service.preprocess.audio import decode_audio
+from fusionserve.service.preprocess.image import decode_image, header_pixels
+from fusionserve.service.preprocess.text import TextEncoder
 
 if TYPE_CHECKING:
-    from service.batching.cost_gate import CostGate
+    from fusionserve.service.batching.cost_gate import CostGate
 
 
 class Preprocessor:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.errors import ConfigError, InvalidInput, LimitExceeded
-from service.model.config import TextSpec
+from fusionserve.service.errors import ConfigError, InvalidInput, LimitExceeded
+from fusionserve.service.model.config import TextSpec
 
 
 class TextEncoder:

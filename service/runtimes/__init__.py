@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.errors import ConfigError
-from service.model.config import MODEL_FILES, ModelConfig
-from service.runtimes.base import Backend, DeviceSpec
+from fusionserve.service.errors import ConfigError
+from fusionserve.service.model.config import MODEL_FILES, ModelConfig
+from fusionserve.service.runtimes.base import Backend, DeviceSpec
 
 __all__ = ["Backend", "DeviceSpec", "load_backend", "model_file"]
 
@@ -25,9 +25,9 @@ def load_backend(config: ModelConfig, model_path: Path, device: DeviceSpec) -> B
     if not model_path.is_file():
         raise ConfigError(f"{model_path}: model file not found", file=str(model_path))
     if config.backend == "onnx":
-        from service.runtimes.onnx import OnnxBackend
+        from fusionserve.service.runtimes.onnx import OnnxBackend
 
         return OnnxBackend(config, model_path, device)
-    from service.runtimes.torchscript import TorchScriptBackend
+    from fusionserve.service.runtimes.torchscript import TorchScriptBackend
 
     return TorchScriptBackend(config, model_path, device)

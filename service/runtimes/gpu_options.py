@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from service.model.config import ModelConfig
+from fusionserve.service.model.config import ModelConfig
 
 
 def input_shapes(config: ModelConfig, batch: int, long: bool) -> dict[str, tuple[int, ...]]:

@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.config import default_engine_cache_dir
-from service.cpus import available_cpus, limited_cpus
-from service.errors import ConfigError
-from service.model.config import ModelConfig
-from service.model.graph import TensorInfo, check_graph
-from service.runtimes.base import DeviceSpec
-from service.runtimes.gpu_options import cuda_options, tensorrt_options
-from service.runtimes.occupancy import OCCUPANCY
+from fusionserve.service.config import default_engine_cache_dir
+from fusionserve.service.cpus import available_cpus, limited_cpus
+from fusionserve.service.errors import ConfigError
+from fusionserve.service.model.config import ModelConfig
+from fusionserve.service.model.graph import TensorInfo, check_graph
+from fusionserve.service.runtimes.base import DeviceSpec
+from fusionserve.service.runtimes.gpu_options import cuda_options, tensorrt_options
+from fusionserve.service.runtimes.occupancy import OCCUPANCY
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from service.cpus import limited_cpus
-from service.errors import ConfigError, InternalError
-from service.model.config import ModelConfig
-from service.model.graph import TensorInfo, check_graph
-from service.runtimes.base import DeviceSpec
+from fusionserve.service.cpus import limited_cpus
+from fusionserve.service.errors import ConfigError, InternalError
+from fusionserve.service.model.config import ModelConfig
+from fusionserve.service.model.graph import TensorInfo, check_graph
+from fusionserve.service.runtimes.base import DeviceSpec
 
 log = logging.getLogger(__name__)
 

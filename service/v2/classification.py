@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from service.errors import InvalidInput
-from service.v2.codec import RequestedOutput, Tensor
+from fusionserve.service.errors import InvalidInput
+from fusionserve.service.v2.codec import RequestedOutput, Tensor
 
 PARAMETER = "classification"
 

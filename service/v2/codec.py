@@ -2,7 +2,7 @@
 
 Pure functions from bytes/JSON to :class:`Tensor` and back, shared by the
 REST and gRPC doors. Every malformed input raises
-:class:`~service.errors.InvalidInput` naming the tensor and what is wrong.
+:class:`~fusionserve.service.errors.InvalidInput` naming the tensor and what is wrong.
 
 ``BYTES`` tensors are object arrays of ``bytes``; serialised, each element is
 a 4-byte little-endian length followed by its bytes.
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service import jsonbody
-from service.errors import InvalidInput, LimitExceeded, brief
+from fusionserve.service import jsonbody
+from fusionserve.service.errors import InvalidInput, LimitExceeded, brief
 
 if TYPE_CHECKING:
-    from service.config import Settings
+    from fusionserve.service.config import Settings
 
 #: V2 datatype -> numpy dtype (little-endian). BF16 has no numpy type and is refused.
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from service.client_ids import check_client_id
-from service.errors import FusionServeError, InvalidInput
-from service.model.rows import RawInputs
-from service.v2.classification import classify, requested_counts
-from service.v2.codec import InferRequest, Tensor
-from service.v2.mapping import (
+from fusionserve.service.client_ids import check_client_id
+from fusionserve.service.errors import FusionServeError, InvalidInput
+from fusionserve.service.model.rows import RawInputs
+from fusionserve.service.v2.classification import classify, requested_counts
+from fusionserve.service.v2.codec import InferRequest, Tensor
+from fusionserve.service.v2.mapping import (
     LABELS,
     PROBABILITIES,
     SCORES,
@@ -32,8 +32,8 @@ from service.v2.mapping import (
 )
 
 if TYPE_CHECKING:
-    from service.dataplane import DataPlaneApi, ModelInfo
-    from service.model.config import ModelConfig
+    from fusionserve.service.dataplane import DataPlaneApi, ModelInfo
+    from fusionserve.service.model.config import ModelConfig
 
     FastResult = tuple[ModelInfo, ModelConfig, list[RawInputs], InferRequest]
 
@@ -51,7 +51,7 @@ class InferResponse:
     outputs: list[Tensor]
     #: What was asked: the REST door reads its binary-output flags from it.
     request: InferRequest
-    #: Per row, the inputs cut to the model's bounds (``service.v2.truncation``).
+    #: Per row, the inputs cut to the model's bounds (``fusionserve.service.v2.truncation``).
     truncated: list[dict[str, tuple[int, int]]]
 
 
@@ -72,7 +72,7 @@ def _timeout(parameters: dict[str, object], transport_s: float | None) -> float 
 
 
 #: A door's shortcut from its request to rows for the common case (see
-#: ``service.grpc.v2_tensors.fast_request``): given the model's input names,
+#: ``fusionserve.service.grpc.v2_tensors.fast_request``): given the model's input names,
 #: the rows and the request's id and parameters, or None to take the general path.
 FastPath = Callable[[list[str]], "tuple[list[RawInputs], InferRequest] | None"]
 

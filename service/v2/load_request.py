@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from service.errors import InvalidInput, shown
+from fusionserve.service.errors import InvalidInput, shown
 
 
 def refuse_overrides(model: str, parameter_names: Iterable[str]) -> None:

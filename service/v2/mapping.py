@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidInput, NotReady, brief
-from service.model.config import ModelConfig, OutputKind
-from service.model.rows import RawInputs
-from service.v2.codec import RequestedOutput, Tensor
+from fusionserve.service.errors import InvalidInput, NotReady, brief
+from fusionserve.service.model.config import ModelConfig, OutputKind
+from fusionserve.service.model.rows import RawInputs
+from fusionserve.service.v2.codec import RequestedOutput, Tensor
 
 DEFAULT_TOP_K = 1
 PROBABILITIES, LABELS, SCORES = "probabilities", "labels", "scores"

@@ -1,5 +1,5 @@
 """The worker pool: model instances that pull batches and run them."""
 
-from service.workers.pool import Instance, PoolStats, WorkerPool
+from fusionserve.service.workers.pool import Instance, PoolStats, WorkerPool
 
 __all__ = ["Instance", "PoolStats", "WorkerPool"]

@@ -34,15 +34,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.batching import DynamicBatcher, Pending
-from service.errors import InternalError, NotReady
-from service.lanes import Lanes
-from service.metrics import Metrics
-from service.model.config import ModelConfig
-from service.model.feeds import collate, split_outputs
-from service.model.rows import DecodedRow, RowOutputs
-from service.offload import offload
-from service.runtimes.base import Backend
+from fusionserve.service.batching import DynamicBatcher, Pending
+from fusionserve.service.errors import InternalError, NotReady
+from fusionserve.service.lanes import Lanes
+from fusionserve.service.metrics import Metrics
+from fusionserve.service.model.config import ModelConfig
+from fusionserve.service.model.feeds import collate, split_outputs
+from fusionserve.service.model.rows import DecodedRow, RowOutputs
+from fusionserve.service.offload import offload
+from fusionserve.service.runtimes.base import Backend
 
 log = logging.getLogger(__name__)
 

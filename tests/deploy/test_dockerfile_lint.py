@@ -12,7 +12,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from service.config import Settings
+from fusionserve.service.config import Settings
 from tests.deploy.refs import DOCKERFILE, ROOT, tool
 
 
@@ -131,7 +131,7 @@ def test_image_environment_names_real_settings(target: str) -> None:
     env: dict[str, str] = {}
     for args in BY_NAME[target].all("ENV"):
         env.update(dict(re.findall(r"(\w+)=(\S+)", args)))
-    # FUSIONSERVE_HOME is read by service.config.default_repository_dir, not a Settings field.
+    # FUSIONSERVE_HOME is read by fusionserve.service.config.default_repository_dir, not a Settings field.
     settings = {
         k.removeprefix("FUSIONSERVE_").lower(): v
         for k, v in env.items()

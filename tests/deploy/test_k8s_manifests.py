@@ -97,7 +97,7 @@ def test_kustomize_renders_every_resource() -> None:
 
 def shutdown_budget(env: dict[str, str]) -> float:
     """The longest the server takes after SIGTERM: grace + drain + close + 1 s (service/app.py)."""
-    from service.config import Settings
+    from fusionserve.service.config import Settings
 
     defaults = Settings()
     grace = float(env.get("FUSIONSERVE_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s))

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.metrics import Metrics
+from fusionserve.service.metrics import Metrics
 from tests.conftest import RunningServer, Sample
 from tests.deploy.refs import (
     DASHBOARDS,

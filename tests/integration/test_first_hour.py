@@ -15,7 +15,8 @@ from tests.conftest import ROOT, RunningServer
 def test_serve_without_a_repository_or_torch_says_what_to_do(tmp_path: Path) -> None:
     """A serving-only install (no torch) cannot build the default repository: no traceback, a way out."""
     hide_torch = (
-        "import sys; sys.modules['torch'] = None; from service.__main__ import main; sys.exit(main())"
+        "import sys; sys.modules['torch'] = None; "
+        "from fusionserve.service.__main__ import main; sys.exit(main())"
     )
     env = {**os.environ, "FUSIONSERVE_HOME": str(tmp_path)}
     env.pop("FUSIONSERVE_MODEL_REPOSITORY", None)

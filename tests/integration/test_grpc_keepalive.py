@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
 from tests.conftest import RunningServer
 
 #: A client that pings its idle connection every 300 ms (tritonclient and grpc

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
-from service.grpc.protos import V2
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from fusionserve.service.grpc.protos import V2
 from tests.conftest import RunningServer
 from tests.integration.v2_helpers import CLASSIFIER
 

@@ -10,8 +10,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
 from tests.conftest import RunningServer, Sample
 from tests.deploy.refs import tool
 from tests.integration.v2_helpers import CLASSIFIER, EMBEDDER

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.preprocess import image as image_module
-from service.preprocess import media
+from fusionserve.service.preprocess import image as image_module
+from fusionserve.service.preprocess import media
 from tests.conftest import RunningServer, Sample
 from tests.fixtures_media import av_audio_bytes, avif_bytes, heif_bytes, mp3_bytes
 from tests.integration.v2_helpers import CLASSIFIER

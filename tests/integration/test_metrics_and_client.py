@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.client import AsyncFusionClient, FusionClient, FusionClientError
+from fusionserve.service.client import AsyncFusionClient, FusionClient, FusionClientError
 from tests.conftest import ROOT, RunningServer, Sample
 
 FAMILIES = [
@@ -84,7 +84,7 @@ def test_predict_cli(running_server: RunningServer, samples: list[Sample], tmp_p
         [
             sys.executable,
             "-m",
-            "service",
+            "fusionserve",
             "predict",
             "--url",
             running_server.http_url,
@@ -108,7 +108,7 @@ def test_predict_cli(running_server: RunningServer, samples: list[Sample], tmp_p
         [
             sys.executable,
             "-m",
-            "service",
+            "fusionserve",
             "predict",
             "--url",
             running_server.http_url,

@@ -18,8 +18,8 @@ import pytest
 import tritonclient.http as httpclient
 import yaml
 
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
 from tests.conftest import RunningServer, Sample, copy_entry
 from tests.integration.v2_helpers import CLASSIFIER, object_column
 

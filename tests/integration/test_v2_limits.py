@@ -106,8 +106,8 @@ def test_calls_beyond_the_stream_limit_wait_for_a_free_stream(small_server: Runn
     """FUSIONSERVE_GRPC_MAX_CONCURRENT_STREAMS=2: a third call on the connection waits."""
     import queue
 
-    from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
-    from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
+    from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+    from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
 
     request = pb.PredictRequest(model=CLASSIFIER, items=[pb.Item(text="a six")], top_k=1)
     with grpc.insecure_channel(small_server.grpc_target) as channel:

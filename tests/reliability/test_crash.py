@@ -1,6 +1,6 @@
 """A crash of the whole process (SIGKILL) under load, with ``fusionserve serve`` run under
 a restarting supervisor (as systemd ``Restart=always`` or a kubelet would): clients with
-retries (``service.client.Retries(inference=True)``) lose no answer."""
+retries (``fusionserve.service.client.Retries(inference=True)``) lose no answer."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service.client import AsyncFusionClient, Retries
+from fusionserve.service.client import AsyncFusionClient, Retries
 from tests.conftest import ROOT, free_port
 from tests.reliability.helpers import MODEL, figures
 
@@ -28,7 +28,7 @@ class Supervisor:
         self.cmd = [
             sys.executable,
             "-m",
-            "service",
+            "fusionserve",
             "serve",
             "--model-repository",
             str(repository),

@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import httpx
 
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
 from tests.conftest import RunningServer, Sample, copy_entry
 from tests.reliability.helpers import MODEL, PREDICT, figures, metric_value, start_gated, wait_held
 

@@ -29,8 +29,8 @@ from PIL import Image
 from tritonclient.grpc import service_pb2 as v2_pb
 from tritonclient.grpc import service_pb2_grpc as v2_grpc
 
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
 from tests.conftest import RunningServer
 from tests.reliability.helpers import MODEL, PREDICT, figures, metric_value, start_gated, wait_held
 

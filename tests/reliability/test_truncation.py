@@ -14,8 +14,8 @@ import soundfile
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
 from tests.conftest import RunningServer, Sample
 from tests.reliability.helpers import MODEL, PREDICT, figures, metric_value
 

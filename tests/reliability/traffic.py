@@ -21,9 +21,9 @@ import grpc
 import httpx
 import numpy as np
 
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
-from service.grpc.protos import V2
-from service.v2.codec import serialize_bytes
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from fusionserve.service.grpc.protos import V2
+from fusionserve.service.v2.codec import serialize_bytes
 from tests.conftest import RunningServer, Sample
 from tests.reliability.helpers import MODEL, PREDICT
 

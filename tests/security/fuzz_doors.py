@@ -29,15 +29,15 @@ import httpx
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from service.config import Settings
-from service.errors import FusionServeError
-from service.grpc import wire
-from service.grpc.handlers import Undecodable, _deserializer
-from service.grpc.native_servicer import NativeServicer
-from service.grpc.protos import NATIVE, V2
-from service.grpc.v2_servicer import V2Servicer
-from service.http.app import create_http_app
-from service.v2.codec import NUMPY_DTYPES, TensorLimits, serialize_bytes
+from fusionserve.service.config import Settings
+from fusionserve.service.errors import FusionServeError
+from fusionserve.service.grpc import wire
+from fusionserve.service.grpc.handlers import Undecodable, _deserializer
+from fusionserve.service.grpc.native_servicer import NativeServicer
+from fusionserve.service.grpc.protos import NATIVE, V2
+from fusionserve.service.grpc.v2_servicer import V2Servicer
+from fusionserve.service.http.app import create_http_app
+from fusionserve.service.v2.codec import NUMPY_DTYPES, TensorLimits, serialize_bytes
 from tests.unit.v2_fakes import FakeDataPlane
 
 FREEZE_S = 1.0

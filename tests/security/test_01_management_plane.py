@@ -148,7 +148,16 @@ def test_explicit_without_token_only_on_loopback(tmp_path: Path) -> None:
     env = {**os.environ, "FUSIONSERVE_MODEL_CONTROL": "explicit"}
     env.pop("FUSIONSERVE_ADMIN_TOKEN", None)
     done = subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--host", "0.0.0.0", "--model-repository", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "fusionserve",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--model-repository",
+            str(tmp_path),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -164,15 +173,15 @@ def test_grpc_refusal_names_the_setting_in_process() -> None:
     """The gRPC status code itself (not only tritonclient's rendering of it)."""
     import asyncio
 
-    from service.config import Settings
-    from service.grpc.server import start_grpc_server
+    from fusionserve.service.config import Settings
+    from fusionserve.service.grpc.server import start_grpc_server
     from tests.unit.v2_fakes import FakeDataPlane
 
     async def run() -> None:
         server, health = await start_grpc_server(FakeDataPlane(), Settings(grpc_port=0))  # type: ignore[arg-type]
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{health.port}") as channel:
-                from service.grpc.protos import V2
+                from fusionserve.service.grpc.protos import V2
 
                 unload = channel.unary_unary(
                     "/inference.GRPCInferenceService/RepositoryModelUnload",

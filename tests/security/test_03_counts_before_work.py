@@ -16,8 +16,8 @@ import grpc
 import httpx
 import pytest
 
-from service.grpc import protos
-from service.grpc.protos import V2
+from fusionserve.service.grpc import protos
+from fusionserve.service.grpc.protos import V2
 from tests.conftest import RunningServer
 from tests.security.hostile import client_errors, watched
 

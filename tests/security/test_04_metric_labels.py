@@ -13,12 +13,12 @@ import uuid
 import grpc
 import httpx
 
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
-from service.grpc.protos import V2
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
+from fusionserve.service.grpc.protos import V2
 from tests.conftest import RunningServer
 
-#: service.metrics.MAX_LABEL_CHARS (spelled out so this file imports on older code too).
+#: fusionserve.service.metrics.MAX_LABEL_CHARS (spelled out so this file imports on older code too).
 MAX_LABEL_CHARS = 128
 _LABEL_VALUE = re.compile(r'="((?:[^"\\]|\\.)*)"')
 
@@ -92,7 +92,7 @@ def test_unknown_model_names_share_one_label_on_every_door(running_server: Runni
 
 def test_every_label_value_is_bounded() -> None:
     """Whatever reaches a metric (a future label, an operator's long name) is cut to the bound."""
-    from service.metrics import Metrics
+    from fusionserve.service.metrics import Metrics
 
     metrics = Metrics()
     metrics.child(metrics.requests, "m" * 10_000, "1", "http", "success").inc()

@@ -67,7 +67,7 @@ def test_image_past_the_decoded_byte_limit_is_413(
 
 
 def test_thread_pools_follow_the_cgroup_quota(tmp_path: Path) -> None:
-    from service.cpus import available_cpus  # new with this test
+    from fusionserve.service.cpus import available_cpus  # new with this test
 
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert available_cpus(tmp_path) == min(2, available_cpus(tmp_path / "none"))

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from service.model.repository import ModelRepository
+from fusionserve.service.model.repository import ModelRepository
 from tests.conftest import copy_entry
 
 GOOD = "digits-fusion"
@@ -173,7 +173,7 @@ def test_unsafe_entries_are_errors_not_exceptions(tmp_path: Path) -> None:
 
 
 def test_cli_flags_reach_the_settings() -> None:
-    from service.__main__ import build_parser
+    from fusionserve.service.__main__ import build_parser
 
     args = build_parser().parse_args(["serve", "--allow-torchscript", "--model-control", "explicit"])
     assert (args.allow_torchscript, args.model_control) == (True, "explicit")

@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.grpc import protos
-from service.grpc.protos import NATIVE
+from fusionserve.service.grpc import protos
+from fusionserve.service.grpc.protos import NATIVE
 from tests.conftest import RunningServer, launch_server
 from tests.security.hostile import watched
 

@@ -21,8 +21,8 @@ import httpx
 import pytest
 import yaml
 
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, RunningServer, copy_entry
 
 
@@ -122,7 +122,7 @@ def test_https_and_grpc_with_client_certificates(
 
     # The container probe: over mTLS with the probe certificate; without it, a clear failure.
     probe_env = {**os.environ, **env, "FUSIONSERVE_HTTP_PORT": str(server.http_port)}
-    probe = [sys.executable, "-m", "service", "healthcheck"]
+    probe = [sys.executable, "-m", "fusionserve", "healthcheck"]
     refused = subprocess.run(probe, env=probe_env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "FUSIONSERVE_PROBE_CERT_FILE" in refused.stderr
     probe_env |= {
@@ -137,7 +137,7 @@ def test_https_and_grpc_with_client_certificates(
 def test_client_ca_without_tls_is_a_settings_error(tmp_path: Path) -> None:
     env = {**os.environ, "FUSIONSERVE_TLS_CLIENT_CA_FILE": str(tmp_path / "ca.pem")}
     done = subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--model-repository", str(tmp_path)],
+        [sys.executable, "-m", "fusionserve", "serve", "--model-repository", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2 and "tls_client_ca_file" in done.stderr

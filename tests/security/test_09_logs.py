@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import httpx
 
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
 from tests.conftest import copy_entry
 
 FORGED = "ts=2026 level=error forged"
@@ -57,7 +57,7 @@ def test_text_log_lines_cannot_be_forged(model_repository: Path, tmp_path: Path,
 
 
 def test_every_field_is_escaped() -> None:
-    from service.logs import TextFormatter, escape_control, request_id_var
+    from fusionserve.service.logs import TextFormatter, escape_control, request_id_var
 
     formatter = TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     record = logging.LogRecord("t", logging.INFO, __file__, 1, "model %s", ("a\nb",), None)
@@ -84,7 +84,7 @@ def test_failed_load_reasons_hold_no_server_path(tmp_path: Path) -> None:
     The same on a running server (the hostile repository of
     ``test_06_repository.py``: metadata, V2 index and a 503 answer).
     """
-    from service.model.repository import public_reason
+    from fusionserve.service.model.repository import public_reason
 
     root = tmp_path / "models"
     onnx = (

@@ -22,7 +22,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from service.grpc.protos import NATIVE, V2
+from fusionserve.service.grpc.protos import NATIVE, V2
 from tests.conftest import RunningServer
 
 CLASSIFIER = "digits-fusion"
@@ -149,8 +149,8 @@ def test_native_grpc_request_id_is_bounded(running_server: RunningServer) -> Non
 
 
 def test_the_rule() -> None:
-    from service.client_ids import check_client_id, echoable_id, is_plain_id
-    from service.errors import InvalidInput
+    from fusionserve.service.client_ids import check_client_id, echoable_id, is_plain_id
+    from fusionserve.service.errors import InvalidInput
 
     assert all(is_plain_id(i) for i in [*GOOD_IDS, ""])
     assert not any(is_plain_id(i) for i in BAD_IDS)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.model.config import ModelConfig
-from service.runtimes import DeviceSpec
-from service.runtimes.occupancy import Occupancy
-from service.runtimes.onnx import OnnxBackend, lone_batch_threads
+from fusionserve.service.model.config import ModelConfig
+from fusionserve.service.runtimes import DeviceSpec
+from fusionserve.service.runtimes.occupancy import Occupancy
+from fusionserve.service.runtimes.onnx import OnnxBackend, lone_batch_threads
 from tests.unit.test_runtimes import CONFIG, EXPECTED, FEEDS, text_graph
 
 
@@ -44,19 +44,19 @@ def test_another_process_computing_makes_a_batch_not_alone() -> None:
 
 
 def test_wide_session_only_for_single_threaded_cpu_instances(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("service.runtimes.onnx.available_cpus", lambda: 8)
+    monkeypatch.setattr("fusionserve.service.runtimes.onnx.available_cpus", lambda: 8)
     assert lone_batch_threads(config(), DeviceSpec("cpu")) == 8
     assert lone_batch_threads(config(adaptive_intra_op=False), DeviceSpec("cpu")) == 0
     assert lone_batch_threads(config(intra_op_threads=2), DeviceSpec("cpu")) == 0
     assert lone_batch_threads(config(), DeviceSpec("gpu", 0)) == 0
-    monkeypatch.setattr("service.runtimes.onnx.available_cpus", lambda: 1)
+    monkeypatch.setattr("fusionserve.service.runtimes.onnx.available_cpus", lambda: 1)
     assert lone_batch_threads(config(), DeviceSpec("cpu")) == 0
 
 
 def test_backend_runs_a_lone_batch_wide_and_concurrent_batches_narrow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("service.runtimes.onnx.available_cpus", lambda: 2)
+    monkeypatch.setattr("fusionserve.service.runtimes.onnx.available_cpus", lambda: 2)
     backend = OnnxBackend(config(), text_graph(tmp_path / "model.onnx"), DeviceSpec("cpu"))
     assert backend.wide is not None
     assert backend.wide.get_session_options().intra_op_num_threads == 2
@@ -76,7 +76,7 @@ def test_backend_runs_a_lone_batch_wide_and_concurrent_batches_narrow(
         setattr(backend, name, Spy())
     np.testing.assert_array_equal(backend.run(FEEDS)["class_logits"], EXPECTED)
     assert used == ["wide"]
-    from service.runtimes.occupancy import OCCUPANCY
+    from fusionserve.service.runtimes.occupancy import OCCUPANCY
 
     with OCCUPANCY.batch():  # another batch computing in this process
         np.testing.assert_array_equal(backend.run(FEEDS)["class_logits"], EXPECTED)
@@ -85,7 +85,7 @@ def test_backend_runs_a_lone_batch_wide_and_concurrent_batches_narrow(
 
 
 def test_concurrent_runs_give_the_same_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("service.runtimes.onnx.available_cpus", lambda: 2)
+    monkeypatch.setattr("fusionserve.service.runtimes.onnx.available_cpus", lambda: 2)
     backend = OnnxBackend(config(), text_graph(tmp_path / "model.onnx"), DeviceSpec("cpu"))
     errors: list[BaseException] = []
 
@@ -119,7 +119,7 @@ class _Timed:
 def test_calibration_keeps_the_wide_session_only_when_it_is_faster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wide_s: float, kept: bool
 ) -> None:
-    monkeypatch.setattr("service.runtimes.onnx.available_cpus", lambda: 2)
+    monkeypatch.setattr("fusionserve.service.runtimes.onnx.available_cpus", lambda: 2)
     backend = OnnxBackend(config(), text_graph(tmp_path / "model.onnx"), DeviceSpec("cpu"))
     narrow = backend.session
     backend.session = _Timed(backend.session, 0.003)  # type: ignore[assignment]

@@ -9,11 +9,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from service.batching import DynamicBatcher, Pending
-from service.errors import DeadlineExceeded, NotReady, Overloaded
-from service.metrics import Metrics
-from service.model.config import Batching
-from service.model.rows import DecodedRow
+from fusionserve.service.batching import DynamicBatcher, Pending
+from fusionserve.service.errors import DeadlineExceeded, NotReady, Overloaded
+from fusionserve.service.metrics import Metrics
+from fusionserve.service.model.config import Batching
+from fusionserve.service.model.rows import DecodedRow
 
 FAR = 1e9  # a deadline/delay that never comes in a test
 

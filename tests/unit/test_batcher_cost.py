@@ -7,10 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.batching.cost_gate import CostGate
-from service.errors import InvalidInput, Overloaded
-from service.model.config import Batching, Costs
-from service.model.rows import DecodedRow
+from fusionserve.service.batching.cost_gate import CostGate
+from fusionserve.service.errors import InvalidInput, Overloaded
+from fusionserve.service.model.config import Batching, Costs
+from fusionserve.service.model.rows import DecodedRow
 from tests.unit.test_batcher import FAR, FakeClock, answer, ids, make, until
 
 
@@ -101,9 +101,9 @@ def test_no_bound_never_refuses() -> None:
 
 
 def test_the_preprocessor_reserves_before_decoding_and_settles_on_the_decoded_size(tmp_path) -> None:
-    from service.model.config import ModelConfig
-    from service.model.rows import RawInputs
-    from service.preprocess.preprocessor import Preprocessor
+    from fusionserve.service.model.config import ModelConfig
+    from fusionserve.service.model.rows import RawInputs
+    from fusionserve.service.preprocess.preprocessor import Preprocessor
     from tests.fixtures_media import gradient_image, png_bytes
 
     config = ModelConfig.model_validate(

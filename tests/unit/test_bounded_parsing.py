@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from service import jsonbody
-from service.errors import InvalidInput, LimitExceeded
-from service.grpc import wire
-from service.grpc.protos import NATIVE, V2
+from fusionserve.service import jsonbody
+from fusionserve.service.errors import InvalidInput, LimitExceeded
+from fusionserve.service.grpc import wire
+from fusionserve.service.grpc.protos import NATIVE, V2
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.build_repo import BuildOptions, build_repo, cache_key, pick_best
-from models.entries import entry_config
-from models.train import TrainConfig
-from models.verify import verify_entry
-from service.model.config import load_model_config
+from fusionserve.models.build_repo import BuildOptions, build_repo, cache_key, pick_best
+from fusionserve.models.entries import entry_config
+from fusionserve.models.train import TrainConfig
+from fusionserve.models.verify import verify_entry
+from fusionserve.service.model.config import load_model_config
 
 WORDS = ["zero", "one", "two", "three"]
 
@@ -29,7 +29,7 @@ class FakeSplit:
 
 
 class FakeDataset:
-    """The shape of models.data.dataset.TrimodalDataset, small and label-carrying in every modality."""
+    """The shape of fusionserve.models.data.dataset.TrimodalDataset, small, labelled in every modality."""
 
     labels = ["0", "1", "2", "3"]
 
@@ -66,9 +66,9 @@ TINY = TrainConfig(encoder_epochs=1, fusion_epochs=1, embed_epochs=1, batch_size
 def fake_dataset(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The fake dataset in place of the real one; torch's global settings restored afterwards
     (build_repo fixes the thread count and turns on deterministic algorithms)."""
-    import models.data.dataset
+    import fusionserve.models.data.dataset
 
-    monkeypatch.setattr(models.data.dataset, "build_dataset", lambda *a, **k: FakeDataset())
+    monkeypatch.setattr(fusionserve.models.data.dataset, "build_dataset", lambda *a, **k: FakeDataset())
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     yield
     torch.set_num_threads(threads)

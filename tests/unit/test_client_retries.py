@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from service.client import FusionClient, FusionClientError, Retries
+from fusionserve.service.client import FusionClient, FusionClientError, Retries
 
 FAST = Retries(attempts=4, backoff_s=0.001, max_backoff_s=0.001)
 ANSWER = {"model": "m", "version": "1", "modalities": ["text"], "predictions": []}

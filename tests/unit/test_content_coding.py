@@ -7,8 +7,8 @@ import zlib
 
 import pytest
 
-from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
-from service.http.content_coding import compress, decompress, request_coding, response_coding
+from fusionserve.service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
+from fusionserve.service.http.content_coding import compress, decompress, request_coding, response_coding
 
 BODY = b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a seven"]}]}' * 50
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from models.contrastive import EmbedderSpec, JointEmbedder, info_nce, pairwise_info_nce
+from fusionserve.models.contrastive import EmbedderSpec, JointEmbedder, info_nce, pairwise_info_nce
 
 VOCAB = 40
 

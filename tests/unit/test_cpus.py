@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from service import cpus
-from service.cpus import available_cpus, default_executor_threads, limited_cpus
+from fusionserve.service import cpus
+from fusionserve.service.cpus import available_cpus, default_executor_threads, limited_cpus
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +90,7 @@ def test_libraries_keep_their_default_unless_limited(monkeypatch: pytest.MonkeyP
 
 
 def test_onnx_sessions_default_threads_follow_the_quota(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.runtimes import onnx
+    from fusionserve.service.runtimes import onnx
     from tests.unit.test_adaptive_threads import config
 
     monkeypatch.setattr(onnx, "limited_cpus", lambda: 2)
@@ -123,7 +123,7 @@ class FakeTorch:
 
 
 def test_torch_pools_are_capped_never_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.runtimes import torchscript
+    from fusionserve.service.runtimes import torchscript
 
     torch = FakeTorch(threads=8, interop=8)
     monkeypatch.setattr(torchscript, "limited_cpus", lambda: 2)

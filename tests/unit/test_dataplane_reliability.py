@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batching import DynamicBatcher
-from service.dataplane import DataPlane
-from service.errors import DeadlineExceeded, Overloaded
-from service.metrics import Metrics
-from service.model.config import Batching, ModelConfig
-from service.model.rows import DecodedRow, RawInputs
-from service.registry import VersionCounters
+from fusionserve.service.batching import DynamicBatcher
+from fusionserve.service.dataplane import DataPlane
+from fusionserve.service.errors import DeadlineExceeded, Overloaded
+from fusionserve.service.metrics import Metrics
+from fusionserve.service.model.config import Batching, ModelConfig
+from fusionserve.service.model.rows import DecodedRow, RawInputs
+from fusionserve.service.registry import VersionCounters
 
 CONFIG = ModelConfig.model_validate(
     {

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.data import dataset as D
-from models.data import texts as T
-from models.samples import write_sample_files
-from models.tokenizer import build_tokenizer, encode_texts, words
+from fusionserve.models.data import dataset as D
+from fusionserve.models.data import texts as T
+from fusionserve.models.samples import write_sample_files
+from fusionserve.models.tokenizer import build_tokenizer, encode_texts, words
 
 LIMIT = 40  # source images per split (4 per digit)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from service.config import BUNDLED_EXPORT_FORMAT, BUNDLED_MODELS, default_repository_is_current
+from fusionserve.service.config import BUNDLED_EXPORT_FORMAT, BUNDLED_MODELS, default_repository_is_current
 
 
 def _write(repo: Path, export_format: int | None) -> None:

@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from models.encoders import AudioEncoder, LogMel, TextEncoder
-from models.features import fast_logmel
+from fusionserve.models.encoders import AudioEncoder, LogMel, TextEncoder
+from fusionserve.models.features import fast_logmel
 
 
 def _tone(freq: float, n: int, rate: int = 16000) -> torch.Tensor:

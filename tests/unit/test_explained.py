@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.explained import ATTRIBUTION, classifier_outputs, explained
-from models.fusion import STRATEGIES
-from service.model.config import ModelConfig
+from fusionserve.models.explained import ATTRIBUTION, classifier_outputs, explained
+from fusionserve.models.fusion import STRATEGIES
+from fusionserve.service.model.config import ModelConfig
 from tests.unit.test_fusion import make_inputs, model_for
 
 ORDER = ("image", "audio", "text")
@@ -105,7 +105,7 @@ def test_declared_outputs_form_a_valid_config(strategy: str) -> None:
     ],
 )
 def test_wrappers_script_for_torchscript(strategy: str) -> None:
-    from models.verify import jit_deprecation_silenced
+    from fusionserve.models.verify import jit_deprecation_silenced
 
     module = explained(model_for(strategy))
     feeds = _feeds(MIXED)
@@ -122,9 +122,9 @@ def test_export_writes_the_attribution_as_a_graph_output(strategy: str, tmp_path
     """Through ``export_entry``: ONNX and TorchScript agree with eager on every declared output."""
     import onnxruntime as ort
 
-    from models.entries import MIN_AUDIO_SAMPLES
-    from models.export import export_entry
-    from service.model.config import load_model_config
+    from fusionserve.models.entries import MIN_AUDIO_SAMPLES
+    from fusionserve.models.export import export_entry
+    from fusionserve.service.model.config import load_model_config
     from tests.fixtures_media import write_wordlevel_tokenizer
     from tests.unit.test_fusion import VOCAB
 

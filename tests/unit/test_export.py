@@ -20,10 +20,10 @@ from tokenizers.normalizers import Lowercase
 from tokenizers.pre_tokenizers import Whitespace
 from torch import Tensor, nn
 
-from models.export import ExportError, export_entry
-from models.parity import random_batch
-from models.verify import jit_deprecation_silenced, verify_entry
-from service.model.config import Modality, ModelConfig, load_model_config
+from fusionserve.models.export import ExportError, export_entry
+from fusionserve.models.parity import random_batch
+from fusionserve.models.verify import jit_deprecation_silenced, verify_entry
+from fusionserve.service.model.config import Modality, ModelConfig, load_model_config
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 LABELS = ["cat", "dog", "bird", "fish"]
@@ -421,7 +421,7 @@ def test_missing_or_wrong_side_files_fail_clearly(
 
 def test_tokenizer_must_follow_the_pad_unk_contract_when_asked(tmp_path: Path) -> None:
     """The project's own models demand [PAD]=0, [UNK]=1 (models/entries.py asks); others keep their ids."""
-    from models.verify import TOKENIZER_SPECIALS
+    from fusionserve.models.verify import TOKENIZER_SPECIALS
 
     bad = tmp_path / "tokenizer.json"
     Tokenizer(WordLevel({"[UNK]": 0, "[PAD]": 1, "one": 2}, unk_token="[UNK]")).save(str(bad))
@@ -524,7 +524,7 @@ def _handmade_onnx(path: Path, external: bool) -> None:
 
 
 def test_verify_flags_pruned_inputs_static_batch_old_opset_and_external_data(tmp_path: Path) -> None:
-    from models.verify import onnx_file_problems
+    from fusionserve.models.verify import onnx_file_problems
 
     config = ModelConfig.model_validate(
         {
@@ -545,7 +545,7 @@ def test_verify_flags_pruned_inputs_static_batch_old_opset_and_external_data(tmp
 
 
 def test_boundary_cases_cover_sizes_below_the_captured_range() -> None:
-    from models.parity import boundary_cases
+    from fusionserve.models.parity import boundary_cases
 
     config = _config()
     cases = boundary_cases(config, {"batch": (2, None), "T": (300, None), "L": (1, 64)}, vocab_size=12)

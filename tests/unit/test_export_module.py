@@ -8,8 +8,8 @@ import pytest
 import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from models.serve_check import verify
-from service.__main__ import main
+from fusionserve.models.serve_check import verify
+from fusionserve.service.__main__ import main
 
 MODULE = """
 import torch

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.failpoints import InjectedFault, parse_failpoints, wrap_backend
+from fusionserve.service.failpoints import InjectedFault, parse_failpoints, wrap_backend
 
 
 class Echo:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.errors import InternalError
-from service.model.config import INPUT_DTYPES, ModelConfig
-from service.model.feeds import collate, split_outputs
-from service.model.rows import DecodedRow
+from fusionserve.service.errors import InternalError
+from fusionserve.service.model.config import INPUT_DTYPES, ModelConfig
+from fusionserve.service.model.feeds import collate, split_outputs
+from fusionserve.service.model.rows import DecodedRow
 
 
 def make_config(**modalities: dict) -> ModelConfig:

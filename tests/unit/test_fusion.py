@@ -6,8 +6,8 @@ import warnings
 import pytest
 import torch
 
-from models.classifier import ClassifierSpec, FusionClassifier
-from models.fusion import STRATEGIES, UnknownStrategyError, build_strategy
+from fusionserve.models.classifier import ClassifierSpec, FusionClassifier
+from fusionserve.models.fusion import STRATEGIES, UnknownStrategyError, build_strategy
 
 VOCAB = 40
 B, T, L = 4, 4000, 6

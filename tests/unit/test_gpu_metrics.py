@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from service.gpu_metrics import sample_gpus, sample_once
-from service.metrics import Metrics
+from fusionserve.service.gpu_metrics import sample_gpus, sample_once
+from fusionserve.service.metrics import Metrics
 
 
 class FakeNvml:

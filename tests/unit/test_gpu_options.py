@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.model.config import ModelConfig
-from service.runtimes import DeviceSpec
-from service.runtimes.gpu_options import input_shapes, tensorrt_options
-from service.runtimes.onnx import OnnxBackend, requested_providers
+from fusionserve.service.model.config import ModelConfig
+from fusionserve.service.runtimes import DeviceSpec
+from fusionserve.service.runtimes.gpu_options import input_shapes, tensorrt_options
+from fusionserve.service.runtimes.onnx import OnnxBackend, requested_providers
 from tests.unit.test_runtimes import CONFIG, EXPECTED, FEEDS, text_graph
 
 TRIMODAL = {

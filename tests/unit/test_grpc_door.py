@@ -18,8 +18,8 @@ import pytest
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
-from service.config import Settings
-from service.errors import (
+from fusionserve.service.config import Settings
+from fusionserve.service.errors import (
     DeadlineExceeded,
     FusionServeError,
     InternalError,
@@ -29,9 +29,9 @@ from service.errors import (
     NotReady,
     Overloaded,
 )
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
-from service.grpc.server import start_grpc_server
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as pb
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2_grpc as pb_grpc
+from fusionserve.service.grpc.server import start_grpc_server
 from tests.unit.v2_fakes import FakeDataPlane
 
 
@@ -223,7 +223,7 @@ async def test_health_overall_per_model_and_drain(door: tuple[FakeDataPlane, str
 
 
 async def test_health_set_serving_is_the_drain_switch() -> None:
-    from service.grpc.health import NOT_SERVING, SERVING, HealthService
+    from fusionserve.service.grpc.health import NOT_SERVING, SERVING, HealthService
 
     health = HealthService(FakeDataPlane())
     assert health.status("") == NOT_SERVING  # until the composition root says the models are up
@@ -292,7 +292,7 @@ async def test_streams_need_the_token_too() -> None:
 
 async def test_stream_holds_back_a_reader_that_does_not_read() -> None:
     """At most ``limit`` answers wait undelivered; the rest of the requests are not even read."""
-    from service.grpc.streaming import pipelined
+    from fusionserve.service.grpc.streaming import pipelined
 
     pulled = 0
 

@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import pytest
 
-from service.errors import ModelNotFound
-from service.grpc.errors import guarded
+from fusionserve.service.errors import ModelNotFound
+from fusionserve.service.grpc.errors import guarded
 
 
 class Lines(logging.Handler):

@@ -8,7 +8,7 @@ import pytest
 from google.protobuf.descriptor import Descriptor
 from tritonclient.grpc import service_pb2 as triton
 
-from service.grpc import protogen, protos
+from fusionserve.service.grpc import protogen, protos
 
 
 def _messages(descriptor: Descriptor) -> list[Descriptor]:
@@ -78,7 +78,7 @@ def test_generated_files_are_fresh(tmp_path: Path) -> None:
     for path in fresh:
         relative = path.relative_to(tmp_path)
         committed = committed_root / relative
-        assert committed.exists(), f"{relative} is missing: run python -m service.grpc.protogen"
+        assert committed.exists(), f"{relative} is missing: run python -m fusionserve.service.grpc.protogen"
         assert committed.read_bytes() == path.read_bytes(), (
-            f"{relative} is stale: run python -m service.grpc.protogen"
+            f"{relative} is stale: run python -m fusionserve.service.grpc.protogen"
         )

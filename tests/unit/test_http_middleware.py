@@ -10,9 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.config import Settings
-from service.http.app import create_http_app
-from service.http.middleware import GatewayMiddleware
+from fusionserve.service.config import Settings
+from fusionserve.service.http.app import create_http_app
+from fusionserve.service.http.middleware import GatewayMiddleware
 
 
 async def echo(request: Request) -> JSONResponse:

@@ -13,8 +13,8 @@ from onnx import TensorProto, helper
 from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from service.__main__ import main
-from service.model.config import parse_model_config
+from fusionserve.service.__main__ import main
+from fusionserve.service.model.config import parse_model_config
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 REFERENCE = """

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
-from models.config_doc import DOC_PATH
-from service.errors import ConfigError
-from service.model.config import ModelConfig, parse_model_config
-from service.model.feeds import collate, image_tensor
-from service.model.graph import TensorInfo, check_graph, graph_problems
-from service.model.outputs import embeddings, predictions
-from service.model.rows import DecodedRow
+from fusionserve.models.config_doc import DOC_PATH
+from fusionserve.service.errors import ConfigError
+from fusionserve.service.model.config import ModelConfig, parse_model_config
+from fusionserve.service.model.feeds import collate, image_tensor
+from fusionserve.service.model.graph import TensorInfo, check_graph, graph_problems
+from fusionserve.service.model.outputs import embeddings, predictions
+from fusionserve.service.model.rows import DecodedRow
 
 ROOT = Path(__file__).resolve().parents[2]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

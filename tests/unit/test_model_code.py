@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.errors import ConfigError, InternalError, UnprocessableInput
-from service.model.config import parse_model_config
-from service.model.rows import RawInputs
-from service.preprocess import Preprocessor
+from fusionserve.service.errors import ConfigError, InternalError, UnprocessableInput
+from fusionserve.service.model.config import parse_model_config
+from fusionserve.service.model.rows import RawInputs
+from fusionserve.service.preprocess import Preprocessor
 
 CONFIG = parse_model_config(
     {

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from models.config_doc import DOC_PATH, render_generated, splice
-from service.errors import ConfigError
-from service.model.config import (
+from fusionserve.models.config_doc import DOC_PATH, render_generated, splice
+from fusionserve.service.errors import ConfigError
+from fusionserve.service.model.config import (
     ModelConfig,
     dump_model_config,
     load_model_config,
@@ -147,9 +147,11 @@ def test_missing_file_names_the_file(tmp_path: Path) -> None:
 
 
 def test_committed_schema_reference_is_fresh() -> None:
-    """docs/model-config.md must hold exactly what `python -m models.config_doc` generates."""
+    """docs/model-config.md must hold exactly what `python -m fusionserve.models.config_doc` generates."""
     document = DOC_PATH.read_text(encoding="utf-8")
-    assert splice(document, render_generated()) == document, "stale: run python -m models.config_doc"
+    assert splice(document, render_generated()) == document, (
+        "stale: run python -m fusionserve.models.config_doc"
+    )
 
 
 def test_schema_reference_tracks_the_schema() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from service.errors import InvalidInput, LimitExceeded
-from service.http.multipart import header_params, parse_multipart
+from fusionserve.service.errors import InvalidInput, LimitExceeded
+from fusionserve.service.http.multipart import header_params, parse_multipart
 
 
 def encoded_by_httpx(files: dict, data: dict | None = None) -> tuple[bytes, str]:

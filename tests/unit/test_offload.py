@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.lanes import Lanes
-from service.offload import offload
+from fusionserve.service.lanes import Lanes
+from fusionserve.service.offload import offload
 
 
 async def test_result_and_thread() -> None:

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from service.errors import InvalidInput, UnsupportedMediaType
-from service.http.openai import _check_model_takes, _inputs, _row, _vector
-from service.model.config import ModelConfig
+from fusionserve.service.errors import InvalidInput, UnsupportedMediaType
+from fusionserve.service.http.openai import _check_model_takes, _inputs, _row, _vector
+from fusionserve.service.model.config import ModelConfig
 
 
 def _dataplane_with(modalities: dict[str, dict[str, int]]) -> SimpleNamespace:

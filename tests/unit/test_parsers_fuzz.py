@@ -19,15 +19,15 @@ from google.protobuf.message import DecodeError
 
 from benchmarks.protocols import v2_grpc_message, v2_rest_body
 from benchmarks.serving import Payload, multipart_body
-from service.errors import FusionServeError
-from service.grpc.protos import V2
-from service.grpc.v2_tensors import fast_request, request_from_proto
-from service.http.multipart import parse_multipart
-from service.model.config import AudioSpec, ImageSpec
-from service.preprocess.audio import decode_audio
-from service.preprocess.image import decode_image
-from service.v2.codec import parse_header_length, parse_infer_request
-from service.v2.mapping import check_requested, rows_from_inputs, top_k_of
+from fusionserve.service.errors import FusionServeError
+from fusionserve.service.grpc.protos import V2
+from fusionserve.service.grpc.v2_tensors import fast_request, request_from_proto
+from fusionserve.service.http.multipart import parse_multipart
+from fusionserve.service.model.config import AudioSpec, ImageSpec
+from fusionserve.service.preprocess.audio import decode_audio
+from fusionserve.service.preprocess.image import decode_image
+from fusionserve.service.v2.codec import parse_header_length, parse_infer_request
+from fusionserve.service.v2.mapping import check_requested, rows_from_inputs, top_k_of
 from tests.fixtures_media import digit_like_image, jpeg_bytes, sine, wav_bytes
 from tests.unit.v2_fakes import CLASSIFIER, LABELS
 

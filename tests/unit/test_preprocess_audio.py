@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
-from service.model.config import AudioSpec
-from service.preprocess import wav
-from service.preprocess.audio import decode_audio
+from fusionserve.service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
+from fusionserve.service.model.config import AudioSpec
+from fusionserve.service.preprocess import wav
+from fusionserve.service.preprocess.audio import decode_audio
 from tests.fixtures_media import flac_bytes, gradient_image, ogg_bytes, png_bytes, sine, wav_bytes
 
 RATE = 16_000

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
-from service.model.config import ImageSpec
-from service.preprocess.image import decode_image
+from fusionserve.service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
+from fusionserve.service.model.config import ImageSpec
+from fusionserve.service.preprocess.image import decode_image
 from tests.fixtures_media import (
     bmp_bytes,
     decompression_bomb_png,

@@ -13,13 +13,13 @@ import struct
 import numpy as np
 import pytest
 
-from service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
-from service.model.config import AudioSpec, ImageSpec
-from service.preprocess import image as image_module
-from service.preprocess import media
-from service.preprocess.audio import decode_audio
-from service.preprocess.image import decode_image
-from service.preprocess.sniff import sniff
+from fusionserve.service.errors import InvalidInput, LimitExceeded, UnsupportedMediaType
+from fusionserve.service.model.config import AudioSpec, ImageSpec
+from fusionserve.service.preprocess import image as image_module
+from fusionserve.service.preprocess import media
+from fusionserve.service.preprocess.audio import decode_audio
+from fusionserve.service.preprocess.image import decode_image
+from fusionserve.service.preprocess.sniff import sniff
 from tests.fixtures_media import (
     av_audio_bytes,
     avif_bytes,

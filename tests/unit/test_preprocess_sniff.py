@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.preprocess.sniff import describe, sniff
+from fusionserve.service.preprocess.sniff import describe, sniff
 from tests.fixtures_media import (
     bmp_bytes,
     flac_bytes,

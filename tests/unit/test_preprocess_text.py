@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from service.errors import ConfigError, InvalidInput, LimitExceeded
-from service.model.config import TextSpec
-from service.preprocess.text import TextEncoder
+from fusionserve.service.errors import ConfigError, InvalidInput, LimitExceeded
+from fusionserve.service.model.config import TextSpec
+from fusionserve.service.preprocess.text import TextEncoder
 from tests.fixtures_media import write_wordlevel_tokenizer
 
 WORDS = ["a", "handwritten", "seven", "digit", "spoken", "zero", "one"]  # ids 2..8

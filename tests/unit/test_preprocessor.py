@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.errors import ConfigError, InvalidInput, UnprocessableInput
-from service.model.config import ModelConfig
-from service.model.rows import RawInputs
-from service.preprocess import Preprocessor
+from fusionserve.service.errors import ConfigError, InvalidInput, UnprocessableInput
+from fusionserve.service.model.config import ModelConfig
+from fusionserve.service.model.rows import RawInputs
+from fusionserve.service.preprocess import Preprocessor
 from tests.fixtures_media import (
     digit_like_image,
     jpeg_bytes,

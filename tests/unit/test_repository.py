@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.errors import ModelNotFound
-from service.model.repository import ModelRepository, check_model_name
+from fusionserve.service.errors import ModelNotFound
+from fusionserve.service.model.repository import ModelRepository, check_model_name
 
 CONFIG = {
     "name": "m",

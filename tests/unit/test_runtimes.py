@@ -17,9 +17,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from service.errors import ConfigError, InternalError
-from service.model.config import ModelConfig
-from service.runtimes import Backend, DeviceSpec, load_backend, model_file
+from fusionserve.service.errors import ConfigError, InternalError
+from fusionserve.service.model.config import ModelConfig
+from fusionserve.service.runtimes import Backend, DeviceSpec, load_backend, model_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,7 +106,7 @@ def test_onnx_backend_loads_and_runs(tmp_path: Path) -> None:
 
 
 def test_onnx_session_options_come_from_config(tmp_path: Path) -> None:
-    from service.runtimes.onnx import OnnxBackend
+    from fusionserve.service.runtimes.onnx import OnnxBackend
 
     backend = load_backend(config(), text_graph(tmp_path / "model.onnx"), DeviceSpec("cpu"))
     assert isinstance(backend, OnnxBackend)
@@ -165,7 +165,7 @@ def test_model_file_follows_the_backend(tmp_path: Path) -> None:
 def test_gpu_request_on_cpu_build_falls_back_visibly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="service.runtimes.onnx")
+    caplog.set_level(logging.WARNING, logger="fusionserve.service.runtimes.onnx")
     backend = load_backend(config(), text_graph(tmp_path / "model.onnx"), DeviceSpec("gpu", 0))
     assert backend.device == "cpu"
     assert "runs on CPUExecutionProvider" in caplog.text
@@ -175,7 +175,7 @@ def test_gpu_request_on_cpu_build_falls_back_visibly(
 def test_cuda_libraries_are_preloaded_once_and_failures_only_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from service.runtimes import onnx as onnx_runtime
+    from fusionserve.service.runtimes import onnx as onnx_runtime
 
     calls: list[str] = []
 
@@ -194,7 +194,7 @@ def test_cuda_libraries_are_preloaded_once_and_failures_only_logged(
 
 
 def test_gpu_providers_are_requested_in_order() -> None:
-    from service.runtimes.onnx import requested_providers
+    from fusionserve.service.runtimes.onnx import requested_providers
 
     trt = ModelConfig.model_validate({**CONFIG, "onnx": {"use_tensorrt": True}})
     providers = requested_providers(trt, DeviceSpec("gpu", 1))
@@ -219,9 +219,9 @@ def test_serving_onnx_never_imports_torch(tmp_path: Path) -> None:
         import json, sys
         from pathlib import Path
         import numpy as np
-        import service.runtimes, service.batching, service.workers
-        from service.model.config import ModelConfig
-        from service.runtimes import DeviceSpec, load_backend
+        import fusionserve.service.runtimes, fusionserve.service.batching, fusionserve.service.workers
+        from fusionserve.service.model.config import ModelConfig
+        from fusionserve.service.runtimes import DeviceSpec, load_backend
         backend = load_backend(ModelConfig.model_validate(json.loads(sys.argv[1])), Path(sys.argv[2]),
                                DeviceSpec("cpu"))
         feeds = {"text_ids": np.ones((1, 2), np.int64), "text_attention": np.ones((1, 2), np.int64),
@@ -335,7 +335,7 @@ def test_torchscript_input_name_mismatch_is_a_config_error(tmp_path: Path) -> No
 @pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="no CUDA provider")
 def test_onnx_runs_on_cuda(tmp_path: Path) -> None:
     backend = load_backend(config(), text_graph(tmp_path / "model.onnx"), DeviceSpec("gpu", 0))
-    from service.runtimes.onnx import OnnxBackend
+    from fusionserve.service.runtimes.onnx import OnnxBackend
 
     assert isinstance(backend, OnnxBackend)
     assert backend.session.get_providers()[0] == "CUDAExecutionProvider"
@@ -354,7 +354,7 @@ def _torch_has_cuda() -> bool:
 @pytest.mark.gpu
 @pytest.mark.skipif(not _torch_has_cuda(), reason="torch has no CUDA device")
 def test_torchscript_runs_on_cuda(tmp_path: Path) -> None:
-    from service.runtimes.torchscript import TorchScriptBackend
+    from fusionserve.service.runtimes.torchscript import TorchScriptBackend
 
     backend = load_backend(config("torchscript"), save_module(tmp_path, "TinyText"), DeviceSpec("gpu", 0))
     assert isinstance(backend, TorchScriptBackend)

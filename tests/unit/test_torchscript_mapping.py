@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.model.config import parse_model_config
-from service.model.feeds import collate
-from service.model.rows import DecodedRow
-from service.runtimes import DeviceSpec, load_backend
+from fusionserve.service.model.config import parse_model_config
+from fusionserve.service.model.feeds import collate
+from fusionserve.service.model.rows import DecodedRow
+from fusionserve.service.runtimes import DeviceSpec, load_backend
 
 torch = pytest.importorskip("torch")
 

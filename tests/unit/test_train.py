@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from models.features import SUBSETS, SplitTensors, encode_split, fast_logmel, modality_dropout
-from models.train import TrainConfig, train_encoders, train_fusion
+from fusionserve.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fusionserve.models.features import SUBSETS, SplitTensors, encode_split, fast_logmel, modality_dropout
+from fusionserve.models.train import TrainConfig, train_encoders, train_fusion
 
 VOCAB = 16
 TINY = TrainConfig(encoder_epochs=4, fusion_epochs=4, embed_epochs=2, batch_size=32, lr=3e-3, dim=32)
@@ -39,7 +39,7 @@ def synthetic_split(n: int, seed: int) -> SplitTensors:
 
 
 def _stage1(seed: int = 0) -> tuple[Any, ...]:
-    from models.encoders import LogMel
+    from fusionserve.models.encoders import LogMel
 
     train, val = synthetic_split(96, 0), synthetic_split(32, 1)
     front = LogMel()
@@ -78,7 +78,7 @@ def test_modality_dropout_covers_every_subset_and_never_empties_a_row() -> None:
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
-    from models.classifier import ClassifierSpec, FusionClassifier
+    from fusionserve.models.classifier import ClassifierSpec, FusionClassifier
 
     torch.manual_seed(0)
     model = FusionClassifier(ClassifierSpec(strategy="late", vocab_size=VOCAB, dim=32)).eval()

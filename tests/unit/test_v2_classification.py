@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.errors import InvalidInput
-from service.v2.classification import classify, requested_counts
-from service.v2.codec import RequestedOutput, Tensor
+from fusionserve.service.errors import InvalidInput
+from fusionserve.service.v2.classification import classify, requested_counts
+from fusionserve.service.v2.codec import RequestedOutput, Tensor
 
 DATATYPES = {"probabilities": "FP32", "labels": "BYTES", "scores": "FP32"}
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from service.errors import InvalidInput
-from service.v2.codec import (
+from fusionserve.service.errors import InvalidInput
+from fusionserve.service.v2.codec import (
     Tensor,
     deserialize_bytes,
     encode_infer_response,

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from service.grpc.protos import V2
-from service.grpc.v2_tensors import fast_request, request_from_proto
-from service.v2.codec import serialize_bytes
-from service.v2.mapping import rows_from_inputs
+from fusionserve.service.grpc.protos import V2
+from fusionserve.service.grpc.v2_tensors import fast_request, request_from_proto
+from fusionserve.service.v2.codec import serialize_bytes
+from fusionserve.service.v2.mapping import rows_from_inputs
 from tests.unit.v2_fakes import CLASSIFIER
 
 ACCEPTED = ["image", "audio", "text"]

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from service.config import Settings
-from service.errors import InvalidInput, NotReady, Overloaded
-from service.http.v2 import v2_router
-from service.v2.codec import serialize_bytes
+from fusionserve.service.config import Settings
+from fusionserve.service.errors import InvalidInput, NotReady, Overloaded
+from fusionserve.service.http.v2 import v2_router
+from fusionserve.service.v2.codec import serialize_bytes
 from tests.unit.v2_fakes import FakeDataPlane
 
 

@@ -8,12 +8,12 @@ import threading
 import numpy as np
 import pytest
 
-from service.batching import DynamicBatcher
-from service.errors import InternalError, NotReady
-from service.metrics import Metrics
-from service.model.config import Batching, ModelConfig
-from service.model.rows import DecodedRow
-from service.workers import WorkerPool
+from fusionserve.service.batching import DynamicBatcher
+from fusionserve.service.errors import InternalError, NotReady
+from fusionserve.service.metrics import Metrics
+from fusionserve.service.model.config import Batching, ModelConfig
+from fusionserve.service.model.rows import DecodedRow
+from fusionserve.service.workers import WorkerPool
 
 FAR = 1e9
 CONFIG = ModelConfig.model_validate(

@@ -1,6 +1,6 @@
 """A fake data plane for the V2 and gRPC doors: real configs, scripted answers, recorded calls.
 
-It is a :class:`~service.dataplane.DataPlaneApi`, checked by mypy (see the end).
+It is a :class:`~fusionserve.service.dataplane.DataPlaneApi`, checked by mypy (see the end).
 
 It answers deterministically from the inputs (so tests can check that every
 row and modality arrived) and can be told to fail with any core error, which
@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.dataplane import DataPlaneApi, ModelInfo, VersionStats
-from service.errors import InvalidInput, ModelNotFound
-from service.metrics import Metrics
-from service.model.config import parse_model_config
-from service.model.outputs import Embedding, Prediction
-from service.model.rows import RawInputs
-from service.registry import VersionState
+from fusionserve.service.dataplane import DataPlaneApi, ModelInfo, VersionStats
+from fusionserve.service.errors import InvalidInput, ModelNotFound
+from fusionserve.service.metrics import Metrics
+from fusionserve.service.model.config import parse_model_config
+from fusionserve.service.model.outputs import Embedding, Prediction
+from fusionserve.service.model.rows import RawInputs
+from fusionserve.service.registry import VersionState
 
 LABELS = [str(i) for i in range(10)]
 CLASSIFIER = parse_model_config(

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2
+from fusionserve.service.grpc.generated.fusionserve.v1 import fusionserve_pb2 as fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in service/grpc/generated/fusionserve/v1/fusionserve_pb2_grpc.py depends on'
+        + ' but the generated code in fusionserve/service/grpc/generated/fusionserve/v1/fusionserve_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,28 +36,28 @@ class FusionServeStub:
         """
         self.Predict = channel.unary_unary(
                 '/fusionserve.v1.FusionServe/Predict',
-                request_serializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictRequest.SerializeToString,
-                response_deserializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictResponse.FromString,
+                request_serializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictRequest.SerializeToString,
+                response_deserializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictResponse.FromString,
                 _registered_method=True)
         self.Embed = channel.unary_unary(
                 '/fusionserve.v1.FusionServe/Embed',
-                request_serializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.EmbedRequest.SerializeToString,
-                response_deserializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.EmbedResponse.FromString,
+                request_serializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.EmbedResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/fusionserve.v1.FusionServe/ListModels',
-                request_serializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.ListModelsResponse.FromString,
+                request_serializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.GetModel = channel.unary_unary(
                 '/fusionserve.v1.FusionServe/GetModel',
-                request_serializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.GetModelRequest.SerializeToString,
-                response_deserializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.Model.FromString,
+                request_serializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.Model.FromString,
                 _registered_method=True)
         self.PredictStream = channel.stream_stream(
                 '/fusionserve.v1.FusionServe/PredictStream',
-                request_serializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictRequest.SerializeToString,
-                response_deserializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictStreamResponse.FromString,
+                request_serializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictRequest.SerializeToString,
+                response_deserializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictStreamResponse.FromString,
                 _registered_method=True)
 
 
@@ -104,28 +104,28 @@ def add_FusionServeServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
-                    request_deserializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictRequest.FromString,
-                    response_serializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictResponse.SerializeToString,
+                    request_deserializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictRequest.FromString,
+                    response_serializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictResponse.SerializeToString,
             ),
             'Embed': grpc.unary_unary_rpc_method_handler(
                     servicer.Embed,
-                    request_deserializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.EmbedRequest.FromString,
-                    response_serializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.EmbedResponse.SerializeToString,
+                    request_deserializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.EmbedRequest.FromString,
+                    response_serializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.EmbedResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.ListModelsRequest.FromString,
-                    response_serializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.ListModelsRequest.FromString,
+                    response_serializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.ListModelsResponse.SerializeToString,
             ),
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
-                    request_deserializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.GetModelRequest.FromString,
-                    response_serializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.Model.SerializeToString,
+                    request_deserializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.GetModelRequest.FromString,
+                    response_serializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.Model.SerializeToString,
             ),
             'PredictStream': grpc.stream_stream_rpc_method_handler(
                     servicer.PredictStream,
-                    request_deserializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictRequest.FromString,
-                    response_serializer=service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictStreamResponse.SerializeToString,
+                    request_deserializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictRequest.FromString,
+                    response_serializer=fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -153,8 +153,8 @@ class FusionServe:
             request,
             target,
             '/fusionserve.v1.FusionServe/Predict',
-            service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictRequest.SerializeToString,
-            service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictResponse.FromString,
+            fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictRequest.SerializeToString,
+            fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -180,8 +180,8 @@ class FusionServe:
             request,
             target,
             '/fusionserve.v1.FusionServe/Embed',
-            service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.EmbedRequest.SerializeToString,
-            service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.EmbedResponse.FromString,
+            fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.EmbedRequest.SerializeToString,
+            fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -207,8 +207,8 @@ class FusionServe:
             request,
             target,
             '/fusionserve.v1.FusionServe/ListModels',
-            service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.ListModelsRequest.SerializeToString,
-            service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.ListModelsResponse.FromString,
+            fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.ListModelsRequest.SerializeToString,
+            fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -234,8 +234,8 @@ class FusionServe:
             request,
             target,
             '/fusionserve.v1.FusionServe/GetModel',
-            service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.GetModelRequest.SerializeToString,
-            service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.Model.FromString,
+            fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.GetModelRequest.SerializeToString,
+            fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,
@@ -261,8 +261,8 @@ class FusionServe:
             request_iterator,
             target,
             '/fusionserve.v1.FusionServe/PredictStream',
-            service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictRequest.SerializeToString,
-            service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictStreamResponse.FromString,
+            fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictRequest.SerializeToString,
+            fusionserve_dot_service_dot_grpc_dot_generated_dot_fusionserve_dot_v1_dot_fusionserve__pb2.PredictStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
