@@ -19,7 +19,12 @@ from fusionserve.service.errors import SHOWN_CHARS, FusionServeError, InvalidInp
 from fusionserve.service.grpc.errors import answer_message, guarded, message_request_id, remaining_seconds
 from fusionserve.service.grpc.protos import V2
 from fusionserve.service.grpc.streaming import pipelined
-from fusionserve.service.grpc.v2_tensors import fast_request, request_from_proto, response_to_proto
+from fusionserve.service.grpc.v2_tensors import (
+    fast_request,
+    raw_contents,
+    request_from_proto,
+    response_to_proto,
+)
 from fusionserve.service.model_control import require_model_control
 from fusionserve.service.v2.codec import DEFAULT_LIMITS, TensorLimits
 from fusionserve.service.v2.infer import run_infer
@@ -121,14 +126,15 @@ class V2Servicer:
     async def _infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if not request.model_name:
             raise InvalidInput("model_name is required")
+        raw = raw_contents(request)
         result = await run_infer(
             self.dataplane,
             request.model_name,
             request.model_version or None,
-            lambda: request_from_proto(request, self.limits),
+            lambda: request_from_proto(request, self.limits, raw),
             timeout_s=remaining_seconds(context),
             protocol=PROTOCOL,
-            fast=lambda accepted: fast_request(request, accepted, self.limits.max_bytes_elements),
+            fast=lambda accepted: fast_request(request, accepted, self.limits.max_bytes_elements, raw),
         )
         response = response_to_proto(
             V2.ModelInferResponse, result.model, result.version, result.id, result.outputs
