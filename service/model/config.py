@@ -334,7 +334,9 @@ class OnnxOptions(_Strict):
     #: A batch that computes while no other does (a lone request) runs on a
     #: second session using every available core; under load the instances'
     #: own single-threaded sessions run side by side (docs/performance.md).
-    #: Only for CPU instances with ``intra_op_threads: 1``.
+    #: Only for CPU instances with ``intra_op_threads: 1``, and only where it
+    #: measured faster: each instance times both sessions after warm-up and
+    #: drops the wide one unless a lone batch runs in < 0.9x the time.
     adaptive_intra_op: bool = True
     #: GPU instances (service/runtimes/gpu_options.py). TensorRT builds fp16 kernels.
     fp16: bool = False

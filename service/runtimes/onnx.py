@@ -241,8 +241,10 @@ class OnnxBackend:
         """Keep the wide session only where it makes a lone batch faster; measured, not assumed.
 
         On a small model (``digits-fusion``: 0.85 ms on one thread) a second
-        intra-op thread costs more in hand-offs than it saves; on a bigger one
-        (``heavy-fusion``) it halves the latency. Runs the two sessions in turn
+        intra-op thread costs more in hand-offs than it saves, and on a host
+        whose cores are busy it waits for one; on a bigger model with idle
+        cores it halved a lone request's latency (``heavy-fusion``,
+        docs/performance.md). Runs the two sessions in turn
         on ``feeds`` (a warm-up batch of one) for at most ``budget_s`` and drops
         the wide one unless its median is below :data:`WIDE_GAIN` x the
         narrow one's. Called once per instance, after warm-up, on its thread.
