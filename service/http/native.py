@@ -18,7 +18,7 @@ from fusionserve.service.http import schemas as s
 from fusionserve.service.http.disconnect import unless_disconnected
 from fusionserve.service.http.openapi import also, native_body, native_errors, ok
 from fusionserve.service.http.parsing import ParsedRequest, parse_request, parse_timeout_ms
-from fusionserve.service.model.outputs import Embedding, Prediction
+from fusionserve.service.model.outputs import Embedding, Prediction, truncated_json
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
@@ -32,11 +32,6 @@ _EMBED_DOC: dict[str, Any] = {
     "responses": ok(s.EmbedResponse, s.EmbedBatchResponse) | native_errors(*INFERENCE_ERRORS),
     "openapi_extra": native_body(top_k=False),
 }
-
-
-def truncated_json(truncated: dict[str, tuple[int, int]]) -> dict[str, dict[str, int]]:
-    """What was cut, per modality: ``{"text": {"given": 40, "kept": 16}}`` (tokens; audio: samples)."""
-    return {m: {"given": given, "kept": kept} for m, (given, kept) in truncated.items()}
 
 
 def json_answer(body: dict[str, Any]) -> Response:

@@ -46,6 +46,15 @@ class Prediction:
     truncated: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
+def truncated_json(truncated: dict[str, tuple[int, int]]) -> dict[str, dict[str, int]]:
+    """What was cut, per modality: ``{"text": {"given": 40, "kept": 16}}`` (tokens; audio: samples).
+
+    One form for every door: the native answer's ``truncated`` and each row of
+    the V2 ``truncated`` parameter.
+    """
+    return {m: {"given": given, "kept": kept} for m, (given, kept) in truncated.items()}
+
+
 @dataclass
 class Embedding:
     model: str

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from fusionserve.service.model.outputs import truncated_json
+
 #: The response parameter's name (REST ``parameters``; gRPC ``string_param``).
 TRUNCATED_PARAMETER = "truncated"
 
@@ -23,8 +25,5 @@ def truncated_parameter(rows: Sequence[dict[str, tuple[int, int]]]) -> str | Non
     """``[{"text": {"given": 40, "kept": 16}}, null]``, or None when no row was cut."""
     if not any(rows):
         return None
-    per_row = [
-        {m: {"given": given, "kept": kept} for m, (given, kept) in row.items()} if row else None
-        for row in rows
-    ]
+    per_row = [truncated_json(row) if row else None for row in rows]
     return json.dumps(per_row, separators=(",", ":"))
