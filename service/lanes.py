@@ -6,7 +6,7 @@ Every request crosses from the loop to a thread twice (decode, then compute).
 variable per call); a ``queue.SimpleQueue`` put and a blocking ``get`` in the
 worker cost ~60 µs (a loop → thread → loop round trip, 5,000 empty calls;
 docs/performance.md, "The request path").
-:func:`fusionserve.service.offload.offload` takes either.
+:func:`fusionserve.service.offload.offload` awaits work on them from the loop.
 
 Threads are daemons: a thread stuck in a model call (the pool abandons it and
 starts a fresh instance) must not keep the process from exiting.

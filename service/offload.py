@@ -4,20 +4,19 @@
 in an asyncio future (``wrap_future``: chained callbacks copying state both
 ways) and, under uvloop, checks on every call that the function is not a
 coroutine. Every request crosses to a thread twice (decode, then compute),
-so this does the one thing needed instead: the worker sets the result of a
-plain asyncio future through ``call_soon_threadsafe``. The server's own
-threads are :class:`fusionserve.service.lanes.Lanes` (cheaper still than an executor).
+so this does the one thing needed instead: a lane (:class:`fusionserve.service.lanes.Lanes`,
+cheaper than an executor's ``submit`` too) sets the result of a plain
+asyncio future through ``call_soon_threadsafe``.
 
 Cancelling the awaiting task does not stop a call already running (as with
-``run_in_executor``); its result is then dropped. Work the executor drops
-before running it (shut down with ``cancel_futures``) cancels the future.
+``run_in_executor``); its result is then dropped. Work the lanes drop before
+running it (shut down with ``cancel_futures``) cancels the future.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import Executor
 from typing import TypeVar
 
 from fusionserve.service.lanes import Lanes
@@ -34,8 +33,8 @@ def _settle(future: asyncio.Future[T], result: T | None, error: BaseException | 
         future.set_result(result)  # type: ignore[arg-type]
 
 
-def offload(executor: Executor | Lanes, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
-    """``fn(*args)`` on one of ``executor``'s threads; await the returned future."""
+def offload(lanes: Lanes, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
+    """``fn(*args)`` on one of ``lanes``' threads; await the returned future."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
@@ -47,15 +46,8 @@ def offload(executor: Executor | Lanes, fn: Callable[..., T], *args: object) -> 
         else:
             loop.call_soon_threadsafe(_settle, future, result, None)
 
-    if isinstance(executor, Lanes):
+    def dropped() -> None:  # shut down with cancel_futures before it ran
+        loop.call_soon_threadsafe(future.cancel)
 
-        def dropped() -> None:  # shut down with cancel_futures before it ran
-            loop.call_soon_threadsafe(future.cancel)
-
-        executor.submit(work, dropped)
-        return future
-    submitted = executor.submit(work)
-    # Work dropped before it ran (executor shut down with cancel_futures) must
-    # not leave the caller waiting forever.
-    submitted.add_done_callback(lambda done: done.cancelled() and loop.call_soon_threadsafe(future.cancel))
+    lanes.submit(work, dropped)
     return future
