@@ -489,8 +489,8 @@ class WorkerPool:
         calibrate = getattr(inst.backend, "calibrate", None)
         if calibrate is None:
             return
-        feeds, _ = collate(rows, self.config)
-        result = await offload(inst.executor, calibrate, feeds)
+        config = self.config
+        result = await offload(inst.executor, lambda: calibrate(collate(rows, config)[0]))
         if result is not None:
             log.info(
                 "model %s v%s instance %d: a lone batch takes %.3f ms on one thread, %.3f ms on "
