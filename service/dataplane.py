@@ -9,12 +9,14 @@ set of metrics. Rules live here once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from fusionserve.service import __version__
+from fusionserve.service.batching.batcher import Announcement
 from fusionserve.service.errors import (
     SHOWN_CHARS,
     DeadlineExceeded,
@@ -41,7 +43,7 @@ from fusionserve.service.model.outputs import (
     embeddings,
     predictions,
 )
-from fusionserve.service.model.rows import DecodedRow, RawInputs, RowOutputs
+from fusionserve.service.model.rows import DecodedRow, DeferredRow, RawInputs, RowOutputs
 from fusionserve.service.offload import offload
 from fusionserve.service.registry import LoadedVersion, ModelRegistry, VersionState
 
@@ -49,6 +51,12 @@ if TYPE_CHECKING:
     from fusionserve.service.peers import Peers
 
 T = TypeVar("T")
+
+#: A lone row larger than this is decoded on a decode thread even when its model is idle:
+#: decoding it on the instance's thread would hold the instance (and the next
+#: request) for the decode's time. Typical uploads (a 256x256 JPEG, a second
+#: of WAV, a sentence) are tens of KiB.
+LONE_ROW_MAX_BYTES = 1 << 20
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
 EXTENSIONS = [
@@ -122,6 +130,15 @@ async def _await_all(awaitables: Sequence[Awaitable[Any]], *, return_exceptions:
                 raise
             return [exc]
     return list(await asyncio.gather(*awaitables, return_exceptions=return_exceptions))
+
+
+def _small(raw: RawInputs) -> bool:
+    """Whether a row is small enough to decode on its instance's thread (:data:`LONE_ROW_MAX_BYTES`)."""
+    size = 0
+    for value in (raw.image, raw.audio, raw.text):
+        if value is not None:
+            size += len(value) if isinstance(value, (bytes, str)) else int(value.nbytes)
+    return size <= LONE_ROW_MAX_BYTES
 
 
 class DataPlaneApi(Protocol):
@@ -512,15 +529,19 @@ class DataPlane:
             # announcement is always withdrawn, even when the caller is
             # cancelled between decoding and submitting.
             self._count_received(rows)
+            lone = len(rows) == 1 and lv.batcher.free_for_a_lone_row() and _small(rows[0])
             announcement = lv.batcher.expect(len(rows))
             try:
-                decoded = await self._decode_all(lv, rows, deadline)
-                try:
-                    outputs = await _await_all(
-                        [lv.batcher.submit(row, deadline, announcement=announcement) for row in decoded]
-                    )
-                finally:  # answered or failed: the rows' cost is no longer held
-                    lv.batcher.cost_gate.release(sum(row.reserved for row in decoded))
+                if lone:  # decoded and computed on the free instance's thread: one crossing
+                    decoded, outputs = await self._serve_lone_row(lv, rows[0], deadline, announcement)
+                else:
+                    decoded = await self._decode_all(lv, rows, deadline)
+                    try:
+                        outputs = await _await_all(
+                            [lv.batcher.submit(row, deadline, announcement=announcement) for row in decoded]
+                        )
+                    finally:  # answered or failed: the rows' cost is no longer held
+                        lv.batcher.cost_gate.release(sum(row.reserved for row in decoded))
             finally:
                 lv.batcher.withdraw(announcement)
             post_start = time.monotonic()
@@ -575,6 +596,23 @@ class DataPlane:
                 f"{len(rows)} items in one request; the limit is max_batch_items={self.max_batch_items}"
             )
 
+    async def _serve_lone_row(
+        self, lv: LoadedVersion, raw: RawInputs, deadline: float, announcement: Announcement
+    ) -> tuple[list[DecodedRow], list[RowOutputs]]:
+        """One row for an idle model: its instance decodes and computes it (the pool gives its cost back)."""
+        deferred = DeferredRow(raw, functools.partial(lv.preprocessor.decode, gate=lv.batcher.cost_gate))
+        outputs = await lv.batcher.submit(deferred, deadline, announcement=announcement)
+        row = deferred.decoded
+        if row is None:  # outputs exist only for a decoded row
+            raise InternalError("internal error: a lone row was answered without being decoded")
+        self._record_decoded(lv, row)
+        return [row], [outputs]
+
+    def _record_decoded(self, lv: LoadedVersion, row: DecodedRow) -> None:
+        for modality, seconds in row.decode_seconds.items():
+            self.metrics.child(self.metrics.decode_seconds, modality).observe(seconds)
+        self.metrics.observe_row(lv.name, row.modalities(), row.sizes)
+
     async def _decode_all(
         self, lv: LoadedVersion, rows: Sequence[RawInputs], deadline: float
     ) -> list[DecodedRow]:
@@ -593,9 +631,7 @@ class DataPlane:
                 raise result
             if isinstance(result, BaseException):
                 raise result
-            for modality, seconds in result.decode_seconds.items():
-                self.metrics.child(self.metrics.decode_seconds, modality).observe(seconds)
-            self.metrics.observe_row(lv.name, result.modalities(), result.sizes)
+            self._record_decoded(lv, result)
             decoded.append(result)
         if time.monotonic() >= deadline:
             gate.release(sum(row.reserved for row in decoded))

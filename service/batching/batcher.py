@@ -31,6 +31,11 @@ and always returns to 0. When no announced row is on its way, waiting for
 lone client then pays no batching delay (measured: with a 2 ms delay,
 batching at concurrency 1 was 3x slower than no batching), while concurrent rows still meet in one batch.
 
+Lone rows: a single-row request that finds the batcher free
+(:meth:`free_for_a_lone_row`) is submitted undecoded, as a
+:class:`~fusionserve.service.model.rows.DeferredRow` costed as one row; the
+instance decodes it on its own thread before collating.
+
 Cost (each row's from its decoded sizes and ``Batching.costs``): a batch
 also closes, at once, when the queued rows' cost reaches ``max_batch_cost``
 (it takes the longest prefix of the queue within the bound, at least one
@@ -54,7 +59,7 @@ from fusionserve.service.batching.cost_gate import CostGate
 from fusionserve.service.errors import DeadlineExceeded, FusionServeError, NotReady, Overloaded
 from fusionserve.service.metrics import Metrics
 from fusionserve.service.model.config import Batching
-from fusionserve.service.model.rows import DecodedRow, RowOutputs
+from fusionserve.service.model.rows import QueuedRow, RowOutputs
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,7 @@ class Announcement:
 class Pending:
     """One queued row and the future its caller awaits."""
 
-    row: DecodedRow
+    row: QueuedRow
     future: asyncio.Future[RowOutputs]
     enqueued: float
     deadline: float
@@ -239,8 +244,25 @@ class DynamicBatcher:
     def expected(self) -> int:
         return self._expected
 
+    def free_for_a_lone_row(self) -> bool:
+        """True when a row submitted now goes straight to a free instance, alone.
+
+        Nothing queued, nothing announced (decoding elsewhere), an instance
+        waiting for work, and arrivals tracked (so no batching delay applies):
+        the data plane then hands that instance the row undecoded
+        (:class:`~fusionserve.service.model.rows.DeferredRow`), and it decodes
+        and computes it on its own thread in one crossing.
+        """
+        return (
+            self._track_arrivals
+            and not self._closed
+            and self._waiting > 0
+            and not self._queue
+            and self._expected == 0
+        )
+
     async def submit(
-        self, row: DecodedRow, deadline: float, *, announcement: Announcement | None = None
+        self, row: QueuedRow, deadline: float, *, announcement: Announcement | None = None
     ) -> RowOutputs:
         """Queue one row and wait for its outputs.
 

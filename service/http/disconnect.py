@@ -11,7 +11,6 @@ request as ``cancelled``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -32,19 +31,40 @@ async def _disconnected(request: Request) -> None:
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``; cancel it and raise :class:`ClientGone` if the client hangs up first."""
-    task = asyncio.ensure_future(work)
+    """Await ``work``; cancel it and raise :class:`ClientGone` if the client hangs up first.
+
+    ``work`` runs in the caller's own task; only the watcher is a task of its
+    own, which cancels the caller when the disconnect comes. (A task for the
+    work too, plus ``asyncio.wait`` over both, cost every request two tasks
+    and a waiter for the same effect.)
+    """
+    caller = asyncio.current_task()
+    if caller is None:  # not in a task: nothing to cancel, so nothing to watch
+        return await work
+    state = {"finished": False, "gone": False}
+
+    def hang_up(watcher: asyncio.Future[None]) -> None:
+        if state["finished"] or watcher.cancelled() or watcher.exception() is not None:
+            return
+        state["gone"] = True
+        caller.cancel()
+
     watcher = asyncio.ensure_future(_disconnected(request))
+    watcher.add_done_callback(hang_up)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
+        if not state["gone"]:
+            raise
+        _uncancel(caller)
+        raise ClientGone("the client disconnected while its request was being served") from None
+    finally:
+        state["finished"] = True
         watcher.cancel()
-        raise
-    if task.done():
-        watcher.cancel()
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-    raise ClientGone("the client disconnected while its request was being served")
+
+
+def _uncancel(task: asyncio.Task[object]) -> None:
+    """Forget the cancellation this module asked for (Python 3.11+ counts them)."""
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()

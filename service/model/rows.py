@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,3 +57,31 @@ class DecodedRow:
 
 #: The graph outputs of one row: output name -> array without the batch axis.
 RowOutputs = dict[str, np.ndarray]
+
+
+@dataclass(eq=False)
+class DeferredRow:
+    """A lone row handed to a free instance undecoded, to be decoded on that instance's thread.
+
+    When a single-row request finds its model idle (nothing queued, nothing
+    decoding, an instance waiting), decoding it on a decode thread and then
+    computing it on the instance's thread costs two loop-to-thread crossings
+    and runs the model on a core that has just been idle. Decoding and
+    computing on the one instance thread costs one crossing, and the model
+    runs right after the decode on a warm core (docs/performance.md, "The
+    lone request"). ``decoded`` is set on the instance thread once decoding
+    succeeds; the data plane reads it for its metrics and the answer.
+    """
+
+    raw: RawInputs
+    decode: Callable[[RawInputs], DecodedRow]
+    decoded: DecodedRow | None = None
+
+    @property
+    def sizes(self) -> dict[str, float]:
+        """Unknown before decoding: the row is costed as a row (``Batching.costs.row``)."""
+        return {}
+
+
+#: What the batcher queues: a decoded row, or a lone row its instance will decode.
+QueuedRow = DecodedRow | DeferredRow

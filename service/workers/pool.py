@@ -29,7 +29,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +40,7 @@ from fusionserve.service.lanes import Lanes
 from fusionserve.service.metrics import Metrics
 from fusionserve.service.model.config import ModelConfig
 from fusionserve.service.model.feeds import collate, split_outputs
-from fusionserve.service.model.rows import DecodedRow, RowOutputs
+from fusionserve.service.model.rows import DecodedRow, DeferredRow, QueuedRow, RowOutputs
 from fusionserve.service.offload import offload
 from fusionserve.service.runtimes.base import Backend
 
@@ -104,6 +104,18 @@ class Timing:
     padding: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Computed:
+    """What one batch gave: outputs of the rows that ran, and why the others did not."""
+
+    #: One entry per row that ran, in batch order (rows in ``failed`` skipped).
+    outputs: list[RowOutputs]
+    #: None when no row was left to run (every deferred row failed to decode).
+    timing: Timing | None
+    #: Batch index -> the error of a deferred row that could not be decoded.
+    failed: dict[int, BaseException]
+
+
 @dataclass
 class PoolStats:
     """Cumulative counters of served batches (V2 statistics' ``execution_count``, ``compute_infer``)."""
@@ -132,6 +144,23 @@ class Instance:
     @property
     def kind(self) -> str:
         return "cpu" if self.backend.device == "cpu" else "gpu"
+
+
+def _decode_deferred(rows: Sequence[QueuedRow]) -> tuple[list[DecodedRow], dict[int, BaseException]]:
+    """Decode the batch's deferred rows here, on the instance thread; a row that fails fails alone."""
+    decoded: list[DecodedRow] = []
+    failed: dict[int, BaseException] = {}
+    for index, row in enumerate(rows):
+        if isinstance(row, DeferredRow):
+            try:
+                row.decoded = row.decode(row.raw)
+            except Exception as exc:  # bad input or over cost: that row's caller gets it
+                failed[index] = exc
+                continue
+            decoded.append(row.decoded)
+        else:
+            decoded.append(row)
+    return decoded, failed
 
 
 def _collate_and_run(
@@ -371,8 +400,12 @@ class WorkerPool:
             return
 
     async def _compute_and_settle(self, inst: Instance, batch: list[Pending]) -> None:
+        rows = [p.row for p in batch]
         try:
-            outputs, timing = await self._compute(inst, [p.row for p in batch])
+            try:
+                computed = await self._compute(inst, rows)
+            finally:  # before any caller resumes: its cost is no longer held
+                self._release_deferred_cost(rows)
         except asyncio.CancelledError:
             raise
         except InstanceStuck as exc:
@@ -400,20 +433,37 @@ class WorkerPool:
                 batch, InternalError, f"model {self.model} failed on a batch of {len(batch)}: {message}"
             )
             return
-        inst.batches += 1
-        self.stats.execution_count += 1
-        self.stats.compute_ns += int(timing.seconds * 1e9)
-        for pending, row in zip(batch, outputs, strict=True):
-            pending.resolve(row)
-        self._observe(inst, len(batch), timing)
+        outputs = iter(computed.outputs)
+        for index, pending in enumerate(batch):
+            if index in computed.failed:
+                pending.fail(computed.failed[index])
+            else:
+                pending.resolve(next(outputs))
+        if computed.timing is not None:
+            inst.batches += 1
+            self.stats.execution_count += 1
+            self.stats.compute_ns += int(computed.timing.seconds * 1e9)
+            self._observe(inst, len(batch) - len(computed.failed), computed.timing)
+
+    def _release_deferred_cost(self, rows: Sequence[QueuedRow]) -> None:
+        """Give back the cost deferred rows reserved while decoding on the instance thread.
+
+        The pool holds it, not the caller: a caller that left while its row
+        was decoding would otherwise never give it back. (A decode still
+        running in a thread abandoned as stuck keeps what it reserves.)
+        """
+        for row in rows:
+            if isinstance(row, DeferredRow) and row.decoded is not None and row.decoded.reserved:
+                self.batcher.cost_gate.release(row.decoded.reserved)
+                row.decoded.reserved = 0.0
 
     @staticmethod
     def _fail(batch: list[Pending], kind: type[InternalError | NotReady], message: str) -> None:
         for pending in batch:
             pending.fail(kind(message))
 
-    async def _compute(self, inst: Instance, rows: list[DecodedRow]) -> tuple[list[RowOutputs], Timing]:
-        """Collate and run on the instance's thread, split (raises on any fault).
+    async def _compute(self, inst: Instance, rows: Sequence[QueuedRow]) -> Computed:
+        """Decode deferred rows, collate and run on the instance's thread, split (raises on any fault).
 
         Collating (stacking and padding the rows: a copy of every input) runs
         on the instance thread, not the event loop, which is each process's
@@ -425,25 +475,31 @@ class WorkerPool:
         backend = inst.backend
         config = self.config
 
-        def run() -> tuple[dict[str, np.ndarray], Timing]:
+        def run() -> tuple[dict[str, np.ndarray] | None, Timing | None, dict[int, BaseException]]:
             try:
-                return _collate_and_run(backend, rows, config)
+                decoded, failed = _decode_deferred(rows)
+                if not decoded:
+                    return None, None, failed
+                outputs, timing = _collate_and_run(backend, decoded, config)
+                return outputs, timing, failed
             finally:
                 call.finish()
 
         future = offload(inst.executor, run)
         if inst.timeout_s is None:
-            outputs, timing = await future
+            outputs, timing, failed = await future
         else:
             try:
-                outputs, timing = await asyncio.wait_for(future, inst.timeout_s)
+                outputs, timing, failed = await asyncio.wait_for(future, inst.timeout_s)
             except asyncio.TimeoutError:  # TimeoutError misses it on Python 3.10
                 raise InstanceStuck(
                     f"instance {inst.index} did not finish a batch of {len(rows)} within "
                     f"timeout_ms={inst.timeout_s * 1000:g}; the instance is being replaced, retry"
                 ) from None
         inst.call = None
-        return split_outputs(outputs, len(rows)), timing
+        ran = len(rows) - len(failed)
+        split = split_outputs(outputs, ran) if outputs is not None else []
+        return Computed(split, timing, failed)
 
     def _observe(self, inst: Instance, size: int, timing: Timing) -> None:
         """Record a served batch (warm-up batches are not recorded)."""

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from fusionserve.service.batching import DynamicBatcher
-from fusionserve.service.errors import InternalError, NotReady
+from fusionserve.service.errors import InternalError, InvalidInput, NotReady
 from fusionserve.service.metrics import Metrics
 from fusionserve.service.model.config import Batching, ModelConfig
-from fusionserve.service.model.rows import DecodedRow
+from fusionserve.service.model.rows import DecodedRow, DeferredRow, RawInputs
 from fusionserve.service.workers import WorkerPool
 
 FAR = 1e9
@@ -259,4 +259,87 @@ async def test_a_fault_after_compute_still_answers_and_the_pool_keeps_serving(
     assert (await batcher.submit(row(7), FAR))["class_logits"][0] == 7
     assert (await batcher.submit(row(8), FAR))["class_logits"][0] == 8
     assert pool.instances[0].restarts >= 1
+    await shutdown(batcher, pool)
+
+
+def deferred(token: int, *, fails: Exception | None = None, reserve: float = 0.0) -> DeferredRow:
+    """A lone row the instance decodes itself; records the thread it was decoded on."""
+
+    def decode(raw: RawInputs) -> DecodedRow:
+        deferred_threads.append(threading.current_thread().name)
+        if fails is not None:
+            raise fails
+        decoded = row(int(raw.text or 0))
+        decoded.reserved = reserve
+        return decoded
+
+    return DeferredRow(RawInputs(text=str(token)), decode)
+
+
+deferred_threads: list[str] = []
+
+
+async def test_a_deferred_row_is_decoded_and_computed_on_the_instance_thread() -> None:
+    metrics = Metrics()
+    backend = EchoBackend()
+    batcher, pool = setup([backend], metrics, max_batch_size=4)
+    batcher.cost_gate.reserve(2.5)  # what the row's decode reserves, as the preprocessor would
+    pool.start()
+    lone = deferred(7, reserve=2.5)
+    deferred_threads.clear()
+    result = await batcher.submit(lone, FAR)
+    assert result["class_logits"][0] == 7
+    assert lone.decoded is not None and lone.decoded.text_ids is not None
+    assert deferred_threads == ["m-v1-i0_0"]  # the instance's own lane, not a decode thread
+    assert batcher.cost_gate.held == 0  # the pool gave the row's cost back before answering
+    assert lone.decoded.reserved == 0  # so the caller's release cannot count it twice
+    assert pool.stats.execution_count == 1
+    assert metrics.registry.get_sample_value("fusionserve_batch_size_count", LABELS) == 1
+    await shutdown(batcher, pool)
+
+
+async def test_a_deferred_row_that_fails_to_decode_fails_alone_and_runs_nothing() -> None:
+    metrics = Metrics()
+    backend = EchoBackend()
+    batcher, pool = setup([backend], metrics, max_batch_size=4, max_queue_delay_ms=FAR)
+    pool.start()
+    bad_input = InvalidInput("not an image")
+    results = await asyncio.gather(  # four rows: one full batch
+        batcher.submit(row(1), FAR),
+        batcher.submit(deferred(0, fails=bad_input), FAR),
+        batcher.submit(row(2), FAR),
+        batcher.submit(deferred(3), FAR),
+        return_exceptions=True,
+    )
+    assert results[1] is bad_input  # the caller's own error (a 400), not an instance fault
+    assert [r["class_logits"][0] for r in (results[0], results[2], results[3])] == [1, 2, 3]  # type: ignore[index]
+    assert pool.instances[0].failures == 0
+    assert len(backend.calls) == 1 and backend.calls[0]["text_ids"].shape[0] == 3
+    await shutdown(batcher, pool)
+    # A batch whose only row fails to decode runs nothing and counts no execution.
+    backend = EchoBackend()
+    batcher, pool = setup([backend], metrics, max_batch_size=4)
+    pool.start()
+    with pytest.raises(InvalidInput):
+        await asyncio.wait_for(batcher.submit(deferred(0, fails=InvalidInput("bad")), FAR), 10)
+    assert pool.stats.execution_count == 0 and not backend.calls
+    assert metrics.registry.get_sample_value("fusionserve_batch_size_count", LABELS) == 1
+    await shutdown(batcher, pool)
+
+
+async def test_the_batcher_offers_lone_rows_only_when_an_instance_waits_and_nothing_else_is_coming() -> None:
+    batcher = DynamicBatcher(
+        Batching.model_validate({"max_queue_delay_ms": FAR}), model="m", version="1", track_arrivals=True
+    )
+    pool = WorkerPool(batcher, [EchoBackend()], CONFIG, model="m", version="1")
+    assert not batcher.free_for_a_lone_row()  # no instance waiting yet
+    pool.start()
+    await asyncio.sleep(0.01)
+    assert batcher.free_for_a_lone_row()
+    announcement = batcher.expect(1)  # another request is decoding
+    assert not batcher.free_for_a_lone_row()
+    batcher.withdraw(announcement)
+    assert batcher.free_for_a_lone_row()
+    untracked = DynamicBatcher(Batching.model_validate({}), model="m", version="1")
+    assert not untracked.free_for_a_lone_row()  # its rows wait max_queue_delay_ms: never alone
     await shutdown(batcher, pool)
