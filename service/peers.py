@@ -103,7 +103,9 @@ class Peers:
         self._file = (place.control_dir / "ready").open("r+b")
         self._board = mmap.mmap(self._file.fileno(), 2 * place.count)
         self._server: asyncio.AbstractServer | None = None
-        OCCUPANCY.share(self._board, place.count, place.index, place.count)
+        OCCUPANCY.share(
+            self._board, place.count, place.index, place.count, place.control_dir / "calibrate.lock"
+        )
 
     # -- readiness ---------------------------------------------------------
     def set_ready(self, ready: bool) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import logging
 import statistics
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +109,6 @@ def lone_batch_threads(config: ModelConfig, device: DeviceSpec) -> int:
 WIDE_GAIN = 0.9
 #: Pairs of runs at most in :meth:`OnnxBackend.calibrate`.
 CALIBRATION_RUNS = 30
-_CALIBRATING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -252,7 +250,7 @@ class OnnxBackend:
         if self.wide is None or self.binding_device is not None:
             return None
         inputs = {n: feeds[n] for n in self.input_names}
-        with _CALIBRATING:  # one at a time: models warming up together would skew each other
+        with OCCUPANCY.calibration():  # one at a time server-wide: others' runs would skew the timing
             result = self._time_sessions(inputs, budget_s)
         if not result.wide_is_faster:
             self.wide = None

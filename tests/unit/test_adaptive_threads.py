@@ -136,3 +136,45 @@ def test_calibration_needs_a_wide_session(tmp_path: Path) -> None:
     graph = text_graph(tmp_path / "model.onnx")
     backend = OnnxBackend(config(adaptive_intra_op=False), graph, DeviceSpec("cpu"))
     assert backend.wide is None and backend.calibrate(FEEDS) is None
+
+
+def test_calibrations_of_two_processes_never_overlap(tmp_path: Path) -> None:
+    """Each worker process has its own Occupancy; the file lock serialises them (flock locks
+    conflict between separate opens, so two objects in one process stand in for two processes)."""
+    import mmap
+    import threading
+    import time
+
+    from fusionserve.service.runtimes.occupancy import Occupancy
+
+    lock_file = tmp_path / "calibrate.lock"
+    board = mmap.mmap(-1, 4)
+    first, second = Occupancy(), Occupancy()
+    first.share(board, 2, 0, 2, lock_file)
+    second.share(board, 2, 1, 2, lock_file)
+    inside: list[str] = []
+    release = threading.Event()
+
+    def hold() -> None:
+        with first.calibration():
+            inside.append("first in")
+            release.wait(10)
+            inside.append("first out")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    while not inside:
+        time.sleep(0.01)
+
+    def enter() -> None:
+        with second.calibration():
+            inside.append("second in")
+
+    waiter = threading.Thread(target=enter)
+    waiter.start()
+    time.sleep(0.2)
+    assert inside == ["first in"]  # the second process waits while the first calibrates
+    release.set()
+    holder.join(10)
+    waiter.join(10)
+    assert inside == ["first in", "first out", "second in"]
