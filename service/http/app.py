@@ -19,6 +19,7 @@ from fusionserve.service.errors import FusionServeError, InternalError
 from fusionserve.service.http.budget import MemoryBudgetMiddleware
 from fusionserve.service.http.disconnect import ClientGone
 from fusionserve.service.http.errors import error_response
+from fusionserve.service.http.fastpath import FastRouteMiddleware, FastRoutes
 from fusionserve.service.http.middleware import Activity, GatewayMiddleware
 from fusionserve.service.http.native import native_router
 from fusionserve.service.http.openai import openai_router
@@ -57,10 +58,11 @@ def create_http_app(
 ) -> FastAPI:
     """``budget``: the process's memory budget, shared with the gRPC door; None makes one."""
     app = FastAPIOffline(title="fusionserve", version=__version__, description=DESCRIPTION)
-    app.include_router(native_router(dataplane))
+    fast = FastRoutes()
+    app.include_router(native_router(dataplane, fast))
     app.include_router(openai_router(dataplane))
     app.include_router(playground_router())
-    app.include_router(v2_router(dataplane, settings))
+    app.include_router(v2_router(dataplane, settings, fast))
 
     @app.exception_handler(FusionServeError)
     async def _core_error(request: Request, exc: FusionServeError) -> JSONResponse:
@@ -107,6 +109,8 @@ def create_http_app(
     install_openapi(app)
     if budget is None:
         budget = process_budget(settings, dataplane.metrics)
+    # Innermost: the inference routes past the router, inside the budget and the gateway.
+    app.add_middleware(FastRouteMiddleware, routes=fast, exception_handlers=app.exception_handlers)
     app.add_middleware(MemoryBudgetMiddleware, budget=budget)
     app.add_middleware(  # outermost: request ids, access log and Connection: close cover everything
         GatewayMiddleware,

@@ -16,6 +16,7 @@ from fusionserve.service.dataplane import DataPlane, ModelInfo
 from fusionserve.service.errors import FusionServeError
 from fusionserve.service.http import schemas as s
 from fusionserve.service.http.disconnect import unless_disconnected
+from fusionserve.service.http.fastpath import FastRoutes
 from fusionserve.service.http.openapi import also, native_body, native_errors, ok
 from fusionserve.service.http.parsing import ParsedRequest, parse_request, parse_timeout_ms
 from fusionserve.service.model.outputs import Embedding, Prediction, truncated_json
@@ -104,7 +105,8 @@ def model_json(info: ModelInfo) -> dict[str, Any]:
     return body
 
 
-def native_router(dataplane: DataPlane) -> APIRouter:
+def native_router(dataplane: DataPlane, fast: FastRoutes | None = None) -> APIRouter:
+    """``fast``: where the inference handlers are also registered for :mod:`.fastpath`."""
     router = APIRouter()
 
     async def _parse(request: Request, model: str, allow_top_k: bool) -> tuple[ParsedRequest, float | None]:
@@ -153,6 +155,10 @@ def native_router(dataplane: DataPlane) -> APIRouter:
         if parsed.batch:
             return json_answer({**head, "results": [_embedding_json(e) for e in results]})
         return json_answer({**head, **_embedding_json(results[0])})
+
+    if fast is not None:
+        fast.add("v1", "predict", _predict)
+        fast.add("v1", "embed", _embed)
 
     @router.post(
         "/v1/models/{model}/predict",

@@ -24,6 +24,7 @@ from fusionserve.service.http import schemas as sc
 from fusionserve.service.http.content_coding import compress, decompress, request_coding, response_coding
 from fusionserve.service.http.disconnect import unless_disconnected
 from fusionserve.service.http.errors import http_status
+from fusionserve.service.http.fastpath import FastRoutes
 from fusionserve.service.http.openapi import also, ok, ref, v2_errors, v2_infer_body, v2_json_body
 from fusionserve.service.model_control import require_model_control
 from fusionserve.service.v2.codec import (
@@ -170,7 +171,8 @@ _UNLOAD_DOC: dict[str, Any] = {
 }
 
 
-def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
+def v2_router(dataplane: DataPlaneApi, settings: Settings, fast: FastRoutes | None = None) -> APIRouter:
+    """``fast``: where the infer handler is also registered for :mod:`.fastpath`."""
     router = APIRouter(route_class=V2Route, tags=["v2"])
     limits = TensorLimits.from_settings(settings)
 
@@ -294,6 +296,16 @@ def v2_router(dataplane: DataPlaneApi, settings: Settings) -> APIRouter:
     @router.get("/v2/models/{model}/versions/{version}", summary="Version metadata", **_METADATA_DOC)
     async def version_metadata(model: str, version: str) -> dict[str, Any]:
         return await _metadata(model, version)
+
+    async def _infer_answering_v2_errors(request: Request, model: str, version: str | None) -> Response:
+        """``_infer`` as :class:`V2Route` runs it, for the fast path (which has no route class)."""
+        try:
+            return await _infer(request, model, version)
+        except FusionServeError as exc:
+            return v2_error(exc)
+
+    if fast is not None:
+        fast.add("v2", "infer", _infer_answering_v2_errors)
 
     @router.post("/v2/models/{model}/infer", summary="Inference (JSON or binary tensor data)", **_INFER_DOC)
     async def infer(request: Request, model: str) -> Response:
