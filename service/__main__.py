@@ -41,6 +41,7 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--drain-timeout", type=float, dest="drain_timeout_s")
     p.add_argument("--shutdown-grace", type=float, dest="shutdown_grace_s")
     p.add_argument("--max-inflight-bytes", type=int, dest="max_inflight_bytes")
+    p.add_argument("--max-inflight-requests", type=int, dest="max_inflight_requests")
     p.add_argument("--decode-threads", type=int)
     p.add_argument(
         "--workers", type=int, help="server processes sharing the ports (default: one per available core)"

@@ -54,6 +54,15 @@ class Settings(BaseSettings):
         "gRPC inference messages RESOURCE_EXHAUSTED + grpc-retry-pushback-ms. 0 = the smaller of "
         "512 MiB and a quarter of the memory the process may use (cgroup limit included)",
     )
+    max_inflight_requests: int = Field(
+        default=64,
+        ge=0,
+        description="HTTP inference requests one server process holds at once, from their headers to "
+        "their answer (per process: it protects that process's event loop); past it new ones get 503 + "
+        "Retry-After as soon as their headers are read. It bounds admitted latency when the event loop, "
+        "not the model queue, is the bottleneck. Raise it for models whose batches are bigger than it "
+        "(a process needs max_batch_size x instances in flight to fill its instances). 0 = no bound",
+    )
     max_stuck_threads: int = Field(
         default=8,
         ge=0,

@@ -15,11 +15,12 @@ from starlette.requests import ClientDisconnect
 from fusionserve.service import __version__
 from fusionserve.service.config import Settings
 from fusionserve.service.dataplane import DataPlane
-from fusionserve.service.errors import FusionServeError, InternalError
+from fusionserve.service.errors import FusionServeError, InternalError, Overloaded
 from fusionserve.service.http.budget import MemoryBudgetMiddleware
 from fusionserve.service.http.disconnect import ClientGone
 from fusionserve.service.http.errors import error_response
 from fusionserve.service.http.fastpath import FastRouteMiddleware, FastRoutes
+from fusionserve.service.http.inflight import InflightBound
 from fusionserve.service.http.middleware import Activity, GatewayMiddleware
 from fusionserve.service.http.native import native_router
 from fusionserve.service.http.openai import openai_router
@@ -59,6 +60,13 @@ def create_http_app(
     """``budget``: the process's memory budget, shared with the gRPC door; None makes one."""
     app = FastAPIOffline(title="fusionserve", version=__version__, description=DESCRIPTION)
     fast = FastRoutes()
+    busy = Overloaded("server busy")  # only its class is read: the outcome label "overloaded"
+    bound = InflightBound(
+        settings.max_inflight_requests or None,
+        lambda model: dataplane.record_rejected(model, "http", busy),
+    )
+    #: Shared with the transport, which sheds requests past it before they reach the app.
+    app.state.inflight_bound = bound
     app.include_router(native_router(dataplane, fast))
     app.include_router(openai_router(dataplane))
     app.include_router(playground_router())
@@ -110,7 +118,12 @@ def create_http_app(
     if budget is None:
         budget = process_budget(settings, dataplane.metrics)
     # Innermost: the inference routes past the router, inside the budget and the gateway.
-    app.add_middleware(FastRouteMiddleware, routes=fast, exception_handlers=app.exception_handlers)
+    app.add_middleware(
+        FastRouteMiddleware,
+        routes=fast,
+        exception_handlers=app.exception_handlers,
+        bound=bound,
+    )
     app.add_middleware(MemoryBudgetMiddleware, budget=budget)
     app.add_middleware(  # outermost: request ids, access log and Connection: close cover everything
         GatewayMiddleware,

@@ -70,25 +70,31 @@ class MemoryBudgetMiddleware:
             self.budget.release(charged)
 
     async def _refuse(self, send: Send, path: str) -> None:
-        message = (
+        await send_busy(
+            send,
+            path,
             f"the server is holding as many request bytes as its memory budget allows "
-            f"(max_inflight_bytes={self.budget.limit}); retry shortly"
+            f"(max_inflight_bytes={self.budget.limit}); retry shortly",
         )
-        body: dict[str, object]
-        if path.startswith("/v2"):
-            body = {"error": message}
-        else:
-            body = {"error": {"code": "overloaded", "message": message}}
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"retry-after", b"1"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+
+
+async def send_busy(send: Send, path: str, message: str) -> None:
+    """503 + ``Retry-After: 1`` in the error shape of the path's door (V2 or native)."""
+    body: dict[str, object]
+    if path.startswith("/v2"):
+        body = {"error": message}
+    else:
+        body = {"error": {"code": "overloaded", "message": message}}
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"retry-after", b"1"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

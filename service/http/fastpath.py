@@ -13,9 +13,11 @@ This middleware sits inside the gateway and the memory budget (so ids, auth,
 limits, the access log and ``Connection: close`` apply as to every route)
 and calls the same handler functions the routes declare, mapping their
 exceptions with the application's own exception handlers: one behaviour,
-two ways in. Every other request, and any method other than POST on these
-paths (a 405 with ``Allow``), goes on to FastAPI; the routes stay declared
-there, so the OpenAPI document is unchanged.
+two ways in. It also counts the inference requests in progress against
+``max_inflight_requests`` (:mod:`.inflight`; the transport sheds most of
+those past it before they get here). Every other request, and any method
+other than POST on these paths (a 405 with ``Allow``), goes on to FastAPI;
+the routes stay declared there, so the OpenAPI document is unchanged.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from fusionserve.service.http.budget import send_busy
+from fusionserve.service.http.inflight import InflightBound
 
 #: A route's handler: the request, the model, the version (None: the model's policy).
 Handler = Callable[[Request, str, str | None], Awaitable[Response]]
@@ -59,28 +64,48 @@ class FastRouteMiddleware:
     """Serve the registered inference routes directly; everything else goes to ``app``."""
 
     def __init__(
-        self, app: ASGIApp, routes: FastRoutes, exception_handlers: Mapping[Any, ExceptionHandler]
+        self,
+        app: ASGIApp,
+        routes: FastRoutes,
+        exception_handlers: Mapping[Any, ExceptionHandler],
+        bound: InflightBound | None = None,
     ) -> None:
         self.app = app
         self.routes = routes
         #: The application's own table (``FastAPI.exception_handlers``), read at each error.
         self.exception_handlers = exception_handlers
+        #: Inference requests in progress in this process, and their bound (shared with the transport).
+        self.bound = bound if bound is not None else InflightBound(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             found = self.routes.match(scope["path"])
             if found is not None:
                 handler, model, version = found
-                params = {"model": model} if version is None else {"model": model, "version": version}
-                scope["path_params"] = params
-                request = Request(scope, receive, send)
+                bound = self.bound
+                if bound.full():
+                    bound.refused(model)
+                    await send_busy(send, scope["path"], bound.message)
+                    return
+                bound.count += 1
                 try:
-                    response = await handler(request, model, version)
-                except Exception as exc:
-                    response = await self._on_error(request, exc)
-                await response(scope, receive, send)
+                    await self._serve(scope, receive, send, handler, model, version)
+                finally:
+                    bound.count -= 1
                 return
         await self.app(scope, receive, send)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, handler: Handler, model: str, version: str | None
+    ) -> None:
+        params = {"model": model} if version is None else {"model": model, "version": version}
+        scope["path_params"] = params
+        request = Request(scope, receive, send)
+        try:
+            response = await handler(request, model, version)
+        except Exception as exc:
+            response = await self._on_error(request, exc)
+        await response(scope, receive, send)
 
     async def _on_error(self, request: Request, exc: Exception) -> Response:
         """The response the application's handler for ``exc`` gives (most specific class first)."""

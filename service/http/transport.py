@@ -12,9 +12,15 @@ the app sees the request:
   connection opened or the request began, or the body is not complete
   ``body_timeout_s`` after the headers (a request the app already answers is
   cut off: the client is gone for practical purposes);
-- 503 and close when ``max_connections`` connections are already open.
+- 503 and close when ``max_connections`` connections are already open;
+- 503 + ``Retry-After`` for an inference request when the process already
+  holds ``max_inflight_requests`` of them (:mod:`.inflight`).
 
-Each refusal closes the connection: its state cannot be trusted any more.
+Each refusal but the last closes the connection: its state cannot be trusted
+any more. A shed request is well formed, so its connection is kept: its body
+is skipped as it arrives and the next request on it is served as usual
+(closing with the body unread would make the kernel reset the connection,
+and the client could lose the 503 before reading it).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from fusionserve.service.http.inflight import InflightBound, inference_model
 
 log = logging.getLogger("fusionserve.http")
 
@@ -45,6 +53,8 @@ class TransportLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     max_connections: int = 1024
+    #: The process's bound on inference requests: past it one is shed once its headers are read.
+    inflight: InflightBound | None = None
 
 
 class _Refused(Exception):
@@ -75,6 +85,8 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
             self._header_bytes = 0
             self._timer: asyncio.TimerHandle | None = None
             self._refused = False
+            #: The request being received was shed: skip its body, then carry on.
+            self._skipping = False
 
         # -- connection ----------------------------------------------------
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -126,13 +138,53 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
 
         def on_headers_complete(self) -> None:
             self._arm(self._limits.body_timeout_s, "body")
+            bound = self._limits.inflight
+            if bound is not None and bound.full() and self._may_shed() and self._shed(bound):
+                return
             super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if self._skipping:
+                return
+            super().on_body(body)
 
         def on_message_complete(self) -> None:
             self._disarm()
+            if self._skipping:  # the shed request is over: the connection serves the next one
+                self._skipping = False
+                self.on_response_complete()
+                return
             super().on_message_complete()
 
         # -- refusals -----------------------------------------------------------
+        def _may_shed(self) -> bool:
+            """A POST with no earlier response still owed on this connection (pipelining keeps order)."""
+            idle = self.cycle is None or self.cycle.response_complete
+            return idle and self.parser.get_method() == b"POST"
+
+        def _shed(self, bound: InflightBound) -> bool:
+            """503 + Retry-After for an inference request the full process cannot take.
+
+            Before uvicorn builds its scope and task: the cheapest refusal there is
+            once a request's headers are read (no log line: the counter counts
+            them). The body is then skipped as it arrives; a client that waits
+            for ``100 Continue`` before sending it gets the answer and a close.
+            """
+            path = self.url.split(b"?", 1)[0].decode("latin-1")
+            model = inference_model(path)
+            if model is None:
+                return False
+            bound.refused(model)
+            close = self.expect_100_continue or not self.parser.should_keep_alive()
+            self.transport.write(bound.answer(path, close))
+            if close:
+                self._refused = True
+                self._disarm()
+                self.transport.close()
+                raise _Refused("busy")
+            self._skipping = True
+            return True
+
         def _refuse(self, status: int, message: str) -> None:
             log.warning("request refused (%d): %s", status, message)
             self._refused = True
@@ -156,6 +208,9 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
                 return
             log.warning("request %s not received within %.1f s: connection closed", part, seconds)
             self._refused = True
+            if self._skipping:  # a shed request: its 503 is written already
+                self.transport.close()
+                return
             if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
                 self.transport.write(refusal(408, f"request {part} not received within {seconds:g} s"))
             self.transport.close()

@@ -93,6 +93,42 @@ async def test_queue_full_sheds_with_429(gated, samples: list[Sample]) -> None:
         assert (await client.post(PREDICT, files=text_part(samples[3]))).status_code == 200
 
 
+async def test_past_max_inflight_requests_the_transport_sheds_with_503(
+    tmp_path: Path,
+    model_repository: Path,
+    server_factory: Callable[..., RunningServer],
+    samples: list[Sample],
+) -> None:
+    """One inference request held in compute fills a process bounded at 1: the next ones get
+    503 + Retry-After from the transport, their bodies skipped and their connection kept (the
+    client reads the 503, never a reset); other routes still answer."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    repo = copy_entry(
+        model_repository, tmp_path / "repo", "digits-fusion", instance_groups=[{"kind": "cpu", "count": 1}]
+    )
+    env = {"FUSIONSERVE_FAILPOINTS": f"gate={gate}", "FUSIONSERVE_MAX_INFLIGHT_REQUESTS": "1"}
+    server = server_factory(repo, grpc=False, env=env)
+    gate.unlink()
+    v2_body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a seven"]}]}
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
+        held = asyncio.create_task(client.post(PREDICT, files=text_part(samples[0])))
+        await wait_held(gate)
+        shed = await client.post(PREDICT, files=text_part(samples[1]))
+        shed_v2 = await client.post("/v2/models/digits-fusion/infer", json=v2_body)
+        assert shed.status_code == 503, shed.text
+        assert shed.headers["retry-after"] == "1" and "connection" not in shed.headers
+        assert shed.json()["error"]["code"] == "overloaded"
+        assert "max_inflight_requests=1" in shed.json()["error"]["message"]
+        assert shed_v2.status_code == 503 and isinstance(shed_v2.json()["error"], str)  # V2's shape
+        assert (await client.get("/health/live")).status_code == 200  # only inference is bounded
+        metrics = (await client.get("/metrics")).text
+        assert metric_value(metrics, "fusionserve_requests_total", outcome="overloaded") == 2
+        gate.touch()
+        assert (await held).status_code == 200
+        assert (await client.post(PREDICT, files=text_part(samples[2]))).status_code == 200
+
+
 async def test_expired_request_gets_504_and_is_never_computed(gated, samples: list[Sample]) -> None:
     server, gate = gated(
         batching={"max_batch_size": 1, "max_queue_delay_ms": 0}, instance_groups=[{"kind": "cpu", "count": 1}]

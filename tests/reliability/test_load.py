@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunningServer, Sample
-from tests.reliability.helpers import figures
+from tests.reliability.flood import Flood, http_request
+from tests.reliability.helpers import PREDICT, figures
 from tests.reliability.traffic import Tally, Traffic, cpu_seconds, server_resources
 
 #: What a valid request may get under overload; anything else (5xx, INTERNAL, lost) is a fault.
@@ -99,48 +100,84 @@ async def soak(server: RunningServer, sample: Sample, seconds: float, strict: bo
         assert p99_second <= 1.2 * p99_first, (p99_first, p99_second)
 
 
-async def overload(
-    server: RunningServer, sample: Sample, seconds: float, strict: bool, max_outstanding: int
-) -> None:
-    traffic = Traffic(server, sample)
+def multipart_predict(sample: Sample, port: int) -> bytes:
+    """A native multipart predict (PNG + text) as bytes on the wire."""
+    boundary = "fusionserve-flood"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode()
+        + sample.png
+        + b"\r\n",
+        f'--{boundary}\r\nContent-Disposition: form-data; name="text"\r\n\r\n{sample.text}\r\n'.encode(),
+        f"--{boundary}--\r\n".encode(),
+    ]
+    return http_request(
+        PREDICT, b"".join(parts), f"multipart/form-data; boundary={boundary}", f"127.0.0.1:{port}"
+    )
+
+
+async def overload(server: RunningServer, sample: Sample, seconds: float, strict: bool) -> None:
+    """Saturation (closed loop, 64 connections), then 2x and 4x its rate open loop (``flood.py``).
+
+    The flood's client costs tens of µs per request, so on two shared cores
+    the server, not the generator, is what runs out.
+    """
+    port = int(server.http_url.rsplit(":", 1)[1])
+    flood = Flood("127.0.0.1", port, multipart_predict(sample, port))
     pid = server.proc.pid
     try:
+        await flood.closed_loop(8, 1.0)  # warm
         cpu0 = cpu_seconds(pid)
-        began = time.monotonic()
-        saturation = await traffic.saturation(seconds=seconds / 2)
-        cpu_sat = (cpu_seconds(pid) - cpu0) / max(1, saturation * (time.monotonic() - began))
+        sat = await flood.closed_loop(64, seconds / 2)
+        saturation = sat.answered_ok / (seconds / 2)
+        cpu_sat = (cpu_seconds(pid) - cpu0) / max(1, sat.answered_ok)
+        p99_sat = sat.p99()
         results = {}
         for factor in (2, 4):
-            tally = Tally()
             cpu0 = cpu_seconds(pid)
-            await traffic.run(factor * saturation, seconds, tally, max_outstanding=max_outstanding)
-            cpu_per = (cpu_seconds(pid) - cpu0) / max(1, len(tally.latencies))
-            results[factor] = (tally, cpu_per)
-        stopped = time.monotonic()
-        after = Tally()
-        await traffic.one("http", False, after)
+            tally = await flood.open_loop(factor * saturation, seconds)
+            results[factor] = (tally, (cpu_seconds(pid) - cpu0) / max(1, tally.answered_ok))
+        stopped = time.monotonic()  # open_loop returned: every answer of the flood is in
+        after = await flood.closed_loop(64, 1.0)
         recovered = time.monotonic() - stopped
     finally:
-        await traffic.close()
+        flood.close()
+    figures(
+        f"saturation (64 connections, {seconds / 2:.0f} s)",
+        rate=round(saturation),
+        p99_ms=round(p99_sat * 1000, 1),
+        cpu_ms_per_answer=round(cpu_sat * 1000, 2),
+        statuses=dict(sat.statuses),
+    )
+    assert set(sat.statuses) == {200} and sat.lost == 0, (sat.statuses, sat.lost)
+    missed: list[str] = []  # the timing targets, asserted together once every figure is printed
     for factor, (tally, cpu_per) in results.items():
         figures(
             f"overload {factor} x saturation ({factor * saturation:.0f}/s) for {seconds:.0f} s",
             started=tally.started,
-            answered_ok=len(tally.latencies),
-            faults=len(tally.faults),
+            skipped=tally.skipped,
+            answered_ok=tally.answered_ok,
+            lost=tally.lost,
             p99_admitted_ms=round(tally.p99() * 1000, 1),
+            p99_vs_saturation=round(tally.p99() / p99_sat, 2),
             cpu_ms_per_answer=round(cpu_per * 1000, 2),
-            cpu_ms_per_answer_at_saturation=round(cpu_sat * 1000, 2),
-            outcomes=dict(tally.outcomes),
+            cpu_vs_saturation=round(cpu_per / cpu_sat, 2),
+            statuses=dict(tally.statuses),
         )
-        assert not tally.faults, tally.faults[:5]
-        assert not unexpected(tally, SHED), unexpected(tally, SHED)
-        if strict:
-            assert cpu_per <= 1.2 * cpu_sat, (factor, cpu_per, cpu_sat)
-    figures("after the overload", first_answer=after.outcomes, seconds=round(recovered, 3))
-    assert after.latencies, after.outcomes
+        assert tally.lost == 0, tally.lost
+        assert set(tally.statuses) <= {200, 429, 503}, tally.statuses
+        assert tally.answered_ok > 0
+        if cpu_per > 1.2 * cpu_sat:
+            missed.append(f"{factor}x: CPU per answer {cpu_per / cpu_sat:.2f}x saturation's (bound 1.2)")
+        if tally.p99() > 2 * p99_sat:
+            missed.append(f"{factor}x: p99 of admitted {tally.p99() / p99_sat:.2f}x saturation's (bound 2)")
+    rate_after = after.answered_ok / 1.0
+    figures("after the overload", rate=round(rate_after), of_saturation=round(rate_after / saturation, 2))
+    assert after.answered_ok > 0 and after.lost == 0
+    if rate_after < 0.8 * saturation or recovered >= 2.5:  # the one-second check plus its answers
+        missed.append(f"after: {rate_after:.0f}/s of {saturation:.0f}/s, {recovered:.1f} s")
     if strict:
-        assert recovered < 1.0
+        assert not missed, missed
 
 
 @pytest.fixture
@@ -166,10 +203,10 @@ async def test_soak_long(server: RunningServer, samples: list[Sample]) -> None:
 
 
 async def test_overload_short(server: RunningServer, samples: list[Sample]) -> None:
-    await overload(server, samples[0], seconds=3.0, strict=False, max_outstanding=256)
+    await overload(server, samples[0], seconds=3.0, strict=False)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 async def test_overload_long(server: RunningServer, samples: list[Sample]) -> None:
-    await overload(server, samples[0], seconds=60.0, strict=True, max_outstanding=512)
+    await overload(server, samples[0], seconds=60.0, strict=True)

@@ -12,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from fusionserve.service.errors import InvalidInput
 from fusionserve.service.http.fastpath import FastRouteMiddleware, FastRoutes
+from fusionserve.service.http.inflight import InflightBound, inference_model
 
 
 class Recorder:
@@ -105,3 +106,55 @@ async def test_an_error_no_handler_takes_is_raised_to_the_server() -> None:
     async with client:
         with pytest.raises(RuntimeError, match="bug"):
             await client.post("/v1/models/boom/predict")
+
+
+async def test_past_the_inflight_bound_requests_get_503_before_their_body_is_read() -> None:
+    import asyncio
+
+    release = asyncio.Event()
+    entered = asyncio.Event()
+    read: list[bytes] = []
+
+    async def slow(request: Request, model: str, version: str | None) -> Response:
+        entered.set()
+        read.append(await request.body())
+        await release.wait()
+        return JSONResponse({"from": "slow"})
+
+    routes = FastRoutes()
+    routes.add("v1", "predict", slow)
+    routes.add("v2", "infer", slow)
+    refused: list[tuple[str, str]] = []
+    bound = InflightBound(1, lambda model: refused.append((model, "busy")))
+    middleware = FastRouteMiddleware(Recorder(), routes, {}, bound=bound)
+    transport = httpx.ASGITransport(app=middleware)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        first = asyncio.create_task(client.post("/v1/models/m/predict", content=b"first"))
+        await entered.wait()
+        busy = await client.post("/v1/models/m/predict", content=b"second")
+        busy_v2 = await client.post("/v2/models/m/infer", content=b"third")
+        release.set()
+        assert (await first).status_code == 200
+        again = await client.post("/v1/models/m/predict", content=b"fourth")
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert busy.json()["error"]["code"] == "overloaded"
+    assert "max_inflight_requests=1" in busy.json()["error"]["message"]
+    assert busy_v2.status_code == 503 and "busy" in busy_v2.json()["error"]  # the V2 error shape
+    assert again.status_code == 200 and bound.count == 0
+    assert read == [b"first", b"fourth"]  # the refused bodies were never read
+    assert refused == [("m", "busy"), ("m", "busy")]
+
+
+def test_inference_paths_name_their_model() -> None:
+    assert inference_model("/v1/models/m/predict") == "m"
+    assert inference_model("/v1/models/m/versions/3/embed") == "m"
+    assert inference_model("/v2/models/x%2Fy/infer") == "x%2Fy"
+    assert inference_model("/v2/models/m/versions/1/infer") == "m"
+    for other in (
+        "/v1/models/m",
+        "/v2/models/m/ready",
+        "/v1/models/m/infer",
+        "/metrics",
+        "/v2/repository/index",
+    ):
+        assert inference_model(other) is None

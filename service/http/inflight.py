@@ -1,0 +1,78 @@
+"""The bound on inference requests one server process holds (``max_inflight_requests``).
+
+Held in two places: the transport (:mod:`.transport`) sheds a request to an
+inference route the moment its headers are parsed when the process is full
+(a canned 503 + ``Retry-After``, its body then skipped by the parser as it
+arrives: no ASGI task, no middleware, no body buffered), and :class:`~.fastpath.FastRouteMiddleware`
+counts the requests that got in and refuses, the same way, any that passed
+the transport in the same loop iteration as the one that filled it.
+
+Why at the transport: when the event loop itself is the bottleneck (a 2-core
+host offered 4x what it answers), a refusal that goes through uvicorn's task,
+FastAPI's stack and the middlewares cost ~260 µs of loop CPU against ~1.4 ms
+for an answer, so at 4x the refusals took the CPU the answers needed
+(measured: 520 answers and 9,752 refusals in 3 s, CPU per answer 4.6x its
+value at saturation; docs/reliability.md, "Overload").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+_INFERENCE = re.compile(
+    r"^/(?:v1/models/([^/]+)(?:/versions/[^/]+)?/(?:predict|embed)|v2/models/([^/]+)(?:/versions/[^/]+)?/infer)$"
+)
+
+
+def inference_model(path: str) -> str | None:
+    """The model an inference path names (None when the path is no inference route)."""
+    found = _INFERENCE.match(path)
+    if found is None:
+        return None
+    return found.group(1) or found.group(2)
+
+
+class InflightBound:
+    """Inference requests in progress in this process, against ``limit`` (None: no bound)."""
+
+    def __init__(self, limit: int | None, on_refused: Callable[[str], None] | None = None) -> None:
+        self.limit = limit
+        self.count = 0
+        #: Told the model of each request refused (for ``fusionserve_requests_total``).
+        self.on_refused = on_refused
+        message = (
+            f"the server is busy: {limit} inference requests in progress in this process "
+            f"(max_inflight_requests={limit}); retry shortly"
+        )
+        self.message = message
+        bodies = {
+            False: json.dumps({"error": {"code": "overloaded", "message": message}}),
+            True: json.dumps({"error": message}),  # the V2 shape
+        }
+        self._answers = {
+            (v2, close): _busy_503(body, close) for v2, body in bodies.items() for close in (False, True)
+        }
+
+    def full(self) -> bool:
+        return self.limit is not None and self.count >= self.limit
+
+    def refused(self, model: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(model)
+
+    def answer(self, path: str, close: bool) -> bytes:
+        """The whole HTTP/1.1 503 for a request shed at the transport (V2 or native error shape)."""
+        return self._answers[(path.startswith("/v2"), close)]
+
+
+def _busy_503(body: str, close: bool) -> bytes:
+    data = body.encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(data)}\r\n"
+        "retry-after: 1\r\n" + ("connection: close\r\n" if close else "") + "\r\n"
+    )
+    return head.encode() + data
