@@ -64,6 +64,7 @@ def create_http_app(
     bound = InflightBound(
         settings.max_inflight_requests or None,
         lambda model: dataplane.record_rejected(model, "http", busy),
+        lambda: dataplane.draining,
     )
     #: Shared with the transport, which sheds requests past it before they reach the app.
     app.state.inflight_bound = bound

@@ -2,17 +2,20 @@
 
 Held in two places: the transport (:mod:`.transport`) sheds a request to an
 inference route the moment its headers are parsed when the process is full
-(a canned 503 + ``Retry-After``, its body then skipped by the parser as it
-arrives: no ASGI task, no middleware, no body buffered), and :class:`~.fastpath.FastRouteMiddleware`
-counts the requests that got in and refuses, the same way, any that passed
-the transport in the same loop iteration as the one that filled it.
+(a canned 503 + ``Retry-After``; the body is skipped as it arrives and the
+connection kept: no ASGI task, no middleware, nothing buffered), and
+:class:`~.fastpath.FastRouteMiddleware` counts the requests that got in and
+refuses, the same way, any that passed the transport in the loop iteration
+that filled the process.
 
 Why at the transport: when the event loop itself is the bottleneck (a 2-core
-host offered 4x what it answers), a refusal that goes through uvicorn's task,
-FastAPI's stack and the middlewares cost ~260 µs of loop CPU against ~1.4 ms
-for an answer, so at 4x the refusals took the CPU the answers needed
-(measured: 520 answers and 9,752 refusals in 3 s, CPU per answer 4.6x its
-value at saturation; docs/reliability.md, "Overload").
+host offered 4x what it answers), a refusal through uvicorn's task, FastAPI
+and the middlewares cost ~260 µs of loop CPU against ~1.4 ms for an answer,
+and at 4x the refusals took the answers' CPU (520 answers and 9,752
+refusals in 3 s). A shed at the transport costs ~22 µs. Why the connection is
+kept: closing it made clients reconnect for every refused request, and the
+admitted ones then waited seconds in the kernel's accept queue
+(docs/reliability.md, "Overload, measured").
 """
 
 from __future__ import annotations
@@ -37,11 +40,18 @@ def inference_model(path: str) -> str | None:
 class InflightBound:
     """Inference requests in progress in this process, against ``limit`` (None: no bound)."""
 
-    def __init__(self, limit: int | None, on_refused: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int | None,
+        on_refused: Callable[[str], None] | None = None,
+        draining: Callable[[], bool] | None = None,
+    ) -> None:
         self.limit = limit
         self.count = 0
         #: Told the model of each request refused (for ``fusionserve_requests_total``).
         self.on_refused = on_refused
+        #: True once the server shuts down: a shed then closes its connection too.
+        self.draining = draining or (lambda: False)
         message = (
             f"the server is busy: {limit} inference requests in progress in this process "
             f"(max_inflight_requests={limit}); retry shortly"

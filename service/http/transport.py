@@ -87,6 +87,8 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
             self._refused = False
             #: The request being received was shed: skip its body, then carry on.
             self._skipping = False
+            #: ... and close the connection once it is skipped (the server is draining).
+            self._close_after_skip = False
 
         # -- connection ----------------------------------------------------
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -152,6 +154,9 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
             self._disarm()
             if self._skipping:  # the shed request is over: the connection serves the next one
                 self._skipping = False
+                if self._close_after_skip:
+                    self.transport.close()
+                    return
                 self.on_response_complete()
                 return
             super().on_message_complete()
@@ -169,20 +174,24 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
             once a request's headers are read (no log line: the counter counts
             them). The body is then skipped as it arrives; a client that waits
             for ``100 Continue`` before sending it gets the answer and a close.
+            While the server drains, the answer says ``Connection: close`` and
+            the connection is closed once the body is skipped (as every answer
+            then closes: the keep-alive race of docs/reliability.md).
             """
             path = self.url.split(b"?", 1)[0].decode("latin-1")
             model = inference_model(path)
             if model is None:
                 return False
             bound.refused(model)
-            close = self.expect_100_continue or not self.parser.should_keep_alive()
-            self.transport.write(bound.answer(path, close))
-            if close:
+            closing = bound.draining() or not self.parser.should_keep_alive()
+            self.transport.write(bound.answer(path, closing or self.expect_100_continue))
+            if self.expect_100_continue:  # no body is coming: nothing to skip
                 self._refused = True
                 self._disarm()
                 self.transport.close()
                 raise _Refused("busy")
             self._skipping = True
+            self._close_after_skip = closing
             return True
 
         def _refuse(self, status: int, message: str) -> None:
