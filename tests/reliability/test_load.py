@@ -1,4 +1,5 @@
-"""Soak and overload with mixed traffic over the four doors (``traffic.py``).
+"""Soak with mixed traffic over the four doors (``traffic.py``), and overload over HTTP
+with a generator cheap enough to overload the server (``flood.py``).
 
 The CI variants are short and assert what does not depend on the machine's
 speed: answers, faults, memory and descriptors. The timing targets (p99
@@ -23,8 +24,6 @@ from tests.reliability.flood import Flood, http_request
 from tests.reliability.helpers import PREDICT, figures
 from tests.reliability.traffic import Tally, Traffic, cpu_seconds, server_resources
 
-#: What a valid request may get under overload; anything else (5xx, INTERNAL, lost) is a fault.
-SHED = {"200", "OK", "429", "RESOURCE_EXHAUSTED", "503", "UNAVAILABLE", "504", "DEADLINE_EXCEEDED"}
 #: What an invalid one may get: a client error.
 REFUSED = {"400", "404", "413", "415", "422", "INVALID_ARGUMENT", "NOT_FOUND"}
 
