@@ -1,6 +1,7 @@
 """Worker threads fed from one C-level queue: the cheapest hand-off from the event loop.
 
-Every request crosses from the loop to a thread twice (decode, then compute).
+A request crosses from the loop to a thread twice (decode, then compute), or
+once when it is a lone row for an idle model (decoded on the instance's thread).
 ``ThreadPoolExecutor.submit`` costs ~90 µs of loop CPU per crossing on the
 2-core test machine (a ``Future``, a lock, a semaphore probe and a condition
 variable per call); a ``queue.SimpleQueue`` put and a blocking ``get`` in the

@@ -3,7 +3,7 @@
 ``loop.run_in_executor`` wraps the executor's ``concurrent.futures.Future``
 in an asyncio future (``wrap_future``: chained callbacks copying state both
 ways) and, under uvloop, checks on every call that the function is not a
-coroutine. Every request crosses to a thread twice (decode, then compute),
+coroutine. A request crosses to a thread once or twice (decode, then compute),
 so this does the one thing needed instead: a lane (:class:`fusionserve.service.lanes.Lanes`,
 cheaper than an executor's ``submit`` too) sets the result of a plain
 asyncio future through ``call_soon_threadsafe``.
