@@ -4,8 +4,12 @@ Every backend is one instance with its own single-thread executor, so a
 session is only ever called from one thread and a busy instance never holds
 up a free one. Each instance runs a supervised asyncio task:
 
-    batch = await batcher.next_batch() → collate → backend.run (own thread)
-    → split_outputs → resolve each row's future
+    batch = await batcher.next_batch() → [decode deferred rows] → collate
+    → backend.run (own thread) → split_outputs → resolve each row's future
+
+A deferred row (a lone request for an idle model, ``DeferredRow``) is
+decoded on the instance's thread first; one that fails to decode fails alone
+with its own error, and the instance's ``timeout_ms`` covers its decode too.
 
 Anything that goes wrong with one batch (collation, the runtime, a wrong row
 count) fails exactly that batch's futures with :class:`InternalError` and the
