@@ -268,6 +268,7 @@ class FusionServer:
             ssl_cert_reqs=ssl.CERT_REQUIRED if s.tls_client_ca_file else ssl.CERT_NONE,
             # By then the drain is over: only idle connections are left to close.
             timeout_graceful_shutdown=max(1, int(s.shutdown_close_s)),
+            timeout_keep_alive=s.keepalive_timeout_s,
             backlog=2048,
         )
 

@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         default=64 * 1024, ge=1024, description="request header size, HTTP and gRPC metadata (431 beyond)"
     )
+    keepalive_timeout_s: int = Field(
+        default=75,
+        ge=1,
+        description="an idle kept-alive HTTP connection is closed after this many seconds; longer "
+        "than clients' own idle expiry (httpx 5 s, load balancers 60 s) so that the client, not the "
+        "server, closes it: a server closing a connection as a client reuses it loses that request",
+    )
     header_timeout_s: float = Field(
         default=10.0, gt=0, description="time to receive a request's headers (408 and close beyond)"
     )
