@@ -78,14 +78,17 @@ class MemoryBudgetMiddleware:
         )
 
 
+def busy_body(v2: bool, message: str) -> bytes:
+    """The JSON of a 503 "busy" in the door's error shape (V2: ``{"error": message}``)."""
+    body: dict[str, object] = (
+        {"error": message} if v2 else {"error": {"code": "overloaded", "message": message}}
+    )
+    return json.dumps(body).encode()
+
+
 async def send_busy(send: Send, path: str, message: str) -> None:
     """503 + ``Retry-After: 1`` in the error shape of the path's door (V2 or native)."""
-    body: dict[str, object]
-    if path.startswith("/v2"):
-        body = {"error": message}
-    else:
-        body = {"error": {"code": "overloaded", "message": message}}
-    payload = json.dumps(body).encode()
+    payload = busy_body(path.startswith("/v2"), message)
     await send(
         {
             "type": "http.response.start",

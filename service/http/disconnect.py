@@ -41,12 +41,13 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     caller = asyncio.current_task()
     if caller is None:  # not in a task: nothing to cancel, so nothing to watch
         return await work
-    state = {"finished": False, "gone": False}
+    finished = gone = False
 
     def hang_up(watcher: asyncio.Future[None]) -> None:
-        if state["finished"] or watcher.cancelled() or watcher.exception() is not None:
+        nonlocal gone
+        if finished or watcher.cancelled() or watcher.exception() is not None:
             return
-        state["gone"] = True
+        gone = True
         caller.cancel()
 
     watcher = asyncio.ensure_future(_disconnected(request))
@@ -54,12 +55,12 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     try:
         return await work
     except asyncio.CancelledError:
-        if not state["gone"]:
+        if not gone:
             raise
         _uncancel(caller)
         raise ClientGone("the client disconnected while its request was being served") from None
     finally:
-        state["finished"] = True
+        finished = True
         watcher.cancel()
 
 

@@ -23,7 +23,6 @@ the routes stay declared there, so the OpenAPI document is unchanged.
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -33,12 +32,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fusionserve.service.http.budget import send_busy
 from fusionserve.service.http.inflight import InflightBound
+from fusionserve.service.http.routes import inference_path
 
 #: A route's handler: the request, the model, the version (None: the model's policy).
 Handler = Callable[[Request, str, str | None], Awaitable[Response]]
 ExceptionHandler = Callable[[Request, Any], Response | Awaitable[Response]]
-
-_ROUTE = re.compile(r"^/(v1|v2)/models/([^/]+)(?:/versions/([^/]+))?/(predict|embed|infer)$")
 
 
 class FastRoutes:
@@ -52,12 +50,11 @@ class FastRoutes:
         self._handlers[(door, action)] = handler
 
     def match(self, path: str) -> tuple[Handler, str, str | None] | None:
-        found = _ROUTE.match(path)
+        found = inference_path(path)
         if found is None:
             return None
-        door, model, version, action = found.groups()
-        handler = self._handlers.get((door, action))
-        return None if handler is None else (handler, model, version)
+        handler = self._handlers.get((found.door, found.action))
+        return None if handler is None else (handler, found.model, found.version)
 
 
 class FastRouteMiddleware:

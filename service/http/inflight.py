@@ -20,21 +20,7 @@ admitted ones then waited seconds in the kernel's accept queue
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
-
-_INFERENCE = re.compile(
-    r"^/(?:v1/models/([^/]+)(?:/versions/[^/]+)?/(?:predict|embed)|v2/models/([^/]+)(?:/versions/[^/]+)?/infer)$"
-)
-
-
-def inference_model(path: str) -> str | None:
-    """The model an inference path names (None when the path is no inference route)."""
-    found = _INFERENCE.match(path)
-    if found is None:
-        return None
-    return found.group(1) or found.group(2)
 
 
 class InflightBound:
@@ -52,18 +38,10 @@ class InflightBound:
         self.on_refused = on_refused
         #: True once the server shuts down: a shed then closes its connection too.
         self.draining = draining or (lambda: False)
-        message = (
+        self.message = (
             f"the server is busy: {limit} inference requests in progress in this process "
             f"(max_inflight_requests={limit}); retry shortly"
         )
-        self.message = message
-        bodies = {
-            False: json.dumps({"error": {"code": "overloaded", "message": message}}),
-            True: json.dumps({"error": message}),  # the V2 shape
-        }
-        self._answers = {
-            (v2, close): _busy_503(body, close) for v2, body in bodies.items() for close in (False, True)
-        }
 
     def full(self) -> bool:
         return self.limit is not None and self.count >= self.limit
@@ -71,18 +49,3 @@ class InflightBound:
     def refused(self, model: str) -> None:
         if self.on_refused is not None:
             self.on_refused(model)
-
-    def answer(self, path: str, close: bool) -> bytes:
-        """The whole HTTP/1.1 503 for a request shed at the transport (V2 or native error shape)."""
-        return self._answers[(path.startswith("/v2"), close)]
-
-
-def _busy_503(body: str, close: bool) -> bytes:
-    data = body.encode()
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\n"
-        "content-type: application/json\r\n"
-        f"content-length: {len(data)}\r\n"
-        "retry-after: 1\r\n" + ("connection: close\r\n" if close else "") + "\r\n"
-    )
-    return head.encode() + data

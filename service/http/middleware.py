@@ -24,14 +24,12 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fusionserve.service.errors import LimitExceeded
+from fusionserve.service.http.routes import inference_path
 from fusionserve.service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
 
 log = logging.getLogger("fusionserve.http")
 
 REQUEST_ID_HEADER = b"x-request-id"
-_INFERENCE = re.compile(
-    r"^/(v1/models/[^/]+(/versions/[^/]+)?/(predict|embed)|v2/models/[^/]+(/versions/[^/]+)?/infer)$"
-)
 _ADMIN = re.compile(r"^/v2/repository/")
 
 
@@ -210,7 +208,7 @@ class GatewayMiddleware:
     def _auth_failure(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
         if self.admin_token and _ADMIN.match(path):
             expected = self.admin_token
-        elif self.api_token and _INFERENCE.match(path):
+        elif self.api_token and inference_path(path) is not None:
             expected = self.api_token
         else:
             return None

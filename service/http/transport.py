@@ -26,6 +26,7 @@ and the client could lose the 503 before reading it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from fusionserve.service.http.inflight import InflightBound, inference_model
+from fusionserve.service.http.budget import busy_body
+from fusionserve.service.http.inflight import InflightBound
+from fusionserve.service.http.routes import inference_model
 
 log = logging.getLogger("fusionserve.http")
 
@@ -61,16 +64,28 @@ class _Refused(Exception):
     """Raised inside a parser callback to stop parsing a refused request."""
 
 
-def refusal(status: int, message: str) -> bytes:
-    """A complete HTTP/1.1 response that closes the connection, in the native error shape."""
-    body = json.dumps({"error": {"code": CODES[status], "message": message}}).encode()
+def raw_answer(status: int, body: bytes, *, close: bool = True, retry_after: bool = False) -> bytes:
+    """A complete HTTP/1.1 JSON response, written straight to the transport."""
     head = (
         f"HTTP/1.1 {status} {REASONS[status]}\r\n"
         "content-type: application/json\r\n"
         f"content-length: {len(body)}\r\n"
-        "connection: close\r\n\r\n"
-    ).encode()
-    return head + body
+        + ("retry-after: 1\r\n" if retry_after else "")
+        + ("connection: close\r\n" if close else "")
+        + "\r\n"
+    )
+    return head.encode() + body
+
+
+def refusal(status: int, message: str) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection, in the native error shape."""
+    return raw_answer(status, json.dumps({"error": {"code": CODES[status], "message": message}}).encode())
+
+
+@functools.lru_cache(maxsize=16)
+def busy_answer(message: str, v2: bool, close: bool) -> bytes:
+    """The 503 + Retry-After of a shed request (built once per bound, door and close)."""
+    return raw_answer(503, busy_body(v2, message), close=close, retry_after=True)
 
 
 def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
@@ -184,7 +199,8 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
                 return False
             bound.refused(model)
             closing = bound.draining() or not self.parser.should_keep_alive()
-            self.transport.write(bound.answer(path, closing or self.expect_100_continue))
+            close = closing or self.expect_100_continue
+            self.transport.write(busy_answer(bound.message, path.startswith("/v2"), close))
             if self.expect_100_continue:  # no body is coming: nothing to skip
                 self._refused = True
                 self._disarm()

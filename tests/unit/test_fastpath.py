@@ -12,7 +12,8 @@ from starlette.types import Receive, Scope, Send
 
 from fusionserve.service.errors import InvalidInput
 from fusionserve.service.http.fastpath import FastRouteMiddleware, FastRoutes
-from fusionserve.service.http.inflight import InflightBound, inference_model
+from fusionserve.service.http.inflight import InflightBound
+from fusionserve.service.http.routes import inference_model
 
 
 class Recorder:
