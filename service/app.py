@@ -257,7 +257,7 @@ class FusionServer:
                     header_timeout_s=s.header_timeout_s,
                     body_timeout_s=s.body_timeout_s,
                     max_connections=s.max_connections,
-                    inflight=self.http_app.state.inflight_bound,
+                    inflight=self.http_app.inflight_bound,
                 )
             ),
             ssl_certfile=str(s.tls_cert_file) if s.tls_cert_file else None,

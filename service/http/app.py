@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fusionserve.service import __version__
 from fusionserve.service.config import Settings
@@ -51,12 +52,40 @@ connection, and 503 `too_many_connections`.
 """
 
 
+class HttpApp:
+    """The HTTP application: fusionserve's front, then FastAPI for what the front does not serve.
+
+    Every HTTP request meets the front first: the gateway (ids, auth, body
+    limit, access log, ``Connection: close`` while draining), the memory
+    budget, then the fast inference routes (:mod:`.fastpath`); the rest goes
+    on into FastAPI. As FastAPI middleware the front sat inside FastAPI's own
+    layers (its OpenTelemetry check, body limit, exception telemetry and
+    Starlette's server-error wrapper), which every inference request crossed
+    for nothing: docs/performance.md, "Fourth step". Errors on the fast routes
+    are mapped by the FastAPI application's exception handlers, so the
+    behaviour is the same either way in.
+    """
+
+    def __init__(self, fastapi: FastAPI, front: ASGIApp, inflight_bound: InflightBound) -> None:
+        self.fastapi = fastapi
+        self.front = front
+        #: Shared with the transport, which sheds requests past it before they reach the app.
+        self.inflight_bound = inflight_bound
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["app"] = self.fastapi
+            await self.front(scope, receive, send)
+        else:
+            await self.fastapi(scope, receive, send)
+
+
 def create_http_app(
     dataplane: DataPlane,
     settings: Settings,
     activity: Activity | None = None,
     budget: MemoryBudget | None = None,
-) -> FastAPI:
+) -> HttpApp:
     """``budget``: the process's memory budget, shared with the gRPC door; None makes one."""
     app = FastAPIOffline(title="fusionserve", version=__version__, description=DESCRIPTION)
     fast = FastRoutes()
@@ -66,8 +95,6 @@ def create_http_app(
         lambda model: dataplane.record_rejected(model, "http", busy),
         lambda: dataplane.draining,
     )
-    #: Shared with the transport, which sheds requests past it before they reach the app.
-    app.state.inflight_bound = bound
     app.include_router(native_router(dataplane, fast))
     app.include_router(openai_router(dataplane))
     app.include_router(playground_router())
@@ -119,19 +146,16 @@ def create_http_app(
     if budget is None:
         budget = process_budget(settings, dataplane.metrics)
     # Innermost: the inference routes past the router, inside the budget and the gateway.
-    app.add_middleware(
-        FastRouteMiddleware,
-        routes=fast,
-        exception_handlers=app.exception_handlers,
-        bound=bound,
+    fast_routes = FastRouteMiddleware(
+        app, routes=fast, exception_handlers=app.exception_handlers, bound=bound
     )
-    app.add_middleware(MemoryBudgetMiddleware, budget=budget)
-    app.add_middleware(  # outermost: request ids, access log and Connection: close cover everything
-        GatewayMiddleware,
+    # Outermost: request ids, auth, the access log and Connection: close cover everything.
+    front = GatewayMiddleware(
+        MemoryBudgetMiddleware(fast_routes, budget=budget),
         max_body_bytes=settings.max_body_bytes,
         api_token=settings.api_token,
         admin_token=settings.admin_token,
         draining=lambda: dataplane.draining,
         activity=activity,
     )
-    return app
+    return HttpApp(app, front, bound)

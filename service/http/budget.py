@@ -36,18 +36,28 @@ class MemoryBudgetMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        charged = 0
         if declared.isdigit():
+            # Charged whole before a byte is read; the parser delivers no more than that.
             charged = int(declared) * CHARGE
             if not self.budget.try_charge(charged):
                 await self._refuse(send, scope["path"])
                 return
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.budget.release(charged)
+            return
+        await self._charge_as_received(scope, receive, send)
+
+    async def _charge_as_received(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A body without a Content-Length (chunked): charged chunk by chunk, cut when over."""
+        charged = 0
         started = False
 
         async def counting_receive() -> Message:
             nonlocal charged
             message = await receive()
-            if not declared.isdigit() and message["type"] == "http.request":
+            if message["type"] == "http.request":
                 more = len(message.get("body", b"")) * CHARGE
                 if not self.budget.try_charge(more):
                     raise _OverBudget

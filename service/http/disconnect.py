@@ -6,6 +6,11 @@ only message ASGI can still deliver is ``http.disconnect``: a watcher waits
 for it beside the work and cancels the work when it comes, so the batcher
 withdraws the row before it is computed and the data plane counts the
 request as ``cancelled``.
+
+Under fusionserve's own HTTP transport (:mod:`.transport`) no watcher is
+needed: the transport marks each request's scope with :data:`HANGUP`, and
+its ``connection_lost`` calls the callback stored there, so a request costs
+no task and no waiter for this. Any other ASGI server gets the watcher task.
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ from typing import TypeVar
 from starlette.requests import Request
 
 T = TypeVar("T")
+
+
+#: Scope key set by the transport (to None) on every request it parses; a handler may store a
+#: callback there, which the transport calls if the connection is lost before the answer is sent.
+HANGUP = "fusionserve.hangup"
 
 
 class ClientGone(Exception):
@@ -43,15 +53,23 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         return await work
     finished = gone = False
 
-    def hang_up(watcher: asyncio.Future[None]) -> None:
+    def hang_up() -> None:
         nonlocal gone
-        if finished or watcher.cancelled() or watcher.exception() is not None:
-            return
-        gone = True
-        caller.cancel()
+        if not finished:
+            gone = True
+            caller.cancel()
 
-    watcher = asyncio.ensure_future(_disconnected(request))
-    watcher.add_done_callback(hang_up)
+    def watcher_done(watcher: asyncio.Future[None]) -> None:
+        if not (watcher.cancelled() or watcher.exception() is not None):
+            hang_up()
+
+    scope = request.scope
+    watcher: asyncio.Future[None] | None = None
+    if HANGUP in scope:
+        scope[HANGUP] = hang_up
+    else:
+        watcher = asyncio.ensure_future(_disconnected(request))
+        watcher.add_done_callback(watcher_done)
     try:
         return await work
     except asyncio.CancelledError:
@@ -61,7 +79,10 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         raise ClientGone("the client disconnected while its request was being served") from None
     finally:
         finished = True
-        watcher.cancel()
+        if watcher is None:
+            scope[HANGUP] = None
+        else:
+            watcher.cancel()
 
 
 def _uncancel(task: asyncio.Task[object]) -> None:

@@ -82,6 +82,32 @@ async def _send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
+class _Answer:
+    """The one ``send`` wrapper of a request: its status (for the access log), the request id
+    on the answer, and ``Connection: close`` while draining."""
+
+    __slots__ = ("_draining", "_id_header", "_send", "started", "status")
+
+    def __init__(self, send: Send, id_header: tuple[bytes, bytes], draining: Callable[[], bool]) -> None:
+        self._send = send
+        self._id_header = id_header
+        self._draining = draining
+        self.status = 500  # what the log says when no answer started
+        self.started = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status = message["status"]
+            headers = [*message.get("headers", ()), self._id_header]
+            if self._draining():
+                # The client must not reuse the connection (see the module's docstring).
+                headers = [h for h in headers if h[0].lower() != b"connection"]
+                headers.append(CONNECTION_CLOSE)
+            message["headers"] = headers
+        await self._send(message)
+
+
 class GatewayMiddleware:
     """Request id in and out, a hard body limit, optional auth, one access-log line per request."""
 
@@ -112,61 +138,52 @@ class GatewayMiddleware:
         token = request_id_var.set(request_id)
         id_header = (REQUEST_ID_HEADER, request_id.encode())
         started = time.perf_counter()
-        status_holder = {"status": 500}
-        outer_send = send
-
-        async def send_closing(message: Message) -> None:
-            """While draining, every answer tells the client not to reuse the connection."""
-            if message["type"] == "http.response.start" and self._draining():
-                message["headers"] = [
-                    *(h for h in message.get("headers", []) if h[0].lower() != b"connection"),
-                    CONNECTION_CLOSE,
-                ]
-            await outer_send(message)
-
-        send = send_closing
+        answer = _Answer(send, id_header, self._draining)
         self.activity.active += 1
         try:
             denied = self._auth_failure(scope["path"], headers)
             if denied is not None:
-                status_holder["status"] = denied[0]
                 await _send_json(
-                    send,
+                    answer.send,
                     denied[0],
                     self._error(denied[1], "unauthenticated", request_id, scope["path"]),
-                    [id_header, (b"www-authenticate", b"Bearer")],
+                    [(b"www-authenticate", b"Bearer")],
                 )
                 return
             declared = headers.get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-                status_holder["status"] = 413
-                await _send_json(send, 413, self._too_large(request_id, scope["path"]), [id_header])
-                return
-            await self._forward(scope, receive, send, id_header, status_holder, request_id)
+            if declared is not None and declared.isdigit():
+                if int(declared) > self.max_body_bytes:
+                    await _send_json(answer.send, 413, self._too_large(request_id, scope["path"]), [])
+                    return
+                # The HTTP parser delivers exactly the declared length: nothing to count.
+                await self._forward(scope, receive, answer, request_id)
+            else:
+                await self._forward(scope, self._limited(receive), answer, request_id)
         finally:
             self.activity.active -= 1
-            log.info(
-                "request",
-                extra={
-                    "method": scope.get("method"),
-                    "path": scope.get("path"),
-                    "status": status_holder["status"],
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                },
-            )
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "request",
+                    extra={
+                        "method": scope.get("method"),
+                        "path": scope.get("path"),
+                        "status": answer.status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    },
+                )
             request_id_var.reset(token)
 
-    async def _forward(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        id_header: tuple[bytes, bytes],
-        status_holder: dict[str, int],
-        request_id: str,
-    ) -> None:
+    async def _forward(self, scope: Scope, receive: Receive, answer: _Answer, request_id: str) -> None:
+        try:
+            await self.app(scope, receive, answer.send)
+        except LimitExceeded:
+            if answer.started:
+                raise
+            await _send_json(answer.send, 413, self._too_large(request_id, scope["path"]), [])
+
+    def _limited(self, receive: Receive) -> Receive:
+        """``receive`` that stops a body without a Content-Length at ``max_body_bytes``."""
         received = 0
-        started = False
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -177,21 +194,7 @@ class GatewayMiddleware:
                     raise LimitExceeded(f"request body exceeds max_body_bytes={self.max_body_bytes}")
             return message
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                status_holder["status"] = message["status"]
-                message["headers"] = [*message.get("headers", []), id_header]
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, send_with_id)
-        except LimitExceeded:
-            if started:
-                raise
-            status_holder["status"] = 413
-            await _send_json(send, 413, self._too_large(request_id, scope["path"]), [id_header])
+        return limited_receive
 
     def _too_large(self, request_id: str, path: str) -> dict[str, Any]:
         return self._error(

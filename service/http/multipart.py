@@ -18,6 +18,7 @@ from fusionserve.service.errors import InvalidInput, LimitExceeded
 
 _PARAM = re.compile(r';\s*([A-Za-z0-9_*-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 _BOUNDARY_OK = re.compile(r"^[0-9A-Za-z'()+_,./:=? -]{1,70}$")
+_ESCAPED = re.compile(r"\\(.)")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ def header_params(value: str) -> dict[str, str]:
     for key, raw in _PARAM.findall(";" + value.split(";", 1)[1] if ";" in value else ""):
         raw = raw.strip()
         if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
-            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+            raw = raw[1:-1]
+            if "\\" in raw:
+                raw = _ESCAPED.sub(r"\1", raw)
         params[key.lower()] = raw
     return params
 

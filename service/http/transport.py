@@ -30,11 +30,12 @@ import functools
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fusionserve.service.http.budget import busy_body
+from fusionserve.service.http.disconnect import HANGUP
 from fusionserve.service.http.inflight import InflightBound
 from fusionserve.service.http.routes import inference_model
 
@@ -122,6 +123,11 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
             self._disarm()
             if self.transport is None:  # refused in connection_made
                 return
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                hang_up = cast(dict[str, Any], cycle.scope).get(HANGUP)
+                if hang_up is not None:  # its handler waits on work to cancel (.disconnect)
+                    hang_up()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -158,6 +164,8 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
             bound = self._limits.inflight
             if bound is not None and bound.full() and self._may_shed() and self._shed(bound):
                 return
+            # This transport tells handlers of a hang-up (.disconnect).
+            cast(dict[str, Any], self.scope)[HANGUP] = None
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fusionserve.service.errors import InvalidInput
+from fusionserve.service.model.outputs import top_indices
 from fusionserve.service.v2.codec import RequestedOutput, Tensor
 
 PARAMETER = "classification"
@@ -51,8 +52,8 @@ def classify(tensor: Tensor, count: int, labels: Sequence[str] | None) -> Tensor
     width = min(count, rows.shape[1])
     classes = np.empty((rows.shape[0], width), dtype=object)
     for r, values in enumerate(rows):
-        best = np.argsort(-values, kind="stable")[:width]  # ties: the lower index first
-        classes[r, :] = [_entry(float(values[i]), int(i), labels) for i in best]
+        best = top_indices(values, width)  # ties: the lower index first
+        classes[r, :] = [_entry(float(values[i]), i, labels) for i in best]
     return Tensor(tensor.name, "BYTES", classes.shape, classes)
 
 
