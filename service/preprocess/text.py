@@ -68,7 +68,9 @@ class TextEncoder:
         if not text.strip():
             raise InvalidInput(f"field {field!r}: empty text", field=field)
         spec = self._spec
-        ids = self._tokenizer.encode(text, add_special_tokens=spec.special_tokens).ids
+        # encode_batch, not encode: it releases the GIL while the Rust tokenizer runs (encode
+        # holds it, stalling the event loop for the whole call), and gives the same ids.
+        ids = self._tokenizer.encode_batch([text], add_special_tokens=spec.special_tokens)[0].ids
         if not ids:
             raise InvalidInput(f"field {field!r}: text has no tokens the model knows", field=field)
         kept = ids[-spec.max_tokens :] if spec.truncation == "left" else ids[: spec.max_tokens]
