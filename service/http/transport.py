@@ -89,6 +89,56 @@ def busy_answer(message: str, v2: bool, close: bool) -> bytes:
     return raw_answer(503, busy_body(v2, message), close=close, retry_after=True)
 
 
+class OneWriteAnswers:
+    """The connection's transport as uvicorn's request cycles see it: an answer in one write.
+
+    uvicorn writes a response's head as soon as the app starts the response,
+    then its body: two writes, two TCP segments, and on loopback the kernel
+    delivers each one to the client inside the server's own ``write`` call.
+    Here the head (a write that begins ``HTTP/1.1`` with a status of 200 or
+    more; never ``100 Continue``) is held and written together with the next
+    write, at ``close`` or when the protocol says the answer is complete. Bytes
+    keep their order; a held head waits at most for its answer's first body
+    bytes. Everything else goes to the transport unchanged.
+    """
+
+    __slots__ = ("_held", "transport")
+
+    #: Bodies up to this size are joined with their head; larger ones follow it in their own write.
+    JOIN_MAX = 64 * 1024
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            if len(data) <= self.JOIN_MAX:
+                self.transport.write(held + data)
+                return
+            self.transport.write(held)
+        elif data.startswith(b"HTTP/1.1 ") and data[9:10] != b"1":
+            self._held = data
+            return
+        self.transport.write(data)
+
+    def discard(self) -> None:
+        self._held = None
+
+    def flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+
 def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol class with ``limits`` (pass as ``Config(http=...)``)."""
 
@@ -117,12 +167,14 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
                 transport.close()
                 return
             super().connection_made(transport)
+            self._answers = OneWriteAnswers(transport)
             self._arm(self._limits.header_timeout_s, "headers")
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             if self.transport is None:  # refused in connection_made
                 return
+            self._answers.discard()  # nobody left to read a held head
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
                 hang_up = cast(dict[str, Any], cycle.scope).get(HANGUP)
@@ -166,7 +218,12 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
                 return
             # This transport tells handlers of a hang-up (.disconnect).
             cast(dict[str, Any], self.scope)[HANGUP] = None
-            super().on_headers_complete()
+            # The request's cycle is made here: it gets the one-write transport.
+            transport, self.transport = self.transport, cast(asyncio.Transport, self._answers)
+            try:
+                super().on_headers_complete()
+            finally:
+                self.transport = transport
 
         def on_body(self, body: bytes) -> None:
             if self._skipping:
