@@ -124,6 +124,12 @@ class Calibration:
         return self.wide_s < WIDE_GAIN * self.narrow_s
 
 
+def _rows(inputs: dict[str, np.ndarray]) -> int:
+    """The batch's rows: every input's first dimension."""
+    first = next(iter(inputs.values()), None)
+    return 1 if first is None or first.ndim == 0 else int(first.shape[0])
+
+
 def _threads(configured: int) -> int:
     """A thread count for ORT: as configured, else ORT's default (0), which counts the host's cores,
     unless affinity or the cgroup quota allow fewer (then that many)."""
@@ -222,12 +228,16 @@ class OnnxBackend:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; returns only the outputs the config declares.
 
-        On the wide session when no other batch computes anywhere in the server.
+        On the wide session when it is a single row and no other batch computes
+        anywhere in the server: a lone request. A bigger batch means load, and
+        under load batches start alone often enough (one finishing as the next
+        one forms) that the wide session took ~500 µs more CPU per request at
+        saturation than one thread (``heavy-fusion``, docs/performance.md).
         """
         inputs = {n: feeds[n] for n in self.input_names}
         if self.binding_device is not None:
             results = self._run_bound(inputs)
-        elif self.wide is None:
+        elif self.wide is None or _rows(inputs) > 1:
             results = self.session.run(self.output_names, inputs)
         else:
             with OCCUPANCY.batch() as alone:

@@ -53,7 +53,10 @@ def test_wide_session_only_for_single_threaded_cpu_instances(monkeypatch: pytest
     assert lone_batch_threads(config(), DeviceSpec("cpu")) == 0
 
 
-def test_backend_runs_a_lone_batch_wide_and_concurrent_batches_narrow(
+ONE_ROW = {name: value[:1] for name, value in FEEDS.items()}
+
+
+def test_backend_runs_a_lone_row_wide_and_concurrent_or_bigger_batches_narrow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("fusionserve.service.runtimes.onnx.available_cpus", lambda: 2)
@@ -74,13 +77,16 @@ def test_backend_runs_a_lone_batch_wide_and_concurrent_batches_narrow(
                 return self.real.run(*args)  # type: ignore[attr-defined]
 
         setattr(backend, name, Spy())
-    np.testing.assert_array_equal(backend.run(FEEDS)["class_logits"], EXPECTED)
+    np.testing.assert_array_equal(backend.run(ONE_ROW)["class_logits"], EXPECTED[:1])
     assert used == ["wide"]
     from fusionserve.service.runtimes.occupancy import OCCUPANCY
 
     with OCCUPANCY.batch():  # another batch computing in this process
-        np.testing.assert_array_equal(backend.run(FEEDS)["class_logits"], EXPECTED)
+        np.testing.assert_array_equal(backend.run(ONE_ROW)["class_logits"], EXPECTED[:1])
     assert used == ["wide", "session"]
+    # Two rows are load, not a lone request: one thread even when nothing else computes.
+    np.testing.assert_array_equal(backend.run(FEEDS)["class_logits"], EXPECTED)
+    assert used == ["wide", "session", "session"]
     backend.close()
 
 
