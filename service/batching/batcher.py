@@ -56,6 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fusionserve.service.batching.cost_gate import CostGate
+from fusionserve.service.batching.lifo_lock import LifoLock
 from fusionserve.service.errors import DeadlineExceeded, FusionServeError, NotReady, Overloaded
 from fusionserve.service.metrics import Metrics
 from fusionserve.service.model.config import Batching
@@ -107,6 +108,10 @@ class Pending:
             callback(self)
 
 
+class _SteppedDown(Exception):
+    """The idle former hands the forming lock to an instance that just came back."""
+
+
 def _retrieve(future: asyncio.Future[RowOutputs]) -> None:
     """Mark an exception as seen: a caller that timed out never reads its future."""
     if not future.cancelled():
@@ -140,7 +145,10 @@ class DynamicBatcher:
         self._changed = asyncio.Event()  # set on every arrival/close; waited on by the batch former
         self._idle = asyncio.Event()  # set while nothing is queued or in flight
         self._idle.set()
-        self._forming = asyncio.Lock()
+        #: Held by the instance forming the next batch; passed to the newest waiter (.lifo_lock).
+        self._forming = LifoLock()
+        #: The forming instance waits for a first row (nothing queued).
+        self._former_idle = False
         self._preferred = sorted(set(batching.preferred_batch_sizes))
         #: Admission by cost (``max_queue_cost``), reserved by decode threads.
         self.cost_gate = CostGate(batching.max_queue_cost, model)
@@ -334,16 +342,29 @@ class DynamicBatcher:
     async def next_batch(self) -> list[Pending]:
         """Wait for, form and hand out the next batch (never empty).
 
-        Expired and cancelled rows are dropped here and never returned.
+        Expired and cancelled rows are dropped here and never returned. At
+        light load the instance back last from a compute takes the next
+        batch: a former with nothing queued steps down for an instance that
+        came back while it held the lock, and waits behind every other
+        (:mod:`.lifo_lock`), so one warm instance takes request after request.
         """
         self._waiting += 1
+        stepped_down = False
         try:
-            async with self._forming:
-                while True:
-                    await self._wait_for_first()
-                    size = await self._collect()
-                    if size:
-                        return self._take(size)
+            while True:
+                if self._former_idle:
+                    self._changed.set()  # wake the idle former: it steps down for this instance
+                await self._forming.acquire(last=stepped_down)
+                try:
+                    while True:
+                        await self._wait_for_first()
+                        size = await self._collect()
+                        if size:
+                            return self._take(size)
+                except _SteppedDown:
+                    stepped_down = True
+                finally:
+                    self._forming.release()
         finally:
             self._waiting -= 1
 
@@ -352,8 +373,14 @@ class DynamicBatcher:
             self._drop_dead()
             if self._queue:
                 return
+            if self._forming.fresh_waiting:  # an instance back from a compute: warmer than this one
+                raise _SteppedDown
             self._changed.clear()
-            await self._changed.wait()
+            self._former_idle = True
+            try:
+                await self._changed.wait()
+            finally:
+                self._former_idle = False
 
     async def _collect(self) -> int:
         """Wait until a batch is due; returns its size (0 if the queue emptied meanwhile)."""

@@ -402,3 +402,32 @@ async def test_withdraw_settles_rows_never_submitted_and_exports_the_count() -> 
     batch = await asyncio.wait_for(b.next_batch(), timeout=5)  # nothing on its way: goes at once
     answer(batch)
     await caller
+
+
+async def test_the_instance_back_last_takes_the_next_lone_row() -> None:
+    """Light load: the most recently used (warm) instance serves again; the idle one steps down."""
+    b = make_tracking(max_batch_size=8)
+
+    async def instance(name: str, served: list[str]) -> None:
+        while True:
+            batch = await b.next_batch()
+            served.append(name)
+            answer(batch)
+
+    served: list[str] = []
+    idle = asyncio.create_task(instance("idle", served))
+    await until(lambda: b.free_for_a_lone_row())
+    warm = asyncio.create_task(instance("warm", served))  # back from a compute, after "idle" began waiting
+
+    def settled() -> bool:  # the instance back last forms; the other waits behind it
+        return b._former_idle and b._forming.waiting == 1 and not b._forming.fresh_waiting
+
+    await until(settled)
+    for i in range(5):
+        await asyncio.wait_for(b.submit(row(i), FAR, announcement=b.expect(1)), timeout=5)
+        await until(settled)
+    assert served == ["warm"] * 5
+    for task in (idle, warm):
+        task.cancel()
+    await asyncio.gather(idle, warm, return_exceptions=True)
+    assert not b._forming.locked()

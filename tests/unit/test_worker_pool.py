@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -134,6 +135,13 @@ async def test_wrong_row_count_is_an_internal_error() -> None:
     await shutdown(batcher, pool)
 
 
+async def until_one_entered(backends: list[EchoBackend], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not any(b.entered.is_set() for b in backends):
+        assert time.monotonic() < deadline, "no instance took the row"
+        await asyncio.sleep(0.005)
+
+
 async def test_a_free_instance_takes_work_while_another_is_busy() -> None:
     gates = [threading.Event(), threading.Event()]
     backends = [EchoBackend(0, gates[0]), EchoBackend(1, gates[1])]
@@ -142,13 +150,15 @@ async def test_a_free_instance_takes_work_while_another_is_busy() -> None:
     pool.start()
     assert metrics.registry.get_sample_value("fusionserve_instances", {**LABELS, "kind": "cpu"}) == 2
     first = asyncio.create_task(batcher.submit(row(10), FAR))
-    await asyncio.to_thread(backends[0].entered.wait, 30)  # instance 0 is now busy
+    await until_one_entered(backends)  # whichever instance took it is now busy
+    busy = next(i for i, b in enumerate(backends) if b.entered.is_set())
+    free = 1 - busy
     second = asyncio.create_task(batcher.submit(row(20), FAR))
-    await asyncio.to_thread(backends[1].entered.wait, 30)  # so instance 1 took the next row
-    gates[1].set()
-    assert (await second)["class_logits"].tolist() == [20, 1]
-    gates[0].set()
-    assert (await first)["class_logits"].tolist() == [10, 0]
+    await asyncio.to_thread(backends[free].entered.wait, 30)  # so the other took the next row
+    gates[free].set()
+    assert (await second)["class_logits"].tolist() == [20, free]
+    gates[busy].set()
+    assert (await first)["class_logits"].tolist() == [10, busy]
     await shutdown(batcher, pool)
     assert metrics.registry.get_sample_value("fusionserve_instances", {**LABELS, "kind": "cpu"}) == 0
     assert all(b.closed for b in backends)
