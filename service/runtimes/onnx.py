@@ -109,6 +109,8 @@ def lone_batch_threads(config: ModelConfig, device: DeviceSpec) -> int:
 WIDE_GAIN = 0.9
 #: Pairs of runs at most in :meth:`OnnxBackend.calibrate`.
 CALIBRATION_RUNS = 30
+#: Idle time before each timed calibration run: a lone request meets sleeping threads.
+CALIBRATION_GAP_S = 0.003
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,10 @@ class OnnxBackend:
         stop = time.perf_counter() + budget_s
         while len(times[1]) < CALIBRATION_RUNS and (len(times[1]) < 3 or time.perf_counter() < stop):
             for session, spent in zip(sessions, times, strict=True):
+                # As a lone request meets it: after an idle gap, its intra-op threads asleep.
+                # Back to back, the wide session won calibrations on heavy-fusion and then
+                # lost at one client (docs/performance.md, "Fourth step").
+                time.sleep(CALIBRATION_GAP_S)
                 start = time.perf_counter()
                 session.run(self.output_names, inputs)
                 spent.append(time.perf_counter() - start)
