@@ -15,7 +15,6 @@ no one waits.
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
 
 
 class LifoLock:
@@ -71,11 +70,3 @@ class LifoLock:
                 waiter.set_result(None)
                 return
         self._locked = False
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
