@@ -298,7 +298,7 @@ def settle_heap() -> None:
     After the models load the process holds ~90,000 tracked objects
     (FastAPI, pydantic, the configs, the metrics); every full collection
     walked them all (~50 ms on the 2-core test machine, on the event loop)
-    and collections took ~9 % of the loop's CPU under load (``perf``;
+    and collections took 4.5-9 % of the loop's CPU under load (``perf``;
     docs/performance.md, "Fourth step"). ``gc.freeze`` moves them to the
     permanent generation once, after a collection; requests' own cycles are
     still collected, in young generations ten times larger than Python's

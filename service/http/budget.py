@@ -13,10 +13,9 @@ shared with the gRPC doors.
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fusionserve.service.http.errors import send_busy
 from fusionserve.service.memory import CHARGE, MemoryBudget
 
 
@@ -86,28 +85,3 @@ class MemoryBudgetMiddleware:
             f"the server is holding as many request bytes as its memory budget allows "
             f"(max_inflight_bytes={self.budget.limit}); retry shortly",
         )
-
-
-def busy_body(v2: bool, message: str) -> bytes:
-    """The JSON of a 503 "busy" in the door's error shape (V2: ``{"error": message}``)."""
-    body: dict[str, object] = (
-        {"error": message} if v2 else {"error": {"code": "overloaded", "message": message}}
-    )
-    return json.dumps(body).encode()
-
-
-async def send_busy(send: Send, path: str, message: str) -> None:
-    """503 + ``Retry-After: 1`` in the error shape of the path's door (V2 or native)."""
-    payload = busy_body(path.startswith("/v2"), message)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"retry-after", b"1"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})

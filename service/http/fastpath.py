@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fusionserve.service.http.budget import send_busy
+from fusionserve.service.http.errors import send_busy
 from fusionserve.service.http.inflight import InflightBound
 from fusionserve.service.http.routes import inference_path
 

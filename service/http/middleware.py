@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fusionserve.service.errors import LimitExceeded
+from fusionserve.service.http.errors import door_error_json, send_json
 from fusionserve.service.http.routes import inference_path
 from fusionserve.service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
 
@@ -62,24 +61,6 @@ class Activity:
             if now >= deadline:
                 return False
             await asyncio.sleep(0.02)
-
-
-async def _send_json(
-    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
-) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
 
 
 class _Answer:
@@ -143,17 +124,15 @@ class GatewayMiddleware:
         try:
             denied = self._auth_failure(scope["path"], headers)
             if denied is not None:
-                await _send_json(
-                    answer.send,
-                    denied[0],
-                    self._error(denied[1], "unauthenticated", request_id, scope["path"]),
-                    [(b"www-authenticate", b"Bearer")],
+                payload = door_error_json(
+                    scope["path"].startswith("/v2"), "unauthenticated", denied[1], request_id
                 )
+                await send_json(answer.send, denied[0], payload, [(b"www-authenticate", b"Bearer")])
                 return
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit():
                 if int(declared) > self.max_body_bytes:
-                    await _send_json(answer.send, 413, self._too_large(request_id, scope["path"]), [])
+                    await send_json(answer.send, 413, self._too_large(request_id, scope["path"]), [])
                     return
                 # The HTTP parser delivers exactly the declared length: nothing to count.
                 await self._forward(scope, receive, answer, request_id)
@@ -179,7 +158,7 @@ class GatewayMiddleware:
         except LimitExceeded:
             if answer.started:
                 raise
-            await _send_json(answer.send, 413, self._too_large(request_id, scope["path"]), [])
+            await send_json(answer.send, 413, self._too_large(request_id, scope["path"]), [])
 
     def _limited(self, receive: Receive) -> Receive:
         """``receive`` that stops a body without a Content-Length at ``max_body_bytes``."""
@@ -196,17 +175,9 @@ class GatewayMiddleware:
 
         return limited_receive
 
-    def _too_large(self, request_id: str, path: str) -> dict[str, Any]:
-        return self._error(
-            f"request body exceeds max_body_bytes={self.max_body_bytes}", "limit_exceeded", request_id, path
-        )
-
-    @staticmethod
-    def _error(message: str, code: str, request_id: str, path: str) -> dict[str, Any]:
-        """The native error shape; V2 paths answer ``{"error": "message"}`` as V2 clients expect."""
-        if path.startswith("/v2"):
-            return {"error": message}
-        return {"error": {"code": code, "message": message}, "request_id": request_id}
+    def _too_large(self, request_id: str, path: str) -> bytes:
+        message = f"request body exceeds max_body_bytes={self.max_body_bytes}"
+        return door_error_json(path.startswith("/v2"), "limit_exceeded", message, request_id)
 
     def _auth_failure(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
         if self.admin_token and _ADMIN.match(path):

@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from fusionserve.service.http.budget import busy_body
 from fusionserve.service.http.disconnect import HANGUP
+from fusionserve.service.http.errors import door_error_json
 from fusionserve.service.http.inflight import InflightBound
 from fusionserve.service.http.routes import inference_model
 
@@ -80,13 +79,13 @@ def raw_answer(status: int, body: bytes, *, close: bool = True, retry_after: boo
 
 def refusal(status: int, message: str) -> bytes:
     """A complete HTTP/1.1 response that closes the connection, in the native error shape."""
-    return raw_answer(status, json.dumps({"error": {"code": CODES[status], "message": message}}).encode())
+    return raw_answer(status, door_error_json(False, CODES[status], message))
 
 
 @functools.lru_cache(maxsize=16)
 def busy_answer(message: str, v2: bool, close: bool) -> bytes:
     """The 503 + Retry-After of a shed request (built once per bound, door and close)."""
-    return raw_answer(503, busy_body(v2, message), close=close, retry_after=True)
+    return raw_answer(503, door_error_json(v2, "overloaded", message), close=close, retry_after=True)
 
 
 class OneWriteAnswers:
@@ -97,7 +96,7 @@ class OneWriteAnswers:
     delivers each one to the client inside the server's own ``write`` call.
     Here the head (a write that begins ``HTTP/1.1`` with a status of 200 or
     more; never ``100 Continue``) is held and written together with the next
-    write, at ``close`` or when the protocol says the answer is complete. Bytes
+    write or at ``close`` (dropped when the connection is lost). Bytes
     keep their order; a held head waits at most for its answer's first body
     bytes. Everything else goes to the transport unchanged.
     """

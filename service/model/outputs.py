@@ -7,7 +7,6 @@ door answers. It knows the config's output roles and nothing of protocols.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -90,10 +89,11 @@ def top_indices(values: np.ndarray, k: int) -> list[int]:
     """
     if values.size > PYTHON_SORT_MAX:
         return [int(i) for i in np.argsort(-values, kind="stable")[:k]]
-    key = [v if v == v else -math.inf for v in values.tolist()]  # NaN == NaN is False
-    order = sorted(range(len(key)), key=key.__getitem__, reverse=True)  # stable, reverse too
-    if len(key) > 1 and -math.inf in key:  # NaN after a true -inf, as numpy orders them
-        order.sort(key=lambda i: values[i] != values[i])
+    listed = values.tolist()
+    numbers = [i for i, v in enumerate(listed) if v == v]  # NaN == NaN is False
+    order = sorted(numbers, key=listed.__getitem__, reverse=True)  # stable, reverse too
+    if len(numbers) < len(listed):  # NaN last, in index order, as numpy sorts them
+        order += [i for i, v in enumerate(listed) if v != v]
     return order[:k]
 
 

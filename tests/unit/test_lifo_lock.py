@@ -16,16 +16,26 @@ async def _holder(lock: LifoLock, name: str, order: list[str], *, last: bool = F
     lock.release()
 
 
-async def test_the_newest_waiter_gets_the_lock_and_last_waits_behind_all() -> None:
+async def _queue(lock: LifoLock, order: list[str], name: str, *, last: bool = False) -> asyncio.Future[None]:
+    """A holder that starts waiting now (one loop step later it is in the lock's queue)."""
+    holder = asyncio.ensure_future(_holder(lock, name, order, last=last))
+    await asyncio.sleep(0)
+    return holder
+
+
+async def _held() -> tuple[LifoLock, list[str]]:
     lock = LifoLock()
     await lock.acquire()
-    order: list[str] = []
-    tasks = [asyncio.ensure_future(_holder(lock, "old", order))]
-    await asyncio.sleep(0)
-    tasks.append(asyncio.ensure_future(_holder(lock, "stepped-down", order, last=True)))
-    await asyncio.sleep(0)
-    tasks.append(asyncio.ensure_future(_holder(lock, "new", order)))
-    await asyncio.sleep(0)
+    return lock, []
+
+
+async def test_the_newest_waiter_gets_the_lock_and_last_waits_behind_all() -> None:
+    lock, order = await _held()
+    tasks = [
+        await _queue(lock, order, "old"),
+        await _queue(lock, order, "stepped-down", last=True),
+        await _queue(lock, order, "new"),
+    ]
     assert lock.waiting == 3
     lock.release()
     await asyncio.gather(*tasks)
@@ -34,13 +44,9 @@ async def test_the_newest_waiter_gets_the_lock_and_last_waits_behind_all() -> No
 
 
 async def test_a_cancelled_waiter_is_skipped() -> None:
-    lock = LifoLock()
-    await lock.acquire()
-    order: list[str] = []
-    first = asyncio.ensure_future(_holder(lock, "first", order))
-    await asyncio.sleep(0)
-    gone = asyncio.ensure_future(_holder(lock, "gone", order))
-    await asyncio.sleep(0)
+    lock, order = await _held()
+    first = await _queue(lock, order, "first")
+    gone = await _queue(lock, order, "gone")
     gone.cancel()
     await asyncio.sleep(0)
     lock.release()
@@ -51,13 +57,9 @@ async def test_a_cancelled_waiter_is_skipped() -> None:
 
 
 async def test_a_waiter_cancelled_after_the_hand_over_passes_the_lock_on() -> None:
-    lock = LifoLock()
-    await lock.acquire()
-    order: list[str] = []
-    older = asyncio.ensure_future(_holder(lock, "older", order))
-    await asyncio.sleep(0)
-    newest = asyncio.ensure_future(_holder(lock, "newest", order))
-    await asyncio.sleep(0)
+    lock, order = await _held()
+    older = await _queue(lock, order, "older")
+    newest = await _queue(lock, order, "newest")
     lock.release()  # handed to "newest" ...
     newest.cancel()  # ... which is cancelled before it runs
     with pytest.raises(asyncio.CancelledError):
@@ -72,14 +74,10 @@ def test_releasing_an_unlocked_lock_is_an_error() -> None:
 
 
 async def test_only_waiters_that_came_fresh_count_as_fresh() -> None:
-    lock = LifoLock()
-    await lock.acquire()
-    order: list[str] = []
-    stale = asyncio.ensure_future(_holder(lock, "stale", order, last=True))
-    await asyncio.sleep(0)
+    lock, order = await _held()
+    stale = await _queue(lock, order, "stale", last=True)
     assert lock.waiting == 1 and not lock.fresh_waiting
-    fresh = asyncio.ensure_future(_holder(lock, "fresh", order))
-    await asyncio.sleep(0)
+    fresh = await _queue(lock, order, "fresh")
     assert lock.fresh_waiting
     lock.release()
     await asyncio.gather(stale, fresh)
