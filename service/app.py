@@ -109,6 +109,7 @@ class FusionServer:
         self.memory_budget = process_budget(settings, self.metrics)
         self.http_app = create_http_app(self.dataplane, settings, self.http_activity, self.memory_budget)
         self.peers = Peers(place) if place is not None else None
+        self._drain_started = 0.0
         self.dataplane.peers = self.peers
         self._stop = asyncio.Event()
         self._grpc: Any = None
@@ -203,7 +204,7 @@ class FusionServer:
         self.dataplane.stop_accepting()
         log.info("drain: new work gets 503 now; waiting for %d requests", self.dataplane.inflight)
         budget = s.drain_timeout_s
-        started = time.monotonic()
+        started = self._drain_started = time.monotonic()
         clean = await self.dataplane.wait_idle(budget)
         # Requests still being received or parsed never reached the data plane:
         # they get their 503 now, before anything closes.
@@ -228,6 +229,7 @@ class FusionServer:
         handshakes go unanswered and later meet a clean refusal. Bounded by
         ``shutdown_close_s`` less half a second (for uvicorn's own close).
         """
+        await self._wait_for_peers_to_close()
         filtered = refuse_new_connections(http.servers)
         log.info("close: new connections refused (%d listeners filtered); answering those made", filtered)
         # A connection already made may not have sent its request yet (its
@@ -240,6 +242,27 @@ class FusionServer:
         deadline = time.monotonic() + wait
         for _ in range(int(wait / 0.02) + 1):
             if not (connections or self.http_activity.active) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+
+    async def _wait_for_peers_to_close(self) -> None:
+        """With ``--workers N``, hold the shared listener open until every worker has drained.
+
+        The socket filter that refuses new handshakes belongs to the listening
+        socket, which every worker shares: the first worker to finish its drain
+        would otherwise refuse new connections for the whole server while
+        another still drains, and their clients would get no handshake instead
+        of the drain's 503 + ``Retry-After``. Meanwhile this worker keeps
+        accepting and answers new work with 503. Bounded by the end of the
+        drain budget (a peer stuck past it is being abandoned anyway).
+        """
+        if self.peers is None:
+            return
+        self.peers.set_closing()
+        deadline = self._drain_started + self.settings.drain_timeout_s
+        polls = int(max(0.0, deadline - time.monotonic()) / 0.02) + 1  # the board is shared memory
+        for _ in range(polls):
+            if self.peers.all_closing() or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.02)
 

@@ -10,7 +10,9 @@ must still look like one server:
   process that died. ``/health/ready`` (and the gRPC and V2 health checks)
   is true only when the local process is ready *and* every byte is set. N
   more bytes say which processes are computing a batch (adaptive intra-op
-  threads, ``service/runtimes/occupancy.py``).
+  threads, ``service/runtimes/occupancy.py``), and N more which processes have
+  reached the close step of their shutdown (the listener is shared: it may
+  refuse new connections only when none of them is still draining).
 * **Repository load/unload** — the process that receives the call does it
   locally, then sends it to every other worker over its control socket
   (``worker-<i>.sock``, one JSON line each way) and appends it to
@@ -78,21 +80,26 @@ class WorkerPlace:
         )
 
 
+#: Regions of the board, each ``count`` bytes long, one byte per worker slot.
+_READY, _BUSY, _CLOSING = 0, 1, 2
+_REGIONS = 3
+
+
 def create_board(control_dir: Path, count: int) -> Path:
-    """The supervisor's side: an all-zero board of ``count`` readiness bytes, then
-    ``count`` busy bytes (``service/runtimes/occupancy.py``)."""
+    """The supervisor's side: an all-zero board of ``count`` readiness bytes, ``count``
+    busy bytes (``service/runtimes/occupancy.py``) and ``count`` closing bytes."""
     path = control_dir / "ready"
-    path.write_bytes(bytes(2 * count))
+    path.write_bytes(bytes(_REGIONS * count))
     return path
 
 
 def clear_slot(control_dir: Path, index: int, count: int) -> None:
-    """The supervisor's side: mark worker ``index`` not ready and not busy (it died)."""
+    """The supervisor's side: worker ``index`` died: not ready, not busy, and holding
+    no drain open (its replacement clears the closing byte when it starts)."""
     with (control_dir / "ready").open("r+b") as f:
-        f.seek(index)
-        f.write(b"\0")
-        f.seek(count + index)
-        f.write(b"\0")
+        for region, value in ((_READY, b"\0"), (_BUSY, b"\0"), (_CLOSING, b"\1")):
+            f.seek(region * count + index)
+            f.write(value)
 
 
 class Peers:
@@ -101,10 +108,11 @@ class Peers:
     def __init__(self, place: WorkerPlace) -> None:
         self.place = place
         self._file = (place.control_dir / "ready").open("r+b")
-        self._board = mmap.mmap(self._file.fileno(), 2 * place.count)
+        self._board = mmap.mmap(self._file.fileno(), _REGIONS * place.count)
         self._server: asyncio.AbstractServer | None = None
+        self._board[_CLOSING * place.count + place.index] = 0
         OCCUPANCY.share(
-            self._board, place.count, place.index, place.count, place.control_dir / "calibrate.lock"
+            self._board, _BUSY * place.count, place.index, place.count, place.control_dir / "calibrate.lock"
         )
 
     # -- readiness ---------------------------------------------------------
@@ -113,6 +121,16 @@ class Peers:
 
     def all_ready(self) -> bool:
         return self._board[: self.place.count].count(0) == 0
+
+    # -- shutdown ----------------------------------------------------------
+    def set_closing(self) -> None:
+        """This worker's drain is over: it no longer needs the listener to take new connections."""
+        self._board[_CLOSING * self.place.count + self.place.index] = 1
+
+    def all_closing(self) -> bool:
+        """Every worker's drain is over (or the worker is gone): the listener may refuse."""
+        start = _CLOSING * self.place.count
+        return self._board[start : start + self.place.count].count(0) == 0
 
     # -- repository changes ------------------------------------------------
     def _socket(self, index: int) -> Path:

@@ -176,6 +176,49 @@ async def test_sigterm_drains_every_process(
     assert not children(server.proc.pid)
 
 
+async def test_a_drained_worker_does_not_close_the_door_of_one_still_draining(
+    tmp_path: Path,
+    model_repository: Path,
+    server_factory: Callable[..., RunningServer],
+    samples: list[Sample],
+) -> None:
+    """The listener is shared: while one worker still drains a held request, the other
+    (idle, its drain over at once) must not make it refuse new connections. They connect
+    and get the drain's 503 + Retry-After until the last worker reaches its close step."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    repo = copy_entry(
+        model_repository,
+        tmp_path / "repo",
+        "digits-fusion",
+        batching={"max_batch_size": 1, "max_queue_delay_ms": 0},
+        instance_groups=[{"kind": "cpu", "count": 1}],
+    )
+    server = server_factory(repo, grpc=False, env={**WORKERS, "FUSIONSERVE_FAILPOINTS": f"gate={gate}"})
+    gate.unlink()
+    # One held request: one worker drains it, the other has nothing to drain.
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
+        held = asyncio.create_task(client.post(PREDICT, files=text_part(samples[0])))
+        await wait_for_metric(server.http_url, "fusionserve_inflight_requests", 1, protocol="http")
+        server.proc.send_signal(signal.SIGTERM)
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        timeout = httpx.Timeout(10, connect=0.5)  # a dropped handshake is retried only after 1 s
+        async with httpx.AsyncClient(base_url=server.http_url, timeout=timeout, limits=fresh) as newcomer:
+            statuses = []
+            ends = time.monotonic() + 1.5
+            while time.monotonic() < ends:
+                answer = await newcomer.post(PREDICT, files=text_part(samples[1]))
+                statuses.append(answer.status_code)
+                if answer.status_code == 503:
+                    assert answer.headers.get("retry-after") == "1"
+                await asyncio.sleep(0.05)
+        assert not held.done()
+        gate.touch()
+        assert (await held).status_code == 200
+    assert statuses and set(statuses) == {503}, statuses
+    assert server.proc.wait(timeout=60) == 0
+
+
 def test_workers_that_never_start_stop_the_server(model_repository: Path, tmp_path: Path) -> None:
     """A worker that dies before it is ready, again and again, ends the server (exit 1), as
     one process would, instead of a restart loop forever."""
