@@ -13,7 +13,9 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
+from typing import TextIO
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -96,8 +98,94 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+#: ``extra`` key of an access-log record (one line per request or RPC): written in batches.
+ACCESS = "access_log"
+#: How late an access-log line may be written.
+ACCESS_LOG_FLUSH_S = 0.1
+
+
+class BatchedAccessHandler(logging.StreamHandler):
+    """A stream handler that writes access-log lines in batches, every other line at once.
+
+    One ``write`` per request line cost the event loop ~10 % of its CPU under
+    a flood of shed requests (py-spy, docs/reliability.md): stderr is
+    unbuffered. Access lines (records with ``extra={ACCESS: True}``) are
+    formatted at once (the request id is read then) and kept; a background
+    thread writes them at most ``flush_s`` later, or the caller does once
+    ``max_bytes`` are kept. Any other line writes what is kept and then itself,
+    so the order of lines is the order of records, and warnings are never
+    late. ``flush`` (``logging.shutdown``, at exit) writes what is kept.
+    """
+
+    def __init__(
+        self, stream: TextIO, flush_s: float = ACCESS_LOG_FLUSH_S, max_bytes: int = 64 * 1024
+    ) -> None:
+        super().__init__(stream)
+        self.flush_s = flush_s
+        self.max_bytes = max_bytes
+        self._kept: list[str] = []
+        self._kept_bytes = 0
+        self._due = threading.Event()
+        self._writer: threading.Thread | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held
+        try:
+            line = self.format(record) + self.terminator
+            if getattr(record, ACCESS, False):
+                self._kept.append(line)
+                self._kept_bytes += len(line)
+                if self._kept_bytes >= self.max_bytes:
+                    self._write_kept()
+                elif not self._due.is_set():
+                    self._start_writer()
+                    self._due.set()
+                return
+            self._kept.append(line)
+            self._write_kept()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._write_kept()
+        finally:
+            self.release()
+
+    def _write_kept(self) -> None:
+        """Write every kept line in one call (self.lock held)."""
+        if self._kept:
+            text = "".join(self._kept)
+            self._kept.clear()
+            self._kept_bytes = 0
+            self.stream.write(text)
+        if self.stream and hasattr(self.stream, "flush"):
+            self.stream.flush()
+
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_when_due, name="fs-log", daemon=True)
+            self._writer.start()
+
+    def _write_when_due(self) -> None:
+        while True:
+            self._due.wait()
+            time.sleep(self.flush_s)
+            self.acquire()
+            try:
+                self._due.clear()
+                self._write_kept()
+            except Exception:  # a closed or broken stream: nothing to report it to
+                self._kept.clear()
+                self._kept_bytes = 0
+            finally:
+                self.release()
+
+
 def configure_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchedAccessHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from fusionserve.service.config import default_repository_dir, default_repository_is_current
+from fusionserve.service.logs import ACCESS_LOG_FLUSH_S
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,6 +85,10 @@ class RunningServer:
         return f"127.0.0.1:{self.grpc_port}"
 
     def log(self) -> str:
+        """Everything logged so far, access lines included: a running server writes those
+        in batches (``BatchedAccessHandler``), so wait out one batch first."""
+        if self.proc.poll() is None:
+            time.sleep(ACCESS_LOG_FLUSH_S + 0.1)
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 120.0) -> None:

@@ -25,7 +25,7 @@ from fusionserve.service.errors import (
 )
 from fusionserve.service.grpc.budget import RETRY_PUSHBACK, charged
 from fusionserve.service.grpc.handlers import reject_undecodable
-from fusionserve.service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
+from fusionserve.service.logs import ACCESS, SAFE_REQUEST_ID, new_request_id, request_id_var
 
 if TYPE_CHECKING:
     from fusionserve.service.memory import MemoryBudget
@@ -128,7 +128,7 @@ def _reject_counted(servicer: Any, request: object) -> None:
 def log_call(rpc: str, code: grpc.StatusCode, started: float) -> None:
     """The access-log line of one unary call or one stream message."""
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
-    log.info("rpc", extra={"rpc": rpc, "code": code.name, "duration_ms": duration_ms})
+    log.info("rpc", extra={"rpc": rpc, "code": code.name, "duration_ms": duration_ms, ACCESS: True})
 
 
 def message_request_id(given: str) -> str:

@@ -21,7 +21,7 @@ from fusionserve.service.http.budget import MemoryBudgetMiddleware
 from fusionserve.service.http.disconnect import ClientGone
 from fusionserve.service.http.errors import error_response
 from fusionserve.service.http.fastpath import FastRouteMiddleware, FastRoutes
-from fusionserve.service.http.inflight import InflightBound
+from fusionserve.service.http.inflight import HELD, InflightBound
 from fusionserve.service.http.middleware import Activity, GatewayMiddleware
 from fusionserve.service.http.native import native_router
 from fusionserve.service.http.openai import openai_router
@@ -75,7 +75,12 @@ class HttpApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             scope["app"] = self.fastapi
-            await self.front(scope, receive, send)
+            try:
+                await self.front(scope, receive, send)
+            finally:
+                held = scope.pop(HELD, None)
+                if held is not None:
+                    held.count -= 1
         else:
             await self.fastapi(scope, receive, send)
 

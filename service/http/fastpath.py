@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fusionserve.service.http.errors import send_busy
-from fusionserve.service.http.inflight import InflightBound
+from fusionserve.service.http.inflight import HELD, InflightBound
 from fusionserve.service.http.routes import inference_path
 
 #: A route's handler: the request, the model, the version (None: the model's policy).
@@ -79,6 +79,9 @@ class FastRouteMiddleware:
             found = self.routes.match(scope["path"])
             if found is not None:
                 handler, model, version = found
+                if HELD in scope:  # counted by the transport, released by the application
+                    await self._serve(scope, receive, send, handler, model, version)
+                    return
                 bound = self.bound
                 if bound.full():
                     bound.refused(model)

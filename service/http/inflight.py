@@ -1,12 +1,16 @@
 """The bound on inference requests one server process holds (``max_inflight_requests``).
 
-Held in two places: the transport (:mod:`.transport`) sheds a request to an
-inference route the moment its headers are parsed when the process is full
-(a canned 503 + ``Retry-After``; the body is skipped as it arrives and the
-connection kept: no ASGI task, no middleware, nothing buffered), and
-:class:`~.fastpath.FastRouteMiddleware` counts the requests that got in and
-refuses, the same way, any that passed the transport in the loop iteration
-that filled the process.
+Held in two places: the transport (:mod:`.transport`) counts a request to an
+inference route the moment its headers are parsed, or sheds it when the
+process is full (a canned 503 + ``Retry-After``; the body is skipped as it
+arrives and the connection kept: no ASGI task, no middleware, nothing
+buffered); the application (:class:`~.app.HttpApp`) releases the count when
+the request ends. :class:`~.fastpath.FastRouteMiddleware` counts and refuses
+the same way the requests no transport counted (other ASGI servers, a
+pipelined request behind an answer still owed). Counted at its task's start
+instead, every request parsed in the loop iteration that filled the process
+passed the transport and a third of the refusals under a 4x flood took the
+expensive way through the middlewares (py-spy, docs/reliability.md).
 
 Why at the transport: when the event loop itself is the bottleneck (a 2-core
 host offered 4x what it answers), a refusal through uvicorn's task, FastAPI
@@ -21,6 +25,10 @@ admitted ones then waited seconds in the kernel's accept queue
 from __future__ import annotations
 
 from collections.abc import Callable
+
+#: Scope key: the bound that already counts this request (the transport counted it when its
+#: headers were parsed); the application releases it when the request ends.
+HELD = "fusionserve.inflight_held"
 
 
 class InflightBound:

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fusionserve.service.errors import LimitExceeded
 from fusionserve.service.http.errors import door_error_json, send_json
 from fusionserve.service.http.routes import inference_path
-from fusionserve.service.logs import SAFE_REQUEST_ID, new_request_id, request_id_var
+from fusionserve.service.logs import ACCESS, SAFE_REQUEST_ID, new_request_id, request_id_var
 
 log = logging.getLogger("fusionserve.http")
 
@@ -148,6 +148,7 @@ class GatewayMiddleware:
                         "path": scope.get("path"),
                         "status": answer.status,
                         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        ACCESS: True,
                     },
                 )
             request_id_var.reset(token)

@@ -35,7 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fusionserve.service.http.disconnect import HANGUP
 from fusionserve.service.http.errors import door_error_json
-from fusionserve.service.http.inflight import InflightBound
+from fusionserve.service.http.inflight import HELD, InflightBound
 from fusionserve.service.http.routes import inference_model
 
 log = logging.getLogger("fusionserve.http")
@@ -174,6 +174,10 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
             if self.transport is None:  # refused in connection_made
                 return
             self._answers.discard()  # nobody left to read a held head
+            for waiting, _ in self.pipeline:  # pipelined requests that will never start
+                held = cast(dict[str, Any], waiting.scope).pop(HELD, None)
+                if held is not None:
+                    held.count -= 1
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
                 hang_up = cast(dict[str, Any], cycle.scope).get(HANGUP)
@@ -213,10 +217,25 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._arm(self._limits.body_timeout_s, "body")
             bound = self._limits.inflight
-            if bound is not None and bound.full() and self._may_shed() and self._shed(bound):
-                return
+            held = False
+            if bound is not None and self.parser.get_method() == b"POST":
+                path = self.url.split(b"?", 1)[0].decode("latin-1")
+                model = inference_model(path)
+                if model is not None:
+                    if not bound.full():
+                        # Counted now, not when its task first runs: the requests parsed in
+                        # one loop iteration would all pass a bound that is counted later.
+                        bound.count += 1
+                        held = True
+                    elif self._may_shed():
+                        self._shed(bound, path, model)
+                        return
+                    # else: full, and a pipelined answer is still owed: the fast route refuses it
+            scope = cast(dict[str, Any], self.scope)
+            if held:
+                scope[HELD] = bound  # released by the application when the request ends
             # This transport tells handlers of a hang-up (.disconnect).
-            cast(dict[str, Any], self.scope)[HANGUP] = None
+            scope[HANGUP] = None
             # The request's cycle is made here: it gets the one-write transport.
             transport, self.transport = self.transport, cast(asyncio.Transport, self._answers)
             try:
@@ -242,11 +261,10 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
 
         # -- refusals -----------------------------------------------------------
         def _may_shed(self) -> bool:
-            """A POST with no earlier response still owed on this connection (pipelining keeps order)."""
-            idle = self.cycle is None or self.cycle.response_complete
-            return idle and self.parser.get_method() == b"POST"
+            """No earlier response still owed on this connection (pipelining keeps order)."""
+            return self.cycle is None or self.cycle.response_complete
 
-        def _shed(self, bound: InflightBound) -> bool:
+        def _shed(self, bound: InflightBound, path: str, model: str) -> None:
             """503 + Retry-After for an inference request the full process cannot take.
 
             Before uvicorn builds its scope and task: the cheapest refusal there is
@@ -257,10 +275,6 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
             the connection is closed once the body is skipped (as every answer
             then closes: the keep-alive race of docs/reliability.md).
             """
-            path = self.url.split(b"?", 1)[0].decode("latin-1")
-            model = inference_model(path)
-            if model is None:
-                return False
             bound.refused(model)
             closing = bound.draining() or not self.parser.should_keep_alive()
             close = closing or self.expect_100_continue
@@ -272,7 +286,6 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
                 raise _Refused("busy")
             self._skipping = True
             self._close_after_skip = closing
-            return True
 
         def _refuse(self, status: int, message: str) -> None:
             log.warning("request refused (%d): %s", status, message)

@@ -7,6 +7,7 @@ model call), so nothing here depends on timing.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, Sample, copy_entry
+from tests.reliability.flood import http_request
 
 PREDICT = "/v1/models/digits-fusion/predict"
 
@@ -127,6 +129,85 @@ async def test_past_max_inflight_requests_the_transport_sheds_with_503(
         gate.touch()
         assert (await held).status_code == 200
         assert (await client.post(PREDICT, files=text_part(samples[2]))).status_code == 200
+
+
+def _text_request(sample: Sample) -> bytes:
+    boundary = "bound-test"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="text"\r\n\r\n{sample.text}\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
+    return http_request(PREDICT, body, f"multipart/form-data; boundary={boundary}")
+
+
+async def _status(reader: asyncio.StreamReader) -> int:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+    await reader.readexactly(length)
+    return int(head.split(b" ", 2)[1])
+
+
+async def test_the_inflight_bound_is_counted_as_headers_arrive_and_never_leaks(
+    tmp_path: Path,
+    model_repository: Path,
+    server_factory: Callable[..., RunningServer],
+    samples: list[Sample],
+) -> None:
+    """Requests arriving together on an idle process bounded at 2: two get in, the rest are
+    shed by the transport (no ASGI task: the access log, written for every request the
+    application sees, has none of them). A request pipelined behind a held one is counted,
+    and its count comes back when its connection closes before it started."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    repo = copy_entry(
+        model_repository, tmp_path / "repo", "digits-fusion", instance_groups=[{"kind": "cpu", "count": 1}]
+    )
+    env = {"FUSIONSERVE_FAILPOINTS": f"gate={gate}", "FUSIONSERVE_MAX_INFLIGHT_REQUESTS": "2"}
+    server = server_factory(repo, grpc=False, env=env)
+    gate.unlink()
+    port = int(server.http_url.rsplit(":", 1)[1])
+    request = _text_request(samples[0])
+
+    async def together(count: int) -> tuple[list[asyncio.StreamWriter], list[asyncio.Task[int]]]:
+        opened = [await asyncio.open_connection("127.0.0.1", port) for _ in range(count)]
+        server.proc.send_signal(signal.SIGSTOP)  # so that one loop iteration reads them all
+        try:
+            for _, writer in opened:
+                writer.write(request)
+                await writer.drain()
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        return [w for _, w in opened], [asyncio.create_task(_status(r)) for r, _ in opened]
+
+    writers, statuses = await together(8)
+    await wait_held(gate)
+    done, pending = await asyncio.wait(statuses, timeout=10)
+    assert len(pending) == 2, "two requests are in (one computing, one queued)"
+    assert sorted(task.result() for task in done) == [503] * 6
+    gate.touch()
+    assert [await task for task in pending] == [200, 200]
+    for writer in writers:
+        writer.close()
+    seen = [json.loads(line) for line in server.log().splitlines() if f'"path": "{PREDICT}"' in line]
+    assert [line["status"] for line in seen] == [200, 200], "a refusal went the expensive way, via the app"
+
+    # A pipelined request behind a held one: counted, then its connection closes first.
+    gate.unlink()
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request + request)
+    await wait_held(gate)
+    writer.close()
+    gate.touch()
+    await asyncio.sleep(0.5)  # the held one finishes; the pipelined one never starts
+    gate.unlink()
+    writers, statuses = await together(3)
+    await wait_held(gate)
+    done, pending = await asyncio.wait(statuses, timeout=10)
+    assert len(pending) == 2 and [task.result() for task in done] == [503], "a count leaked"
+    gate.touch()
+    assert [await task for task in pending] == [200, 200]
+    for writer in writers:
+        writer.close()
 
 
 async def test_expired_request_gets_504_and_is_never_computed(gated, samples: list[Sample]) -> None:
