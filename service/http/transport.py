@@ -140,6 +140,10 @@ class OneWriteAnswers:
         return self.transport.is_closing()
 
 
+#: The deadline's part between two requests on a kept-alive connection.
+_KEEP_ALIVE = "keep-alive"
+
+
 def _tick(limits: TransportLimits) -> float:
     """How often deadlines are looked at: late by at most a quarter of the shorter timeout."""
     return min(0.25, limits.header_timeout_s / 4, limits.body_timeout_s / 4)
@@ -219,7 +223,7 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._url_bytes = self._header_bytes = 0
-            if self._deadline is None:
+            if self._deadline is None or self._part == _KEEP_ALIVE:
                 self._arm(self._limits.header_timeout_s, "headers")
 
         def on_url(self, url: bytes) -> None:
@@ -278,6 +282,18 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
                 self.on_response_complete()
                 return
             super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            """uvicorn's, with the idle keep-alive timeout as a deadline, not a timer per answer."""
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            else:
+                self._arm(self.timeout_keep_alive, _KEEP_ALIVE)
 
         # -- refusals -----------------------------------------------------------
         def _may_shed(self) -> bool:
@@ -338,6 +354,9 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
             seconds, part = self._seconds, self._part
             self._deadline = None
             if self.transport is None or self.transport.is_closing():
+                return
+            if part == _KEEP_ALIVE:  # idle between requests: closed quietly, as uvicorn does
+                self.transport.close()
                 return
             log.warning("request %s not received within %.1f s: connection closed", part, seconds)
             self._refused = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ LIMITS = {
     "FUSIONSERVE_MAX_HEADER_BYTES": "16384",
     "FUSIONSERVE_HEADER_TIMEOUT_S": "1.5",
     "FUSIONSERVE_BODY_TIMEOUT_S": "1.5",
+    "FUSIONSERVE_KEEPALIVE_TIMEOUT_S": "1",
     "FUSIONSERVE_MAX_CONNECTIONS": "12",
     "FUSIONSERVE_GRPC_MAX_CONCURRENT_RPCS": "1",
 }
@@ -102,6 +104,28 @@ def test_slow_clients_are_cut_off(limited: RunningServer, label: str, partial: b
         answer = _answer(sock)  # returns when the server closes the connection
     print(f"{label}: {answer[:60]!r}")
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
+def test_an_idle_kept_alive_connection_is_closed_quietly(limited: RunningServer) -> None:
+    """After an answer, a connection idle for the keep-alive timeout (1 s) is closed without a
+    408; a next request begun on it in time gets the header timeout (1.5 s) from then on."""
+    live = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    with _connect(limited) as sock:
+        sock.sendall(live)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        rest = _answer(sock)
+        idle = time.monotonic() - started
+    assert rest == b"" and 0.9 <= idle < 2.0, (rest[:100], idle)
+    with _connect(limited) as sock:
+        sock.sendall(live)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(0.6)
+        sock.sendall(b"GET /health/live HTTP/1.1\r\n")  # begun, never finished
+        started = time.monotonic()
+        answer = _answer(sock)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408") and 1.4 <= waited < 2.5, (answer[:100], waited)
 
 
 def test_connections_over_the_limit_are_refused(limited: RunningServer) -> None:
