@@ -202,6 +202,7 @@ class FusionServer:
             log.info("grace period: taking new work for %.1f s more, readiness false", s.shutdown_grace_s)
             await asyncio.sleep(s.shutdown_grace_s)
         self.dataplane.stop_accepting()
+        self.http_activity.mark_drain()
         log.info("drain: new work gets 503 now; waiting for %d requests", self.dataplane.inflight)
         budget = s.drain_timeout_s
         started = self._drain_started = time.monotonic()
@@ -212,9 +213,11 @@ class FusionServer:
         clean = await self.http_activity.wait_idle(left) and clean
         if not clean:
             log.warning(
-                "drain timeout (%.1f s) reached with %d requests still in flight",
+                "drain timeout (%.1f s) reached with %d requests still in flight "
+                "(%d HTTP requests from before the drain still being received or answered)",
                 budget,
                 self.dataplane.inflight,
+                self.http_activity.early,
             )
         remaining = max(0.0, budget - (time.monotonic() - started))
         closed = await self.registry.close(remaining, thread_grace_s=s.shutdown_close_s)

@@ -151,12 +151,15 @@ def _tick(limits: TransportLimits) -> float:
 
 def _sweep_every(tick: float, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
     """Every ``tick``, time out each connection whose deadline has passed."""
+    loop.call_later(tick, _sweep_every, tick, loop, connections)  # first: an error below stops no sweep
     now = loop.time()
     for connection in list(connections):
         deadline = getattr(connection, "_deadline", None)
         if deadline is not None and now >= deadline:
-            connection._too_slow()
-    loop.call_later(tick, _sweep_every, tick, loop, connections)
+            try:
+                connection._too_slow()
+            except Exception:  # one connection's trouble must not spare the others
+                log.exception("timing out a connection failed")
 
 
 def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
