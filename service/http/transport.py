@@ -267,6 +267,10 @@ def bounded_protocol(limits: TransportLimits) -> type[HttpToolsProtocol]:
             transport, self.transport = self.transport, cast(asyncio.Transport, self._answers)
             try:
                 super().on_headers_complete()
+            except BaseException:  # e.g. a URL uvicorn cannot parse: no task will give the count back
+                if scope.pop(HELD, None) is not None:
+                    bound.count -= 1  # type: ignore[union-attr]
+                raise
             finally:
                 self.transport = transport
 
