@@ -95,6 +95,21 @@ async def test_queue_full_sheds_with_429(gated, samples: list[Sample]) -> None:
         assert (await client.post(PREDICT, files=text_part(samples[3]))).status_code == 200
 
 
+def _bounded_server(
+    tmp_path: Path, model_repository: Path, server_factory: Callable[..., RunningServer], bound: int
+) -> tuple[RunningServer, Path]:
+    """A server of one instance whose processes take ``bound`` inference requests; its gate shut."""
+    gate = tmp_path / "gate"
+    gate.touch()  # open while warming up
+    repo = copy_entry(
+        model_repository, tmp_path / "repo", "digits-fusion", instance_groups=[{"kind": "cpu", "count": 1}]
+    )
+    env = {"FUSIONSERVE_FAILPOINTS": f"gate={gate}", "FUSIONSERVE_MAX_INFLIGHT_REQUESTS": str(bound)}
+    server = server_factory(repo, grpc=False, env=env)
+    gate.unlink()
+    return server, gate
+
+
 async def test_past_max_inflight_requests_the_transport_sheds_with_503(
     tmp_path: Path,
     model_repository: Path,
@@ -104,14 +119,7 @@ async def test_past_max_inflight_requests_the_transport_sheds_with_503(
     """One inference request held in compute fills a process bounded at 1: the next ones get
     503 + Retry-After from the transport, their bodies skipped and their connection kept (the
     client reads the 503, never a reset); other routes still answer."""
-    gate = tmp_path / "gate"
-    gate.touch()
-    repo = copy_entry(
-        model_repository, tmp_path / "repo", "digits-fusion", instance_groups=[{"kind": "cpu", "count": 1}]
-    )
-    env = {"FUSIONSERVE_FAILPOINTS": f"gate={gate}", "FUSIONSERVE_MAX_INFLIGHT_REQUESTS": "1"}
-    server = server_factory(repo, grpc=False, env=env)
-    gate.unlink()
+    server, gate = _bounded_server(tmp_path, model_repository, server_factory, bound=1)
     v2_body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a seven"]}]}
     async with httpx.AsyncClient(base_url=server.http_url, timeout=60) as client:
         held = asyncio.create_task(client.post(PREDICT, files=text_part(samples[0])))
@@ -157,14 +165,7 @@ async def test_the_inflight_bound_is_counted_as_headers_arrive_and_never_leaks(
     shed by the transport (no ASGI task: the access log, written for every request the
     application sees, has none of them). A request pipelined behind a held one is counted,
     and its count comes back when its connection closes before it started."""
-    gate = tmp_path / "gate"
-    gate.touch()
-    repo = copy_entry(
-        model_repository, tmp_path / "repo", "digits-fusion", instance_groups=[{"kind": "cpu", "count": 1}]
-    )
-    env = {"FUSIONSERVE_FAILPOINTS": f"gate={gate}", "FUSIONSERVE_MAX_INFLIGHT_REQUESTS": "2"}
-    server = server_factory(repo, grpc=False, env=env)
-    gate.unlink()
+    server, gate = _bounded_server(tmp_path, model_repository, server_factory, bound=2)
     port = int(server.http_url.rsplit(":", 1)[1])
     request = _text_request(samples[0])
 
